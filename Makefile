@@ -1,0 +1,48 @@
+# minirec — every target makes .venv if it is missing and installs what it needs.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip install -q --disable-pip-version-check
+# pytest workers: 2 on the 2-core CI machine; override with `make test JOBS=4`
+JOBS   ?= 2
+
+.PHONY: tour test test-fast test-oracle docs bench lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip
+
+tour: $(BIN)/python
+	$(PIP) -e .
+	$(BIN)/minirec tour
+
+# the whole suite: unit tests and every tutorial notebook, executed
+test: $(BIN)/python
+	$(PIP) -e ".[test]"
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -n $(JOBS) -m "not slow" tests --nbmake tutorials
+
+test-fast: $(BIN)/python
+	$(PIP) -e ".[test]"
+	$(BIN)/python -m pytest -n $(JOBS) -m "not slow" tests
+
+# PyTorch float64 comparisons (CPU build of torch 2.13.0)
+test-oracle: $(BIN)/python
+	$(PIP) -e ".[test,oracle]"
+	$(BIN)/python -m pytest -n $(JOBS) -m oracle tests
+
+docs: $(BIN)/python
+	$(PIP) -e ".[docs]"
+	$(BIN)/python docs/gen_pages.py
+	$(BIN)/mkdocs build --strict
+
+bench: $(BIN)/python
+	$(PIP) -e ".[bench]"
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(BIN)/minirec bench
+
+lint: $(BIN)/python
+	$(PIP) -e ".[test]"
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf site build *.egg-info .pytest_cache

@@ -1,0 +1,188 @@
+"""The one place for argument checks and their messages.
+
+Every op, scan and cell calls these helpers so that bad input fails the same
+way everywhere: a ``TypeError`` for a wrong type or dtype, a ``ValueError`` for
+a wrong shape, value, method or backend, each message naming the argument, what
+was expected and what was given.
+
+Shapes are written as tuples of names, e.g. ``("B", "T", "D")``; names bind
+on first use inside one :class:`Shapes` instance, so ``x (B, T, D)`` and
+``h0 (B, H)`` share ``B`` and a mismatch is reported with both shapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+COMPLEX_DTYPES = (np.dtype(np.complex64), np.dtype(np.complex128))
+SUPPORTED_DTYPES = FLOAT_DTYPES + COMPLEX_DTYPES
+
+
+def _is_array(x: Any) -> bool:
+    return hasattr(x, "shape") and hasattr(x, "dtype") and hasattr(x, "ndim")
+
+
+def array(name: str, x: Any, *, allow_complex: bool = True, ndim: int | None = None,
+          min_ndim: int | None = None):
+    """Check that ``x`` is a floating (or complex) array and return it unchanged.
+
+    Accepts NumPy arrays and any array with ``shape``/``dtype`` (CuPy).
+    Python lists and integer arrays are rejected with a ``TypeError``: silently
+    casting them would hide a caller's mistake (an int array of gates, say).
+    """
+    if not _is_array(x):
+        raise TypeError(f"{name}: expected an ndarray, got {type(x).__name__}")
+    dt = np.dtype(x.dtype)
+    allowed = SUPPORTED_DTYPES if allow_complex else FLOAT_DTYPES
+    if dt not in allowed:
+        raise TypeError(
+            f"{name}: expected dtype in {[str(d) for d in allowed]}, got {dt}"
+        )
+    if ndim is not None and x.ndim != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-d array, got shape {tuple(x.shape)}")
+    if min_ndim is not None and x.ndim < min_ndim:
+        raise ValueError(
+            f"{name}: expected at least {min_ndim} dimensions, got shape {tuple(x.shape)}"
+        )
+    return x
+
+
+class Shapes:
+    """Bind symbolic dimension names across several arrays and report mismatches.
+
+    >>> s = Shapes()
+    >>> s.check("x", np.zeros((2, 5, 3)), ("B", "T", "D"))
+    >>> s.check("h0", np.zeros((2, 4)), ("B", "H"))
+    >>> s["H"]
+    4
+    """
+
+    def __init__(self, **known: int) -> None:
+        self.dims: dict[str, int] = dict(known)
+        self.where: dict[str, str] = {k: "given" for k in known}
+
+    def __getitem__(self, key: str) -> int:
+        return self.dims[key]
+
+    def check(self, name: str, x: Any, spec: Sequence[str | int]) -> None:
+        shape = tuple(x.shape)
+        if len(shape) != len(spec):
+            raise ValueError(
+                f"{name}: expected shape {self._fmt(spec)} ({len(spec)}-d), got {shape}"
+            )
+        for i, (want, got) in enumerate(zip(spec, shape)):
+            if isinstance(want, int):
+                if got != want:
+                    raise ValueError(
+                        f"{name}: expected shape {self._fmt(spec)}, got {shape} "
+                        f"(axis {i} must be {want})"
+                    )
+                continue
+            if want in self.dims:
+                if self.dims[want] != got:
+                    raise ValueError(
+                        f"{name}: expected shape {self._fmt(spec)}, got {shape}: "
+                        f"{want}={got} disagrees with {want}={self.dims[want]} "
+                        f"from {self.where[want]}"
+                    )
+            else:
+                self.dims[want] = got
+                self.where[want] = name
+
+    def _fmt(self, spec: Sequence[str | int]) -> str:
+        parts = []
+        for s in spec:
+            if isinstance(s, str) and s in self.dims:
+                parts.append(f"{s}={self.dims[s]}")
+            else:
+                parts.append(str(s))
+        return "(" + ", ".join(parts) + ")"
+
+
+def same_shape(name: str, x: Any, like_name: str, like: Any) -> None:
+    """Raise ``ValueError`` unless ``x.shape == like.shape``."""
+    if tuple(x.shape) != tuple(like.shape):
+        raise ValueError(
+            f"{name}: expected shape {tuple(like.shape)} (the shape of {like_name}), "
+            f"got {tuple(x.shape)}"
+        )
+
+
+def common_dtype(**arrays: Any) -> np.dtype:
+    """The dtype the computation runs in: the inputs' common type.
+
+    Real and complex may mix (a real gate with a complex input gives complex),
+    but precisions may not: float32 with float64 is a ``TypeError``, since
+    silently promoting would double the memory of a float32 run.
+    """
+    present = {k: np.dtype(v.dtype) for k, v in arrays.items() if v is not None}
+    if not present:
+        raise ValueError("no arrays given")
+    precisions = {dt.itemsize // (2 if dt.kind == "c" else 1) for dt in present.values()}
+    if len(precisions) > 1:
+        listing = ", ".join(f"{k}: {v}" for k, v in present.items())
+        raise TypeError(f"mixed precisions: expected all float32/complex64 or all "
+                        f"float64/complex128, got {listing}")
+    return np.result_type(*present.values())
+
+
+def choice(name: str, value: Any, allowed: Iterable[Any]) -> Any:
+    """Raise ``ValueError`` unless ``value`` is one of ``allowed``."""
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ValueError(f"{name}: expected one of {allowed}, got {value!r}")
+    return value
+
+
+def positive_int(name: str, value: Any, *, allow_none: bool = False) -> int | None:
+    """Check a positive integer argument such as ``chunk_size``."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    return int(value)
+
+
+def finite(name: str, x: Any) -> None:
+    """Raise ``ValueError`` if ``x`` holds NaN or inf (used where callers ask for it)."""
+    if not np.all(np.isfinite(x)):
+        bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+        raise ValueError(f"{name}: expected finite values, got {bad} NaN/inf entries")
+
+
+def grad_like(name: str, g: Any, like: Any, like_name: str) -> Any:
+    """Check an upstream gradient: ``None`` or an array of ``like``'s shape."""
+    if g is None:
+        return None
+    array(name, g)
+    same_shape(name, g, like_name, like)
+    return g
+
+
+def params(where: str, p: Any, spec: dict[str, Sequence[str | int]], shapes: Shapes) -> None:
+    """Check a parameter dict: exactly the keys of ``spec``, each a float array of
+    the named shape (dimension names bound in ``shapes``)."""
+    if not isinstance(p, dict):
+        raise TypeError(f"{where}: params: expected a dict, got {type(p).__name__}")
+    missing = [k for k in spec if k not in p]
+    extra = [k for k in p if k not in spec]
+    if missing or extra:
+        raise ValueError(
+            f"{where}: params: expected keys {sorted(spec)}, got {sorted(p)} "
+            f"(missing {missing}, unexpected {extra})"
+        )
+    for k, s in spec.items():
+        array(f"{where}: {k}", p[k])
+        shapes.check(f"{where}: {k}", p[k], s)
+
+
+def state(name: str, s: Any, expected_shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """Check one state array against its expected shape (dtype precision must match)."""
+    array(name, s)
+    if tuple(s.shape) != tuple(expected_shape):
+        raise ValueError(f"{name}: expected shape {tuple(expected_shape)}, got {tuple(s.shape)}")
+    common_dtype(**{name: s, "x": np.empty(0, dtype)})

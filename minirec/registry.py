@@ -1,0 +1,281 @@
+"""Every scan, cell and op of minirec, listed once.
+
+An :class:`Entry` names a module and knows how to make example inputs for it;
+the module itself declares ``METHODS`` and ``BACKENDS``, so nothing is listed
+twice. Tests, the ``minirec`` CLI, the README/docs feature table and the
+benchmarks all iterate :data:`ENTRIES`.
+
+Two helpers give every entry one calling convention:
+
+* :func:`run_forward` / :func:`run_backward` call an op (``forward(**inputs)``)
+  or a cell (``forward(params, x, state0)``) alike;
+* :func:`agreement` runs a method/backend and the float64 recurrent NumPy
+  definition on the same inputs and upstream gradients and returns the
+  relative RMS difference of every output and gradient;
+  :func:`gradcheck` runs :mod:`minirec.gradcheck` on the entry.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from minirec import gradcheck as _gc
+
+F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
+C64, C128 = np.dtype(np.complex64), np.dtype(np.complex128)
+
+# (B, T, D, H): "small" for gradient checks (every entry of every array is
+# perturbed), "medium" for agreement tests (T = 37 is prime: never a multiple
+# of a chunk size).
+SIZES = {"small": (2, 5, 3, 4), "medium": (3, 37, 8, 16)}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registry row.
+
+    Attributes:
+        name: unique, as used by ``minirec check NAME``.
+        kind: ``"scan"``, ``"cell"`` or ``"op"``.
+        module_path: the module with ``forward``/``backward``/``METHODS``/``BACKENDS``.
+        summary: the recurrence in one line.
+        make_inputs: ``(rng, dtype, size, method) -> dict``; for ops the
+            forward's array arguments by name, for cells
+            ``{"params", "x", "state0"}``.
+        dtypes: dtypes the entry supports.
+        forward_kwargs: fixed keyword arguments (e.g. ``nonlinearity="relu"``).
+        chunk_size: used by checks for methods that take one.
+    """
+
+    name: str
+    kind: str
+    module_path: str
+    summary: str
+    make_inputs: Callable[..., dict]
+    dtypes: tuple = (F32, F64)
+    forward_kwargs: dict = field(default_factory=dict)
+    chunk_size: int | None = 4
+
+    @property
+    def module(self) -> ModuleType:
+        return importlib.import_module(self.module_path)
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return tuple(self.module.METHODS)
+
+    @property
+    def backends(self) -> tuple[str, ...]:
+        return tuple(self.module.BACKENDS)
+
+
+# ---------------------------------------------------------------------------
+# input makers
+# ---------------------------------------------------------------------------
+
+def _randn(rng, shape, dtype):
+    dtype = np.dtype(dtype)
+    x = rng.standard_normal(shape)
+    if dtype.kind == "c":
+        x = x + 1j * rng.standard_normal(shape)
+    return x.astype(dtype)
+
+
+def _linear_scan_inputs(rng, dtype, size="small", method=None):
+    B, T, D, _ = SIZES[size]
+    shape = (B, T, D)
+    dtype = np.dtype(dtype)
+    if method == "log":  # the log-space scan needs a > 0
+        a = rng.uniform(0.3, 1.0, shape)
+    else:  # negative eigenvalues included
+        a = rng.uniform(-1.0, 1.0, shape)
+    if dtype.kind == "c":
+        a = a * np.exp(1j * rng.uniform(-np.pi, np.pi, shape))
+    return {"a": a.astype(dtype), "b": _randn(rng, shape, dtype),
+            "initial_state": _randn(rng, (B, D), dtype)}
+
+
+def _cell_inputs(module_path, state="h"):
+    def make(rng, dtype, size="small", method=None):
+        B, T, D, H = SIZES[size]
+        mod = importlib.import_module(module_path)
+        params = mod.init_params(rng, D, H, dtype=dtype)
+        x = _randn(rng, (B, T, D), dtype)
+        if state == "hc":
+            state0 = (_randn(rng, (B, H), dtype), _randn(rng, (B, H), dtype))
+        else:
+            state0 = _randn(rng, (B, H), dtype)
+        return {"params": params, "x": x, "state0": state0}
+    return make
+
+
+# ---------------------------------------------------------------------------
+# the entries
+# ---------------------------------------------------------------------------
+
+ENTRIES: dict[str, Entry] = {}
+
+
+def register(entry: Entry) -> Entry:
+    """Add ``entry``; a name may be registered once."""
+    if entry.name in ENTRIES:
+        raise ValueError(f"registry: {entry.name!r} is already registered")
+    ENTRIES[entry.name] = entry
+    return entry
+
+
+# --- scans -----------------------------------------------------------------
+register(Entry("scan.linear", "scan", "minirec.scan.linear",
+               "h_t = a_t ⊙ h_{t-1} + b_t", _linear_scan_inputs,
+               dtypes=(F32, F64, C64, C128)))
+
+# --- classic cells -----------------------------------------------------------
+register(Entry("rnn", "cell", "minirec.cells.rnn",
+               "h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)",
+               _cell_inputs("minirec.cells.rnn")))
+register(Entry("rnn_relu", "cell", "minirec.cells.rnn",
+               "h_t = relu(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)",
+               _cell_inputs("minirec.cells.rnn"), forward_kwargs={"nonlinearity": "relu"}))
+
+
+# ---------------------------------------------------------------------------
+# one calling convention for every entry
+# ---------------------------------------------------------------------------
+
+def get(name: str) -> Entry:
+    """The entry called ``name`` (``ValueError`` listing the names if unknown)."""
+    if name not in ENTRIES:
+        raise ValueError(f"unknown registry entry {name!r}; expected one of {sorted(ENTRIES)}")
+    return ENTRIES[name]
+
+
+def _method_kwargs(entry: Entry, method: str, backend: str) -> dict:
+    kw = dict(entry.forward_kwargs)
+    kw.update(method=method, backend=backend)
+    if method not in ("recurrent",) and entry.chunk_size is not None:
+        import inspect
+        if "chunk_size" in inspect.signature(entry.module.forward).parameters:
+            kw["chunk_size"] = entry.chunk_size
+    return kw
+
+
+def run_forward(entry: Entry, inputs: dict, **kwargs) -> tuple[Any, Any, Any]:
+    """``entry.module.forward`` on ``inputs`` → ``(out, final_state, cache)``."""
+    mod = entry.module
+    if entry.kind == "cell":
+        return mod.forward(inputs["params"], inputs["x"], inputs.get("state0"), **kwargs)
+    return mod.forward(**inputs, **kwargs)
+
+
+def run_backward(entry: Entry, inputs: dict, cache: Any, d_out: Any, d_state: Any) -> dict:
+    """``entry.module.backward`` → gradient dict (cells: params keys, ``x``, ``state0``)."""
+    mod = entry.module
+    if entry.kind == "cell":
+        return mod.backward(inputs["params"], cache, d_out, d_state)
+    return mod.backward(cache, d_out, d_state)
+
+
+def _cast(x, dtype_map):
+    if x is None:
+        return None
+    if isinstance(x, dict):
+        return {k: _cast(v, dtype_map) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return type(x)(_cast(v, dtype_map) for v in x)
+    x = np.asarray(x)
+    return x.astype(dtype_map(x.dtype)) if x.dtype.kind in "fc" else x
+
+
+def _to64(x):
+    return _cast(x, lambda d: C128 if d.kind == "c" else F64)
+
+
+def _flatten(prefix: str, x) -> dict[str, np.ndarray]:
+    if x is None:
+        return {}
+    if isinstance(x, dict):
+        out = {}
+        for k, v in x.items():
+            out.update(_flatten(f"{prefix}{k}" if not prefix else f"{prefix}.{k}", v))
+        return out
+    if isinstance(x, (tuple, list)):
+        out = {}
+        for i, v in enumerate(x):
+            out.update(_flatten(f"{prefix}[{i}]", v))
+        return out
+    return {prefix: np.asarray(x)}
+
+
+def rel_rms(x: np.ndarray, ref: np.ndarray) -> float:
+    """``sqrt(mean|x − ref|²) / sqrt(mean|ref|²)`` (absolute when ``ref`` is 0)."""
+    x = np.asarray(x, dtype=np.result_type(x, np.float64))
+    ref = np.asarray(ref, dtype=np.result_type(ref, np.float64))
+    if x.shape != ref.shape:
+        raise ValueError(f"rel_rms: shapes differ: {x.shape} vs {ref.shape}")
+    if ref.size == 0:
+        return 0.0
+    num = np.sqrt(np.mean(np.abs(x - ref) ** 2))
+    den = np.sqrt(np.mean(np.abs(ref) ** 2))
+    return float(num / den) if den > 0 else float(num)
+
+
+def agreement(entry: Entry, method: str, backend: str = "numpy", dtype=F64,
+              size: str = "medium", seed: int = 0) -> dict[str, float]:
+    """Relative RMS difference between ``method``/``backend`` in ``dtype`` and the
+    float64 recurrent NumPy definition, for the outputs, the final state and every
+    gradient (random upstream gradients, the same for both).
+
+    Returns ``{"out": e, "state": e, "d<name>": e, …}``.
+    """
+    rng = np.random.default_rng(seed)
+    inputs = entry.make_inputs(rng, dtype, size, method=method)
+    ref_inputs = _to64(inputs)
+    ref_kw = _method_kwargs(entry, "recurrent", "numpy")
+    out_r, st_r, cache_r = run_forward(entry, ref_inputs, **ref_kw)
+    d_out = _gc._like(rng, out_r)
+    d_state = (tuple(_gc._like(rng, s) for s in st_r) if isinstance(st_r, (tuple, list))
+               else _gc._like(rng, st_r))
+    g_r = run_backward(entry, ref_inputs, cache_r, d_out, d_state)
+
+    def like_input(u):  # upstream gradients in the run's own precision
+        single = np.dtype(dtype) in (F32, C64)
+        return _cast(u, lambda d: (C64 if d.kind == "c" else F32) if single else d)
+
+    kw = _method_kwargs(entry, method, backend)
+    out, st, cache = run_forward(entry, inputs, **kw)
+    g = run_backward(entry, inputs, cache, like_input(d_out), like_input(d_state))
+    errors = {}
+    for label, a, b in (("out", out, out_r), ("state", st, st_r)):
+        for k, v in _flatten(label, a).items():
+            errors[k] = rel_rms(v, _flatten(label, b)[k])
+    ref_flat = _flatten("", g_r)
+    for k, v in _flatten("", g).items():
+        if k in ref_flat:
+            errors["d" + k] = rel_rms(_to_host(v), ref_flat[k])
+    missing = sorted(set(ref_flat) - set(_flatten("", g)))
+    if missing:
+        raise ValueError(f"{entry.name} {method}/{backend}: backward did not return {missing}")
+    return errors
+
+
+def _to_host(x):
+    return x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else x
+
+
+def gradcheck(entry: Entry, method: str = "recurrent", backend: str = "numpy", seed: int = 0,
+              **kwargs) -> _gc.GradcheckReport:
+    """Float64 central-difference check of ``entry`` with its "small" inputs."""
+    rng = np.random.default_rng(seed)
+    inputs = entry.make_inputs(rng, np.complex128 if C128 in entry.dtypes
+                               and F64 not in entry.dtypes else F64, "small", method=method)
+    kw = _method_kwargs(entry, method, backend)
+    if entry.kind == "cell":
+        return _gc.check_cell(entry.module, inputs["params"], inputs["x"], inputs.get("state0"),
+                              seed=seed, **kw, **kwargs)
+    return _gc.check_op(entry.module, inputs, seed=seed, **kw, **kwargs)
