@@ -143,6 +143,20 @@ register(Entry("rnn_relu", "cell", "minirec.cells.rnn",
                "h_t = relu(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)",
                _cell_inputs("minirec.cells.rnn"), forward_kwargs={"nonlinearity": "relu"}))
 
+# --- lstm, gru, compose (stack / bidirectional) ---
+
+# --- scan.matrix ---
+
+# --- mingru, minlstm ---
+
+# --- hgrn ---
+
+# --- lru, ssm ---
+
+# --- selective_scan, mamba ---
+
+# --- softmax_scan, aaren ---
+
 
 # ---------------------------------------------------------------------------
 # one calling convention for every entry
