@@ -146,6 +146,24 @@ register(Entry("rnn_relu", "cell", "minirec.cells.rnn",
 # --- lstm, gru, compose (stack / bidirectional) ---
 
 # --- scan.matrix ---
+def _matrix_scan_inputs(rng, dtype, size="small", method=None):
+    """A_t = s_t Q_t with Q_t random orthogonal (unitary if complex), s_t ~ U(0.5, 1):
+    spectral norm ≤ 1, so long products neither overflow nor all vanish."""
+    B, T, d, _ = SIZES[size]
+    dtype = np.dtype(dtype)
+    Z = rng.standard_normal((B, T, d, d))
+    if dtype.kind == "c":
+        Z = Z + 1j * rng.standard_normal((B, T, d, d))
+    Q, R = np.linalg.qr(Z)
+    Q = Q * np.sign(np.diagonal(R, axis1=-2, axis2=-1).real)[..., None, :]
+    A = Q * rng.uniform(0.5, 1.0, (B, T, 1, 1))
+    return {"A": A.astype(dtype), "b": _randn(rng, (B, T, d), dtype),
+            "initial_state": _randn(rng, (B, d), dtype)}
+
+
+register(Entry("scan.matrix", "scan", "minirec.scan.matrix",
+               "h_t = A_t h_{t-1} + b_t", _matrix_scan_inputs,
+               dtypes=(F32, F64, C64, C128)))
 
 # --- mingru, minlstm ---
 
