@@ -1,0 +1,159 @@
+"""Gated recurrent unit (GRU), PyTorch's ``torch.nn.GRU`` convention.
+
+Dimension key: B batch, T time, D input size, H hidden size.
+
+Parameters (PyTorch's names, shapes and gate order r, z, n stacked along
+axis 0): ``W_ih (3H, D)``, ``W_hh (3H, H)``, ``b_ih (3H,)``, ``b_hh (3H,)``.
+The input and hidden affine maps are kept apart because the reset gate
+multiplies only the hidden part of the candidate:
+
+    gi = x_t W_ih^T + b_ih      = [gi_r | gi_z | gi_n]                       (B, 3H)
+    gh = h_{t-1} W_hh^T + b_hh  = [gh_r | gh_z | gh_n]                       (B, 3H)
+    r_t = σ(gi_r + gh_r)
+    z_t = σ(gi_z + gh_z)
+    n_t = tanh(gi_n + r_t ⊙ gh_n)          (= tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn)))
+    h_t = (1 − z_t) ⊙ n_t + z_t ⊙ h_{t-1}                                     (B, H)
+
+The output is ``y_t = h_t``; the state is ``h (B, H)``.
+
+Backward through one step (``dh = ∂L/∂h_t`` from the output and from t+1).
+Post-activation values ``r, z, n`` and ``gh_n`` are cached:
+
+    dn    = dh ⊙ (1 − z)                   (through h_t)
+    dz    = dh ⊙ (h_{t-1} − n)
+    da_n  = dn ⊙ (1 − n²)                  (through tanh)
+    dr    = da_n ⊙ gh_n                    (through r ⊙ gh_n)
+    da_r  = dr ⊙ r ⊙ (1 − r)   da_z = dz ⊙ z ⊙ (1 − z)
+    dgi   = [da_r | da_z | da_n]           dgh = [da_r | da_z | da_n ⊙ r]      (B, 3H)
+    dx_t    = dgi W_ih                     dh_prev = dh ⊙ z + dgh W_hh
+    dW_ih  += dgi^T x_t                    dW_hh  += dgh^T h_{t-1}
+    db_ih  += Σ_B dgi                      db_hh  += Σ_B dgh
+
+``forward``/``backward`` over a sequence are :mod:`minirec.bptt` loops over
+``step_forward``/``step_backward``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from minirec import _backend, bptt
+from minirec import _validate as V
+
+METHODS = ("recurrent",)
+BACKENDS = ("numpy",)
+GATES = 3  # r, z, n
+PARAM_SHAPES = {"W_ih": ("G", "D"), "W_hh": ("G", "H"), "b_ih": ("G",), "b_hh": ("G",)}
+
+
+class StepCache(NamedTuple):
+    """What one step keeps for its backward."""
+
+    params: dict
+    x_t: np.ndarray      # (B, D)
+    h_prev: np.ndarray   # (B, H)
+    r: np.ndarray        # reset gate σ(gi_r + gh_r)
+    z: np.ndarray        # update gate σ(gi_z + gh_z)
+    n: np.ndarray        # candidate tanh(gi_n + r ⊙ gh_n)
+    gh_n: np.ndarray     # h_{t-1} W_hn^T + b_hn
+
+
+def init_params(rng: np.random.Generator, input_size: int, hidden_size: int,
+                dtype=np.float64) -> dict[str, np.ndarray]:
+    """PyTorch's initialisation: every entry ~ U(−1/√H, 1/√H).
+
+    Returns ``{"W_ih": (3H, D), "W_hh": (3H, H), "b_ih": (3H,), "b_hh": (3H,)}``.
+    """
+    k = 1.0 / np.sqrt(hidden_size)
+    G = GATES * hidden_size
+    shapes = {"W_ih": (G, input_size), "W_hh": (G, hidden_size), "b_ih": (G,), "b_hh": (G,)}
+    return {n: rng.uniform(-k, k, s).astype(dtype) for n, s in shapes.items()}
+
+
+def zero_state(params: dict, batch_size: int, dtype=None) -> np.ndarray:
+    """``h_{-1} = 0`` of shape ``(B, H)``."""
+    W_hh = params["W_hh"]
+    return np.zeros((batch_size, W_hh.shape[1]), dtype or W_hh.dtype)
+
+
+def _check(params, x, state0):
+    s = V.Shapes()
+    V.params("gru", params, PARAM_SHAPES, s)
+    if s["G"] != GATES * s["H"]:
+        raise ValueError(f"gru: W_hh: expected shape (3H, H) = ({GATES * s['H']}, {s['H']}) "
+                         f"(gates r, z, n stacked on axis 0), got {params['W_hh'].shape}")
+    V.array("x", x, ndim=3, allow_complex=False)
+    s.check("x", x, ("B", "T", "D"))
+    dtype = V.common_dtype(x=x, **params)
+    if state0 is not None:
+        V.state("state0", state0, (x.shape[0], s["H"]), dtype)
+    return dtype
+
+
+def _sigmoid(a):
+    # exp of a non-positive number only: no overflow for large |a|
+    e = np.exp(-np.abs(a))
+    return np.where(a >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def step_forward(params: dict, x_t: np.ndarray, h_prev: np.ndarray) -> tuple[np.ndarray,
+                                                                             StepCache]:
+    """One step ``h_{t-1}, x_t → h_t`` (equations in the module docstring).
+
+    ``x_t (B, D)``, ``h_prev (B, H)`` → ``h_t (B, H)`` and a :class:`StepCache`.
+    """
+    gi_r, gi_z, gi_n = np.split(x_t @ params["W_ih"].T + params["b_ih"], GATES, axis=-1)
+    gh_r, gh_z, gh_n = np.split(h_prev @ params["W_hh"].T + params["b_hh"], GATES, axis=-1)
+    r = _sigmoid(gi_r + gh_r)
+    z = _sigmoid(gi_z + gh_z)
+    n = np.tanh(gi_n + r * gh_n)
+    h = (1 - z) * n + z * h_prev
+    return h, StepCache(params, x_t, h_prev, r, z, n, gh_n)
+
+
+def step_backward(dh_next: np.ndarray, cache_t: StepCache):
+    """Back through one step: returns ``dx_t (B, D)``, ``dh_prev (B, H)`` and the
+    step's parameter gradients."""
+    params, x_t, h_prev, r, z, n, gh_n = cache_t
+    dh = dh_next
+    # through h_t = (1 − z) ⊙ n + z ⊙ h_{t-1}
+    dn = dh * (1 - z)
+    dz = dh * (h_prev - n)
+    # through n = tanh(gi_n + r ⊙ gh_n)
+    da_n = dn * (1 - n * n)
+    dr = da_n * gh_n
+    # through the sigmoids
+    da_r = dr * r * (1 - r)
+    da_z = dz * z * (1 - z)
+    dgi = np.concatenate([da_r, da_z, da_n], axis=-1)
+    dgh = np.concatenate([da_r, da_z, da_n * r], axis=-1)
+    # through the two affine maps
+    dparams = {"W_ih": dgi.T @ x_t, "W_hh": dgh.T @ h_prev,
+               "b_ih": dgi.sum(axis=0), "b_hh": dgh.sum(axis=0)}
+    return dgi @ params["W_ih"], dh * z + dgh @ params["W_hh"], dparams
+
+
+def forward(params: dict, x: np.ndarray, state0: np.ndarray | None = None, *,
+            method: str = "recurrent", chunk_size: int | None = None,
+            backend: str = "numpy") -> tuple[np.ndarray, np.ndarray, dict]:
+    """Run the GRU over ``x (B, T, D)`` from ``state0 (B, H)`` (zeros if ``None``).
+
+    Returns ``y (B, T, H)``, the final ``h (B, H)`` and the cache for :func:`backward`.
+    """
+    V.choice("method", method, METHODS)
+    _backend.resolve(backend, BACKENDS, what="cells.gru")
+    dtype = _check(params, x, state0)
+    h0 = zero_state(params, x.shape[0], dtype) if state0 is None else state0
+    y, h, cache = bptt.sequence_forward(step_forward, params, x, h0)
+    cache.update(method=method, backend=backend)
+    return y, h, cache
+
+
+def backward(params: dict, cache: dict, dy: np.ndarray | None,
+             dstate: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """BPTT: gradients for ``W_ih, W_hh, b_ih, b_hh``, ``"x" (B, T, D)`` and
+    ``"state0" (B, H)``. ``dy (B, T, H)`` and ``dstate (B, H)`` may be ``None``."""
+    V.grad_like("dstate", dstate, cache["state0"], "the state")
+    return bptt.sequence_backward(step_backward, params, cache, dy, dstate)
