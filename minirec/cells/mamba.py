@@ -1,0 +1,393 @@
+"""The Mamba-1 block (Gu & Dao 2023, "Mamba: Linear-Time Sequence Modeling
+with Selective State Spaces", §3.4 and Figure 3).
+
+Dimension key: B batch, T time, M model width (``d_model``), I inner width
+(``d_inner = expand · M``), N state size (``d_state``), K conv kernel
+(``d_conv``), R the rank of the Δ projection (``dt_rank``).
+
+Parameters (the names of the reference implementation's ``Mamba`` module with
+``.`` written ``_``; the conv weight is stored ``(I, K)`` instead of
+``(I, 1, K)``):
+
+    in_proj_weight   (2I, M)        conv1d_weight (I, K)     conv1d_bias (I,)
+    x_proj_weight    (R + 2N, I)    dt_proj_weight (I, R)    dt_proj_bias (I,)
+    A_log            (I, N)         D (I,)                   out_proj_weight (M, I)
+
+The block, for ``x (B, T, M)``:
+
+    [xs, z]  = x W_in^T                        xs, z (B, T, I)    (in-projection)
+    xp       = [conv_state0 ; xs]              (B, K−1+T, I)      (the last K−1 inputs first)
+    xc_t     = Σ_k w[:, k] ⊙ xp_{t+k} + b_conv (B, T, I)          (causal depthwise conv1d)
+    xa       = silu(xc)                                            (B, T, I)
+    [δ, B, C] = xa W_x^T                       δ (B, T, R), B, C (B, T, N)
+    delta    = δ W_dt^T                        (B, T, I)
+    A        = −exp(A_log)                     (I, N)
+    y_ssm    = selective_scan(u=xa, delta, A, B, C, D, z,
+                              delta_bias=dt_proj_bias, delta_softplus=True)
+             = (h_t · C_t + D ⊙ xa_t) ⊙ silu(z_t),  h_t = e^{Δ_t A} ⊙ h_{t−1} + Δ_t B_t xa_t,
+               Δ_t = softplus(delta_t + dt_proj_bias)
+    out      = y_ssm W_out^T                   (B, T, M)          (out-projection)
+
+The state is the pair ``(conv_state (B, I, K−1), ssm_state (B, I, N))``: the
+last K−1 conv inputs ``xs`` (channel-first, oldest first, as Mamba's own
+``conv_state``) and the scan's ``h``. Zeros when ``state0=None``, so a
+sequence run in two calls with the returned state equals one call.
+
+Backward (``dout`` = ∂L/∂out, ``dconv_T``, ``dssm_T`` = gradients of the
+returned state; the scan's own backward is in :mod:`minirec.ops.selective_scan`):
+
+    dW_out   = Σ_{b,t} dout_t^T y_ssm_t          dy_ssm = dout W_out
+    du, ddelta, dA, dB, dC, dD, dz, ddt_bias, dssm_0 = selective_scan.backward(dy_ssm, dssm_T)
+    dA_log   = dA ⊙ A                            (A = −exp(A_log))
+    dW_dt    = Σ_{b,t} ddelta_t^T δ_t            dδ = ddelta W_dt
+    dW_x     = Σ_{b,t} [dδ, dB, dC]_t^T xa_t     dxa = du + [dδ, dB, dC] W_x
+    dxc      = dxa ⊙ σ(xc) (1 + xc (1 − σ(xc)))  (silu')
+    db_conv  = Σ_{b,t} dxc_t                     dw[:, k] = Σ_{b,t} dxc_t ⊙ xp_{t+k}
+    dxp_{t+k} += w[:, k] ⊙ dxc_t,  and dxp_{T..T+K−2} += dconv_T   (the returned state is xp's tail)
+    dconv_0  = dxp_{0..K−2},       dxs = dxp_{K−1..}
+    dW_in    = Σ_{b,t} [dxs, dz]_t^T x_t         dx = [dxs, dz] W_in
+
+``forward(method=...)`` runs the selective scan with any of :data:`METHODS`
+(the scan's), and ``backward`` goes back through the same algorithm.
+
+Streaming inference: :func:`step_forward` takes one token ``x_t (B, M)`` and the
+state and returns ``(out_t (B, M), state_next, cache_t)``. Unlike an Elman cell,
+Mamba's output is not its state, so the step pair is
+``step_forward(params, x_t, state) -> (out_t, state, cache_t)`` and
+``step_backward(dout_t, dstate_next, cache_t) -> (dx_t, dstate_prev, dparams)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from minirec import _backend
+from minirec import _validate as V
+from minirec.ops import selective_scan
+from minirec.ops.selective_scan import sigmoid, silu, silu_grad, softplus
+
+METHODS = selective_scan.METHODS
+BACKENDS = ("numpy",)
+PARAM_SHAPES = {
+    "in_proj_weight": ("I2", "M"),
+    "conv1d_weight": ("I", "K"),
+    "conv1d_bias": ("I",),
+    "x_proj_weight": ("P", "I"),
+    "dt_proj_weight": ("I", "R"),
+    "dt_proj_bias": ("I",),
+    "A_log": ("I", "N"),
+    "D": ("I",),
+    "out_proj_weight": ("M", "I"),
+}
+
+
+def init_params(rng: np.random.Generator, d_model: int, d_state: int = 16, dtype=np.float64,
+                expand: int = 2, d_conv: int = 4, dt_rank: int | None = None,
+                dt_min: float = 1e-3, dt_max: float = 1e-1,
+                dt_init_floor: float = 1e-4) -> dict[str, np.ndarray]:
+    """Mamba's initialisation.
+
+    * ``A_log[i, n] = log(n + 1)``: S4D-real, ``A = −(1, 2, …, N)`` in every channel.
+    * ``dt_proj_bias = softplus⁻¹(dt)`` with ``dt`` log-uniform in ``[dt_min, dt_max]``
+      (floored at ``dt_init_floor``), so that ``Δ = softplus(bias)`` starts there;
+      ``softplus⁻¹(y) = y + log(1 − e^{−y})``.
+    * ``dt_proj_weight ~ U(−R^{−1/2}, R^{−1/2})``; ``D = 1``.
+    * the other weights and the conv bias: PyTorch's default ``U(−1/√fan_in, 1/√fan_in)``
+      (fan_in = M, I, K for in_proj, x_proj/out_proj, conv1d).
+
+    ``dt_rank=None`` means ⌈M / 16⌉, ``d_inner = expand · d_model``.
+    """
+    M, N, K = int(d_model), int(d_state), int(d_conv)
+    I = int(expand) * M
+    R = math.ceil(M / 16) if dt_rank is None else int(dt_rank)
+    for name, v in (("d_model", M), ("d_state", N), ("d_conv", K), ("expand", expand),
+                    ("dt_rank", R)):
+        V.positive_int(name, v)
+    u = lambda k, shape: rng.uniform(-k, k, shape)
+    dt = np.exp(rng.uniform(np.log(dt_min), np.log(dt_max), I))
+    dt = np.maximum(dt, dt_init_floor)
+    params = {
+        "in_proj_weight": u(M ** -0.5, (2 * I, M)),
+        "conv1d_weight": u(K ** -0.5, (I, K)),
+        "conv1d_bias": u(K ** -0.5, (I,)),
+        "x_proj_weight": u(I ** -0.5, (R + 2 * N, I)),
+        "dt_proj_weight": u(R ** -0.5, (I, R)),
+        "dt_proj_bias": dt + np.log(-np.expm1(-dt)),
+        "A_log": np.log(np.tile(np.arange(1, N + 1, dtype=np.float64), (I, 1))),
+        "D": np.ones(I),
+        "out_proj_weight": u(I ** -0.5, (M, I)),
+    }
+    return {k: v.astype(dtype) for k, v in params.items()}
+
+
+def sizes(params: dict) -> dict[str, int]:
+    """``{"M", "I", "N", "K", "R"}`` read off the parameter shapes."""
+    I, R = params["dt_proj_weight"].shape
+    return {"M": params["out_proj_weight"].shape[0], "I": I, "N": params["A_log"].shape[1],
+            "K": params["conv1d_weight"].shape[1], "R": R}
+
+
+def zero_state(params: dict, batch_size: int, dtype=None) -> tuple[np.ndarray, np.ndarray]:
+    """``(conv_state (B, I, K−1), ssm_state (B, I, N))`` of zeros."""
+    s = sizes(params)
+    dtype = dtype or params["A_log"].dtype
+    return (np.zeros((batch_size, s["I"], s["K"] - 1), dtype),
+            np.zeros((batch_size, s["I"], s["N"]), dtype))
+
+
+def _check(params, x, state0, x_ndim=3):
+    shapes = V.Shapes()
+    V.params("mamba", params, PARAM_SHAPES, shapes)
+    for k, v in params.items():
+        V.array(f"mamba: {k}", v, allow_complex=False)
+    I, N, R = shapes["I"], shapes["N"], shapes["R"]
+    if shapes["I2"] != 2 * I:
+        raise ValueError(f"mamba: in_proj_weight: expected shape ({2 * I}, M) (2·d_inner rows "
+                         f"for xs and z), got {params['in_proj_weight'].shape}")
+    if shapes["P"] != R + 2 * N:
+        raise ValueError(f"mamba: x_proj_weight: expected shape ({R + 2 * N}, {I}) "
+                         f"(dt_rank + 2·d_state rows), got {params['x_proj_weight'].shape}")
+    V.array("x", x, ndim=x_ndim, allow_complex=False)
+    shapes.check("x", x, ("B", "T", "M") if x_ndim == 3 else ("B", "M"))
+    if x_ndim == 3 and x.shape[1] < 1:
+        raise ValueError(f"x: expected T >= 1 along axis 1, got shape {tuple(x.shape)}")
+    dtype = V.common_dtype(x=x, **params)
+    if state0 is not None:
+        if not isinstance(state0, (tuple, list)) or len(state0) != 2:
+            raise TypeError("state0: expected the tuple (conv_state (B, I, K-1), "
+                            f"ssm_state (B, I, N)), got {type(state0).__name__}")
+        Bsz = x.shape[0]
+        V.state("state0[0] (conv_state)", state0[0], (Bsz, I, shapes["K"] - 1), dtype)
+        V.state("state0[1] (ssm_state)", state0[1], (Bsz, I, N), dtype)
+    return dtype
+
+
+# ---------------------------------------------------------------------------
+# one token (streaming inference)
+# ---------------------------------------------------------------------------
+
+def step_forward(params: dict, x_t: np.ndarray, state: tuple | None = None,
+                 ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], dict]:
+    """One token through the block, as in Mamba's ``step`` for generation.
+
+    ``x_t (B, M)``, ``state = (conv_state (B, I, K−1), ssm_state (B, I, N))``
+    (zeros if ``None``) → ``out_t (B, M)``, the next state and the step cache.
+
+        window = [conv_state, xs_t]   (B, I, K);   conv_state' = window[:, :, 1:]
+        xc_t   = Σ_k window[:, :, k] w[:, k] + b_conv
+        h_t    = e^{Δ_t A} ⊙ h_{t−1} + Δ_t B_t xa_t  (the rest as in :func:`forward`)
+    """
+    dtype = _check(params, x_t, state, x_ndim=2)
+    s = sizes(params)
+    I = s["I"]
+    if state is None:
+        state = zero_state(params, x_t.shape[0], dtype)
+    conv_state, h_prev = state
+    p = params
+    xz = x_t @ p["in_proj_weight"].T
+    xs, z = xz[:, :I], xz[:, I:]
+    window = np.concatenate([conv_state, xs[:, :, None]], axis=2)            # (B, I, K)
+    xc = np.einsum("bik,ik->bi", window, p["conv1d_weight"]) + p["conv1d_bias"]
+    xa = silu(xc)
+    x_dbl = xa @ p["x_proj_weight"].T
+    dt_low, Bt, Ct = np.split(x_dbl, [s["R"], s["R"] + s["N"]], axis=1)
+    pre = dt_low @ p["dt_proj_weight"].T + p["dt_proj_bias"]
+    dt = softplus(pre)
+    A = -np.exp(p["A_log"])
+    a = np.exp(dt[:, :, None] * A)                                           # (B, I, N)
+    h = a * h_prev + (dt * xa)[:, :, None] * Bt[:, None, :]
+    y0 = np.einsum("bin,bn->bi", h, Ct) + p["D"] * xa
+    y = y0 * silu(z)
+    out = y @ p["out_proj_weight"].T
+    cache_t = dict(params=p, x_t=x_t, z=z, window=window, xc=xc, xa=xa, dt_low=dt_low,
+                   Bt=Bt, Ct=Ct, pre=pre, dt=dt, A=A, a=a, h_prev=h_prev, h=h, y0=y0, y=y)
+    return out, (window[:, :, 1:].copy(), h), cache_t
+
+
+def step_backward(dout_t: np.ndarray | None, dstate_next: tuple | None, cache_t: dict,
+                  ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], dict]:
+    """Back through one :func:`step_forward`: ``dout_t (B, M)`` and the gradient of
+    the next state → ``dx_t (B, M)``, ``dstate_prev`` and the step's parameter
+    gradients (the equations of :func:`backward` for T = 1)."""
+    c = cache_t
+    p = c["params"]
+    dconv_next, dh = _split_dstate(dstate_next, c["window"][:, :, 1:], c["h"])
+    dout_t = np.zeros(c["x_t"].shape, c["y"].dtype) if dout_t is None else dout_t
+    g = {}
+    # out-projection
+    g["out_proj_weight"] = dout_t.T @ c["y"]
+    dy = dout_t @ p["out_proj_weight"]
+    # gate
+    dy0 = dy * silu(c["z"])
+    dz = dy * c["y0"] * silu_grad(c["z"])
+    # y0 = h · C + D ⊙ xa
+    dh = dh + dy0[:, :, None] * c["Ct"][:, None, :]
+    dC = np.einsum("bi,bin->bn", dy0, c["h"])
+    g["D"] = np.sum(dy0 * c["xa"], axis=0)
+    dxa = p["D"] * dy0
+    # h = a ⊙ h_prev + Δ xa B
+    dh_prev = c["a"] * dh
+    dlog_a = dh * c["h_prev"] * c["a"]
+    g["A_log"] = np.einsum("bin,bi->in", dlog_a, c["dt"]) * c["A"]
+    gB = np.einsum("bin,bn->bi", dh, c["Bt"])
+    ddt = np.einsum("bin,in->bi", dlog_a, c["A"]) + gB * c["xa"]
+    dB = np.einsum("bin,bi->bn", dh, c["dt"] * c["xa"])
+    dxa = dxa + gB * c["dt"]
+    # Δ = softplus(δ W_dt^T + b_dt)
+    dpre = ddt * sigmoid(c["pre"])
+    g["dt_proj_bias"] = dpre.sum(axis=0)
+    g["dt_proj_weight"] = dpre.T @ c["dt_low"]
+    # x-projection
+    dx_dbl = np.concatenate([dpre @ p["dt_proj_weight"], dB, dC], axis=1)
+    g["x_proj_weight"] = dx_dbl.T @ c["xa"]
+    dxa = dxa + dx_dbl @ p["x_proj_weight"]
+    # silu, conv
+    dxc = dxa * silu_grad(c["xc"])
+    g["conv1d_bias"] = dxc.sum(axis=0)
+    g["conv1d_weight"] = np.einsum("bi,bik->ik", dxc, c["window"])
+    dwindow = dxc[:, :, None] * p["conv1d_weight"]
+    dwindow[:, :, 1:] += dconv_next
+    dxs = dwindow[:, :, -1]
+    # in-projection
+    dxz = np.concatenate([dxs, dz], axis=1)
+    g["in_proj_weight"] = dxz.T @ c["x_t"]
+    dx_t = dxz @ p["in_proj_weight"]
+    grads = {k: g[k] for k in PARAM_SHAPES}
+    return dx_t, (np.ascontiguousarray(dwindow[:, :, :-1]), dh_prev), grads
+
+
+def _split_dstate(dstate, conv_like, ssm_like):
+    """``None`` or a pair whose entries may be ``None`` → two arrays."""
+    if dstate is None:
+        return np.zeros(conv_like.shape, conv_like.dtype), np.zeros(ssm_like.shape, ssm_like.dtype)
+    if not isinstance(dstate, (tuple, list)) or len(dstate) != 2:
+        raise TypeError("dstate: expected the pair (dconv_state (B, I, K-1), dssm_state "
+                        f"(B, I, N)) or None, got {type(dstate).__name__}")
+    d_conv, d_ssm = dstate
+    V.grad_like("dstate[0]", d_conv, conv_like, "conv_state")
+    V.grad_like("dstate[1]", d_ssm, ssm_like, "ssm_state")
+    if d_conv is None:
+        d_conv = np.zeros(conv_like.shape, conv_like.dtype)
+    if d_ssm is None:
+        d_ssm = np.zeros(ssm_like.shape, ssm_like.dtype)
+    return d_conv, d_ssm
+
+
+# ---------------------------------------------------------------------------
+# a whole sequence
+# ---------------------------------------------------------------------------
+
+def forward(params: dict, x: np.ndarray, state0: tuple | None = None, *,
+            method: str = "recurrent", chunk_size: int | None = None, backend: str = "numpy",
+            ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], dict]:
+    """Run the Mamba block over ``x (B, T, M)``.
+
+    Args:
+        params: from :func:`init_params`.
+        x: ``(B, T, M)``.
+        state0: ``(conv_state (B, I, K−1), ssm_state (B, I, N))``; ``None`` means zeros.
+        method: the selective scan's algorithm, one of :data:`METHODS`.
+        chunk_size: for ``method="chunked"``.
+        backend: one of :data:`BACKENDS`.
+
+    Returns:
+        ``out (B, T, M)``, the final state ``(conv_state, ssm_state)`` and the
+        cache for :func:`backward`.
+    """
+    V.choice("method", method, METHODS)
+    _backend.resolve(backend, BACKENDS, what="cells.mamba")
+    dtype = _check(params, x, state0)
+    chunk_size = V.positive_int("chunk_size", chunk_size, allow_none=True)
+    s = sizes(params)
+    I, K, R, N = s["I"], s["K"], s["R"], s["N"]
+    Bsz, T, _ = x.shape
+    if state0 is None:
+        state0 = zero_state(params, Bsz, dtype)
+    conv_state0, ssm_state0 = state0
+    p = params
+    # in-projection
+    xz = x @ p["in_proj_weight"].T
+    xs, z = xz[..., :I], xz[..., I:]
+    # causal depthwise conv1d, the previous K−1 inputs prepended
+    xp = np.concatenate([np.transpose(conv_state0, (0, 2, 1)), xs], axis=1)  # (B, K−1+T, I)
+    w = p["conv1d_weight"]
+    xc = p["conv1d_bias"] + sum(w[:, k] * xp[:, k:k + T] for k in range(K))
+    xa = silu(xc)
+    # x-projection to (δ, B, C), Δ projection
+    x_dbl = xa @ p["x_proj_weight"].T
+    dt_low, Bm, Cm = np.split(x_dbl, [R, R + N], axis=-1)
+    delta = dt_low @ p["dt_proj_weight"].T
+    A = -np.exp(p["A_log"])
+    # selective scan with gate; softplus(delta + dt_proj_bias) inside the op
+    y, ssm_T, scan_cache = selective_scan.forward(
+        xa, delta, A, Bm, Cm, p["D"], z, delta_bias=p["dt_proj_bias"], delta_softplus=True,
+        initial_state=ssm_state0, method=method, chunk_size=chunk_size, backend=backend)
+    out = y @ p["out_proj_weight"].T
+    conv_T = np.ascontiguousarray(np.transpose(xp[:, T:], (0, 2, 1)))   # last K−1 inputs
+    cache = dict(x=x, xp=xp, xc=xc, xa=xa, dt_low=dt_low, A=A, y=y, scan=scan_cache,
+                 state0=(conv_state0, ssm_state0), method=method, backend=backend)
+    return out, (conv_T, ssm_T), cache
+
+
+def backward(params: dict, cache: dict, dy: np.ndarray | None,
+             dstate: tuple | None = None) -> dict[str, np.ndarray]:
+    """Hand backward through the whole block (equations in the module docstring).
+
+    Args:
+        params: the parameters given to :func:`forward`.
+        cache: from :func:`forward`.
+        dy: ``(B, T, M)`` ∂L/∂out, or ``None``.
+        dstate: ``(dconv_state, dssm_state)`` for the returned state (either may
+            be ``None``), or ``None``.
+
+    Returns:
+        Every key of ``params`` plus ``"x" (B, T, M)`` and ``"state0"`` (a pair).
+    """
+    c = cache
+    p = params
+    x, xp, xa, y = c["x"], c["xp"], c["xa"], c["y"]
+    Bsz, T, M = x.shape
+    K = p["conv1d_weight"].shape[1]
+    if dy is not None:
+        V.array("dy", dy)
+        V.Shapes(B=Bsz, T=T, M=M).check("dy", dy, ("B", "T", "M"))
+    dconv_T, dssm_T = _split_dstate(dstate, c["state0"][0], c["state0"][1])
+    if dy is None:
+        dy = np.zeros((Bsz, T, M), y.dtype)
+    g = {}
+    # out-projection
+    g["out_proj_weight"] = np.einsum("btm,bti->mi", dy, y)
+    dy_ssm = dy @ p["out_proj_weight"]
+    # the selective scan (and its gate, D, softplus)
+    sg = selective_scan.backward(c["scan"], dy_ssm, dssm_T)
+    g["A_log"] = sg["A"] * c["A"]
+    g["D"] = sg["D"]
+    g["dt_proj_bias"] = sg["delta_bias"]
+    dz = sg["z"]
+    # Δ projection and x-projection
+    g["dt_proj_weight"] = np.einsum("bti,btr->ir", sg["delta"], c["dt_low"])
+    dx_dbl = np.concatenate([sg["delta"] @ p["dt_proj_weight"], sg["B"], sg["C"]], axis=-1)
+    g["x_proj_weight"] = np.einsum("btp,bti->pi", dx_dbl, xa)
+    dxa = sg["u"] + dx_dbl @ p["x_proj_weight"]
+    # SiLU and the causal conv
+    dxc = dxa * silu_grad(c["xc"])
+    g["conv1d_bias"] = dxc.sum(axis=(0, 1))
+    w = p["conv1d_weight"]
+    dw = np.empty_like(w)
+    dxp = np.zeros(xp.shape, xp.dtype)
+    for k in range(K):
+        dw[:, k] = np.einsum("bti,bti->i", dxc, xp[:, k:k + T])
+        dxp[:, k:k + T] += w[:, k] * dxc
+    g["conv1d_weight"] = dw
+    dxp[:, T:] += np.transpose(dconv_T, (0, 2, 1))      # the returned conv_state is xp's tail
+    dconv_0 = np.ascontiguousarray(np.transpose(dxp[:, :K - 1], (0, 2, 1)))
+    dxs = dxp[:, K - 1:]
+    # in-projection
+    dxz = np.concatenate([dxs, dz], axis=-1)
+    g["in_proj_weight"] = np.einsum("btj,btm->jm", dxz, x)
+    grads = {k: g[k] for k in PARAM_SHAPES}
+    grads["x"] = dxz @ p["in_proj_weight"]
+    grads["state0"] = (dconv_0, sg["initial_state"])
+    return grads
