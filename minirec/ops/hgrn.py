@@ -1,0 +1,209 @@
+"""HGRN's recurrence, from Qin et al., "Hierarchically Gated Recurrent Neural
+Network for Sequence Modeling" (NeurIPS 2023), in its real, elementwise form.
+
+Dimension key: B batch, T time, D channels.
+
+    h_t = exp(g_t) ⊙ h_{t−1} + x_t            x, g (B, T, D);  h_{−1} (B, D)
+
+The gate is passed in log space (``g ≤ 0``, multiplier ``a = exp(g) ∈ (0, 1]``;
+``g = 0`` keeps the state exactly). The output is every ``h_t`` ``(B, T, D)``,
+the state is ``h (B, D)``. This is the diagonal affine scan
+:func:`minirec.scan.linear.forward` with ``a = exp(g)``, ``b = x``, with every
+one of its methods (``log`` recovers ``log a = g``).
+
+In the HGRN layer the op sits between a gate and an input computed from the
+layer input ``u`` (one layer of the stack, index ``l``):
+
+    f_t = γ_l + (1 − γ_l) σ(u_t W_f^T + b_f)     forget gate, lower-bounded by γ_l
+    c_t = SiLU(u_t W_c^T + b_c)                  candidate
+    g_t = log f_t,   x_t = (1 − f_t) ⊙ c_t       → h = hgrn.forward(x, g)
+
+where the lower bounds ``γ_l ∈ [0, 1)`` grow with depth (the paper computes
+them as a cumulative softmax over layers, ``γ_1 = 0``), so upper layers are
+forced to keep long memories. :func:`lower_bounded_gate` computes
+``g = log(γ + (1 − γ) σ(f_logits))`` stably and
+:func:`lower_bounded_gate_backward` its gradient.
+
+Negative eigenvalues (``negative_eigenvalues=True``; Grazzi et al., "Unlocking
+State-Tracking in Linear RNNs Through Negative Eigenvalues", 2024): the
+multiplier ``exp(g) ∈ (0, 1]`` is mapped by ``a ↦ 2a − 1`` to ``(−1, 1]``,
+
+    h_t = (2 exp(g_t) − 1) ⊙ h_{t−1} + x_t,
+
+so ``g = 0`` still keeps the state and ``g → −∞`` flips its sign. ``g`` keeps
+its meaning (the log of a gate in (0, 1], e.g. from :func:`lower_bounded_gate`,
+whose bound γ then bounds ``a ≥ 2γ − 1``). ``method="log"`` is refused in this
+mode (it needs ``a > 0``).
+
+Backward (``dh`` = ∂L/∂h_t from outside, ``dh_T`` through the final state):
+
+    da, db, dh0 = scan.linear.backward(dh, dh_T)     reverse scan, same method
+    dx  = db
+    dg  = da ⊙ exp(g)        (da ⊙ 2 exp(g) with negative eigenvalues)
+    d initial_state = dh0
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from minirec import _backend
+from minirec import _validate as V
+from minirec.scan import linear
+
+METHODS = linear.METHODS  # ("recurrent", "hillis_steele", "blelloch", "chunked", "log")
+BACKENDS = ("numpy",)
+
+
+class HGRNCache(NamedTuple):
+    """What :func:`backward` needs: ``e^g (B, T, D)``, the flag, and the scan's cache."""
+
+    exp_g: np.ndarray
+    negative_eigenvalues: bool
+    scan: linear.LinearScanCache
+
+
+def forward(x: np.ndarray, g: np.ndarray, *, initial_state: np.ndarray | None = None,
+            negative_eigenvalues: bool = False, method: str = "recurrent",
+            chunk_size: int | None = None,
+            backend: str = "numpy") -> tuple[np.ndarray, np.ndarray, HGRNCache]:
+    """Run ``h_t = exp(g_t) ⊙ h_{t−1} + x_t`` over axis 1.
+
+    Args:
+        x: ``(B, T, D)`` inputs.
+        g: ``(B, T, D)`` log forget gates (``g ≤ 0`` by convention; not enforced).
+        initial_state: ``(B, D)`` ``h_{−1}``; ``None`` means zeros.
+        negative_eigenvalues: multiplier ``2 exp(g) − 1 ∈ (−1, 1]`` instead of ``exp(g)``.
+        method: one of :data:`METHODS` (``log`` needs ``exp(g) > 0``, i.e. finite ``g``,
+            and ``negative_eigenvalues=False``).
+        chunk_size: chunk length for ``method="chunked"`` (default ⌈√T⌉).
+        backend: one of :data:`BACKENDS`.
+
+    Returns:
+        ``h (B, T, D)``, the final state ``(B, D)`` and the cache for :func:`backward`.
+    """
+    V.choice("method", method, METHODS)
+    _backend.resolve(backend, BACKENDS, what="ops.hgrn")
+    s = V.Shapes()
+    V.array("x", x, ndim=3, allow_complex=False)
+    s.check("x", x, ("B", "T", "D"))
+    V.array("g", g, ndim=3, allow_complex=False)
+    s.check("g", g, ("B", "T", "D"))
+    if initial_state is not None:
+        V.array("initial_state", initial_state, allow_complex=False)
+        s.check("initial_state", initial_state, ("B", "D"))
+    V.common_dtype(x=x, g=g, initial_state=initial_state)
+    if method == "log" and negative_eigenvalues:
+        raise ValueError(
+            "method='log' needs a > 0 (it takes log a), but negative_eigenvalues=True "
+            "gives a = 2 exp(g) − 1 in (−1, 1]. Use method='recurrent', 'hillis_steele', "
+            "'blelloch' or 'chunked'."
+        )
+    exp_g = np.exp(g)
+    a = 2 * exp_g - 1 if negative_eigenvalues else exp_g
+    h, h_T, scan_cache = linear.forward(a, x, initial_state, method=method,
+                                        chunk_size=chunk_size, backend=backend)
+    return h, h_T, HGRNCache(exp_g, negative_eigenvalues, scan_cache)
+
+
+def backward(cache: HGRNCache, dh: np.ndarray | None,
+             dh_T: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Gradients of :func:`forward` by the reverse scan of the same method.
+
+    Args:
+        cache: from :func:`forward`.
+        dh: ``(B, T, D)`` ∂L/∂h (``None`` means zeros).
+        dh_T: ``(B, D)`` ∂L/∂h through the final state (``None`` means zeros).
+
+    Returns:
+        ``{"x", "g", "initial_state"}`` with the forward's shapes (``initial_state``
+        also when it was ``None``).
+    """
+    grads = linear.backward(cache.scan, dh, dh_T)
+    da_dg = 2 * cache.exp_g if cache.negative_eigenvalues else cache.exp_g
+    return {"x": grads["b"], "g": grads["a"] * da_dg, "initial_state": grads["initial_state"]}
+
+
+# ---------------------------------------------------------------------------
+# the HGRN layer's lower-bounded forget gate
+# ---------------------------------------------------------------------------
+
+def _check_gate_args(f_logits, lower_bound):
+    V.array("f_logits", f_logits, allow_complex=False)
+    if isinstance(lower_bound, (int, float, np.floating)) and not isinstance(lower_bound, bool):
+        lower_bound = np.asarray(lower_bound, dtype=f_logits.dtype)
+    V.array("lower_bound", lower_bound, allow_complex=False)
+    V.common_dtype(f_logits=f_logits, lower_bound=lower_bound)
+    try:
+        np.broadcast_shapes(lower_bound.shape, f_logits.shape)
+    except ValueError:
+        raise ValueError(f"lower_bound: expected a shape that broadcasts to f_logits' "
+                         f"{tuple(f_logits.shape)} (e.g. (D,) or a scalar), got "
+                         f"{tuple(lower_bound.shape)}") from None
+    if lower_bound.size and not (np.min(lower_bound) >= 0 and np.max(lower_bound) < 1):
+        raise ValueError(f"lower_bound: expected values in [0, 1), got min "
+                         f"{float(np.min(lower_bound))!r}, max {float(np.max(lower_bound))!r}")
+    return lower_bound
+
+
+def _log_sigmoid(u):
+    return -np.logaddexp(0, -u)
+
+
+def lower_bounded_gate(f_logits: np.ndarray, lower_bound) -> np.ndarray:
+    """HGRN's forget gate in log space: ``g = log(γ + (1 − γ) σ(f_logits))``.
+
+    Computed without overflow or ``log 0`` as
+    ``g = softplus(log γ − u) − softplus(−u)`` (``u = f_logits``; for γ = 0 this
+    is ``log σ(u)``), so ``log γ ≤ g < 0``.
+
+    Args:
+        f_logits: ``(..., D)``, e.g. ``(B, T, D)``.
+        lower_bound: γ, a float or an array broadcasting to ``f_logits`` (per
+            channel ``(D,)``), values in ``[0, 1)``.
+
+    Returns:
+        ``g`` with the shape of ``f_logits``, ready for :func:`forward`.
+    """
+    gamma = _check_gate_args(f_logits, lower_bound)
+    with np.errstate(divide="ignore"):  # log 0 = −inf, and softplus(−inf) = 0
+        log_gamma = np.log(gamma)
+    return np.logaddexp(0, log_gamma - f_logits) + _log_sigmoid(f_logits)
+
+
+def lower_bounded_gate_backward(f_logits: np.ndarray, lower_bound,
+                                dg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Back through :func:`lower_bounded_gate`.
+
+    With ``s = σ(u)``, ``f = γ + (1 − γ) s = e^g``:
+
+        ∂g/∂u = (1 − γ) s (1 − s) / f = (1 − γ) (1 − s) · exp(log s − g)
+        ∂g/∂γ = (1 − s) / f           = exp(log(1 − s) − g)
+
+    (written with logs so that nothing is 0/0 when ``s`` underflows). ∂g/∂γ is
+    unbounded as ``f → 0`` (γ = 0 and ``u → −∞``); there it is ``inf``, as the
+    true derivative is, without a warning.
+
+    Args:
+        f_logits, lower_bound: as given to :func:`lower_bounded_gate`.
+        dg: ``∂L/∂g``, the shape of ``f_logits``.
+
+    Returns:
+        ``(df_logits, dlower_bound)``; ``dlower_bound`` has ``lower_bound``'s
+        shape (a 0-d array for a float), summed over broadcast axes.
+    """
+    gamma = _check_gate_args(f_logits, lower_bound)
+    V.grad_like("dg", dg, f_logits, "f_logits")
+    g = lower_bounded_gate(f_logits, gamma)
+    log_s, log_1ms = _log_sigmoid(f_logits), _log_sigmoid(-f_logits)
+    df = dg * (1 - gamma) * np.exp(log_1ms) * np.exp(log_s - g)
+    with np.errstate(over="ignore"):
+        dgamma = dg * np.exp(log_1ms - g)
+    # sum over the axes γ was broadcast along
+    extra = dgamma.ndim - gamma.ndim
+    dgamma = dgamma.sum(axis=tuple(range(extra)))
+    axes = tuple(i for i, n in enumerate(gamma.shape) if n == 1 and dgamma.shape[i] != 1)
+    dgamma = dgamma.sum(axis=axes, keepdims=True)
+    return df, np.asarray(dgamma, dtype=gamma.dtype)
