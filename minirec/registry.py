@@ -172,6 +172,41 @@ register(Entry("scan.matrix", "scan", "minirec.scan.matrix",
 # --- lru, ssm ---
 
 # --- selective_scan, mamba ---
+def _selective_scan_inputs(rng, dtype, size="small", method=None):
+    """Every optional array given (D, z, delta_bias, initial_state); A ∈ [−2, −0.5]
+    and Δ = softplus(delta + delta_bias) = O(1), so exp(Δ A) stays well above 0."""
+    B, T, D, N = SIZES[size]
+    dtype = np.dtype(dtype)
+    return {"u": _randn(rng, (B, T, D), dtype),
+            "delta": (0.5 * rng.standard_normal((B, T, D))).astype(dtype),
+            "A": (-rng.uniform(0.5, 2.0, (D, N))).astype(dtype),
+            "B": _randn(rng, (B, T, N), dtype), "C": _randn(rng, (B, T, N), dtype),
+            "D": _randn(rng, (D,), dtype), "z": _randn(rng, (B, T, D), dtype),
+            "delta_bias": rng.uniform(-1.0, 1.0, D).astype(dtype),
+            "initial_state": _randn(rng, (B, D, N), dtype)}
+
+
+def _mamba_inputs(rng, dtype, size="small", method=None):
+    """Mamba's init with dt_proj_bias ~ U(−1, 1) (Δ = O(1), so every gradient is
+    O(1) for the check), random A_log and D; a random (conv_state, ssm_state)."""
+    from minirec.cells import mamba
+    B, T, M, N = {"small": (2, 5, 4, 3), "medium": (3, 37, 8, 8)}[size]
+    p = mamba.init_params(rng, M, N, dtype=np.float64)
+    I, K = p["conv1d_weight"].shape
+    p["dt_proj_bias"] = rng.uniform(-1.0, 1.0, I)
+    p["A_log"] = np.log(rng.uniform(0.5, 4.0, (I, N)))
+    p["D"] = rng.standard_normal(I)
+    params = {k: v.astype(dtype) for k, v in p.items()}
+    state0 = (_randn(rng, (B, I, K - 1), dtype), _randn(rng, (B, I, N), dtype))
+    return {"params": params, "x": _randn(rng, (B, T, M), dtype), "state0": state0}
+
+
+register(Entry("selective_scan", "op", "minirec.ops.selective_scan",
+               "h_t = exp(Δ_t A) ⊙ h_{t-1} + Δ_t B_t u_t; y_t = (C_t·h_t + D u_t) ⊙ silu(z_t)",
+               _selective_scan_inputs, forward_kwargs={"delta_softplus": True}))
+register(Entry("mamba", "cell", "minirec.cells.mamba",
+               "Mamba-1 block: in_proj, causal conv1d, SiLU, selective scan, SiLU(z) gate, "
+               "out_proj", _mamba_inputs))
 
 # --- softmax_scan, aaren ---
 
