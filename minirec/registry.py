@@ -166,8 +166,43 @@ register(Entry("scan.matrix", "scan", "minirec.scan.matrix",
                dtypes=(F32, F64, C64, C128)))
 
 # --- mingru, minlstm ---
+@dataclass(frozen=True)
+class _EntryWithoutMethods(Entry):
+    """An entry whose ``forward_kwargs`` rule out some of its module's methods
+    (``excluded_methods``); ``methods`` lists the rest, so every check skips them."""
+
+    excluded_methods: tuple = ()
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return tuple(m for m in self.module.METHODS if m not in self.excluded_methods)
+
+
+register(Entry("mingru", "cell", "minirec.cells.mingru",
+               "h_t = (1 − z_t) ⊙ h_{t-1} + z_t ⊙ h̃_t, z_t = σ(W_z x_t + b_z)",
+               _cell_inputs("minirec.cells.mingru")))
+register(_EntryWithoutMethods(
+    "mingru_neg", "cell", "minirec.cells.mingru",
+    "minGRU with negative eigenvalues: h_t = (1 − 2z_t) ⊙ h_{t-1} + z_t ⊙ h̃_t "
+    "(no log method: it needs a > 0)",
+    _cell_inputs("minirec.cells.mingru"), forward_kwargs={"negative_eigenvalues": True},
+    excluded_methods=("log",)))
+register(Entry("minlstm", "cell", "minirec.cells.minlstm",
+               "h_t = f'_t ⊙ h_{t-1} + i'_t ⊙ h̃_t, f' = f/(f+i), i' = i/(f+i)",
+               _cell_inputs("minirec.cells.minlstm")))
 
 # --- hgrn ---
+def _hgrn_inputs(rng, dtype, size="small", method=None):
+    """g ~ −U(0, 1.5) with the first step's gates exactly 0 (a = 1, log a = 0)."""
+    B, T, D, _ = SIZES[size]
+    g = -rng.uniform(0.0, 1.5, (B, T, D))
+    g[:, 0] = 0.0
+    return {"x": _randn(rng, (B, T, D), dtype), "g": g.astype(dtype),
+            "initial_state": _randn(rng, (B, D), dtype)}
+
+
+register(Entry("hgrn", "op", "minirec.ops.hgrn", "h_t = exp(g_t) ⊙ h_{t-1} + x_t",
+               _hgrn_inputs))
 
 # --- lru, ssm ---
 
