@@ -144,6 +144,52 @@ register(Entry("rnn_relu", "cell", "minirec.cells.rnn",
                _cell_inputs("minirec.cells.rnn"), forward_kwargs={"nonlinearity": "relu"}))
 
 # --- lstm, gru, compose (stack / bidirectional) ---
+register(Entry("lstm", "cell", "minirec.cells.lstm",
+               "c_t = f ⊙ c_{t-1} + i ⊙ g, h_t = o ⊙ tanh(c_t) (gates i, f, g, o)",
+               _cell_inputs("minirec.cells.lstm", state="hc")))
+register(Entry("gru", "cell", "minirec.cells.gru",
+               "h_t = (1 − z) ⊙ n + z ⊙ h_{t-1}, n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn))",
+               _cell_inputs("minirec.cells.gru")))
+
+
+@dataclass(frozen=True)
+class _ComposedEntry(Entry):
+    """An entry whose ``module`` is a :mod:`minirec.cells.compose` wrapper object
+    made by ``build()``; ``module_path`` names compose (for display and docs)."""
+
+    build: Callable[[], Any] | None = None
+
+    @property
+    def module(self) -> Any:
+        return self.build()
+
+
+def _composed_inputs(build):
+    def make(rng, dtype, size="small", method=None):
+        B, T, D, H = SIZES[size]
+        net = build()
+        params = net.init_params(rng, D, H, dtype=dtype)
+        state0 = tuple(_randn(rng, s.shape, dtype) for s in net.zero_state(params, B, dtype))
+        return {"params": params, "x": _randn(rng, (B, T, D), dtype), "state0": state0}
+    return make
+
+
+def _lstm_stack2():
+    from minirec.cells import compose, lstm
+    return compose.stack([lstm, lstm])
+
+
+def _gru_bidirectional():
+    from minirec.cells import compose, gru
+    return compose.bidirectional(gru)
+
+
+register(_ComposedEntry("lstm_stack2", "cell", "minirec.cells.compose",
+                        "stack([lstm, lstm]): layer 0's outputs are layer 1's inputs",
+                        _composed_inputs(_lstm_stack2), build=_lstm_stack2))
+register(_ComposedEntry("gru_bidirectional", "cell", "minirec.cells.compose",
+                        "bidirectional(gru): y_t = [h→_t | h←_t], reverse run on flip_t(x)",
+                        _composed_inputs(_gru_bidirectional), build=_gru_bidirectional))
 
 # --- scan.matrix ---
 def _matrix_scan_inputs(rng, dtype, size="small", method=None):
