@@ -290,6 +290,36 @@ register(Entry("mamba", "cell", "minirec.cells.mamba",
                "out_proj", _mamba_inputs))
 
 # --- softmax_scan, aaren ---
+def _softmax_triple(rng, B, heads, Vd, dtype):
+    """A finite (m, u, w) state with u > 0: agreement compares states by relative
+    RMS, which the empty prefix's m = −inf would make NaN (tested in tests/ops)."""
+    return (_randn(rng, (B, heads), dtype), rng.uniform(0.5, 2.0, (B, heads)).astype(dtype),
+            _randn(rng, (B, heads, Vd), dtype))
+
+
+def _softmax_scan_inputs(rng, dtype, size="small", method=None):
+    """Two heads; scores ~ N(0, 4), so the running max moves and the initial
+    state's m is the overall max for some (b, h)."""
+    B, T, D, _ = SIZES[size]
+    return {"s": (2 * _randn(rng, (B, T, 2), dtype)).astype(dtype),
+            "v": _randn(rng, (B, T, 2, D), dtype),
+            "initial_state": _softmax_triple(rng, B, 2, D, dtype)}
+
+
+def _aaren_inputs(rng, dtype, size="small", method=None):
+    from minirec.cells import aaren
+    B, T, D, H = SIZES[size]
+    params = aaren.init_params(rng, D, H, num_heads=2, dtype=dtype)
+    return {"params": params, "x": _randn(rng, (B, T, D), dtype),
+            "state0": _softmax_triple(rng, B, 2, H // 2, dtype)}
+
+
+register(Entry("softmax_scan", "op", "minirec.ops.softmax_scan",
+               "o_t = Σ_{i≤t} e^{s_i} v_i / Σ_{i≤t} e^{s_i}, state (max, denominator, numerator)",
+               _softmax_scan_inputs))
+register(Entry("aaren", "cell", "minirec.cells.aaren",
+               "Aaren: s_t = q·(W_k x_t)/√K, o_t = softmax_scan(s, W_v x), y_t = W_o o_t + b_o",
+               _aaren_inputs))
 
 
 # ---------------------------------------------------------------------------
