@@ -251,6 +251,33 @@ register(Entry("hgrn", "op", "minirec.ops.hgrn", "h_t = exp(g_t) ⊙ h_{t-1} + x
                _hgrn_inputs))
 
 # --- lru, ssm ---
+def _lru_inputs(rng, dtype, size="small", method=None):
+    from minirec.cells import lru
+    B, T, D, N = SIZES[size]
+    # |λ| on [0.3, 1): the log method takes log λ (any λ ≠ 0 works; this keeps margin)
+    params = lru.init_params(rng, D, N, dtype=dtype, r_min=0.3)
+    return {"params": params, "x": _randn(rng, (B, T, D), dtype),
+            "state0": _randn(rng, (B, N), np.result_type(dtype, np.complex64))}
+
+
+def _ssm_inputs(rng, dtype, size="small", method=None):
+    from minirec.cells import ssm
+    B, T, D, N = SIZES[size]
+    params = ssm.init_params(rng, D, N, dtype=dtype)
+    for k in ("B_re", "B_im"):  # S4D's B = 1 is too special for a check
+        params[k] = params[k] + (0.1 * rng.standard_normal(params[k].shape)).astype(dtype)
+    return {"params": params, "x": _randn(rng, (B, T, D), dtype),
+            "state0": _randn(rng, (B, D, N), np.result_type(dtype, np.complex64))}
+
+
+register(Entry("lru", "cell", "minirec.cells.lru",
+               "h_t = λ ⊙ h_{t-1} + γ ⊙ (B x_t), y_t = Re(C h_t) + D ⊙ x_t", _lru_inputs))
+register(Entry("ssm", "cell", "minirec.cells.ssm",
+               "S4D, zoh: h_t = Ā ⊙ h_{t-1} + B̄ x_t, y_t = 2 Re(Σ_n C h_t) + D x_t",
+               _ssm_inputs))
+register(Entry("ssm_bilinear", "cell", "minirec.cells.ssm",
+               "S4D, bilinear: h_t = Ā ⊙ h_{t-1} + B̄ x_t, y_t = 2 Re(Σ_n C h_t) + D x_t",
+               _ssm_inputs, forward_kwargs={"discretization": "bilinear"}))
 
 # --- selective_scan, mamba ---
 def _selective_scan_inputs(rng, dtype, size="small", method=None):

@@ -1,0 +1,280 @@
+"""Linear Recurrent Unit (LRU), Orvieto et al. 2023, "Resurrecting Recurrent
+Neural Networks for Long Sequences".
+
+Dimension key: B batch, T time, D input (= output) size, N state size.
+
+Parameters (all real): ``nu_log, theta_log, gamma_log (N,)``,
+``B_re, B_im (N, D)``, ``C_re, C_im (D, N)``, ``D (D,)``.
+
+    λ   = exp(−exp(nu_log) + i·exp(theta_log))          (N,)  complex, |λ| < 1
+    γ   = exp(gamma_log)                                 (N,)  input normalisation
+    B   = B_re + i·B_im  (N, D),   C = C_re + i·C_im  (D, N)
+    u_t = γ ⊙ (x_t B^T)                                  (B, N) complex
+    h_t = λ ⊙ h_{t−1} + u_t                              (B, N) complex state
+    y_t = Re(h_t C^T) + D ⊙ x_t                          (B, D) real output
+
+The state is complex: complex64 for float32 parameters, complex128 for
+float64. The recurrence ``h_t = λ ⊙ h_{t−1} + u_t`` is the diagonal affine scan
+:func:`minirec.scan.linear.forward` with ``a_t = λ`` for every t, so every
+method of that module is a method here (``log`` takes the complex logarithm of
+λ, which is never 0).
+
+Backward. Complex gradients follow PyTorch's convention
+``g_z = ∂L/∂Re z + i·∂L/∂Im z``; for ``w = f(z)`` holomorphic,
+``g_z = conj(f'(z)) ⊙ g_w``, and for a real leaf ``r`` entering a complex
+expression, ``∂L/∂r = Re(conj(∂w/∂r) ⊙ g_w)``. With ``dy = ∂L/∂y_t``:
+
+    dh_t      = dy_t conj(C)                              (B, T, N) into the scan
+    dC        = Σ_{b,t} dy_t^T conj(h_t)                  dC_re = Re dC, dC_im = Im dC
+    dD        = Σ_{b,t} dy_t ⊙ x_t
+    g_t, dλ_t, dh0 = scan.linear.backward(dh, dh_T)       g_t = ∂L/∂u_t,
+                                                          dλ_t = g_t ⊙ conj(h_{t−1})
+    dλ        = Σ_{b,t} dλ_t
+    dz        = dλ ⊙ conj(λ)              (λ = exp(z), z = −exp(nu_log) + i·exp(theta_log))
+    dnu_log   = −Re(dz) ⊙ exp(nu_log)     dtheta_log = Im(dz) ⊙ exp(theta_log)
+    dγ        = Σ_{b,t} Re(g_t ⊙ conj(x_t B^T))           dgamma_log = dγ ⊙ γ
+    dB        = Σ_{b,t} (γ ⊙ g_t)^T x_t                   dB_re = Re dB, dB_im = Im dB
+    dx_t      = Re((γ ⊙ g_t) conj(B)) + D ⊙ dy_t
+    dstate0   = dh0                                       (complex)
+
+Initialisation (the paper's §3.2 "ring" initialisation): ``|λ|`` uniform on
+the ring ``r_min ≤ |λ| ≤ r_max`` in area and the phase uniform in
+``[0, max_phase]``:
+
+    u1, u2 ~ U(0, 1)
+    nu    = −½ log(u1 (r_max² − r_min²) + r_min²)        |λ| = exp(−nu)
+    theta = max_phase · u2
+    γ     = sqrt(1 − |λ|²)                               (keeps E|h|² ≈ E|x B^T|²)
+    B ~ CN(0, 1/D)  i.e. B_re, B_im ~ N(0, 1/(2D));   C ~ CN(0, 1/N);   D ~ N(0, 1)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from minirec import _backend
+from minirec import _validate as V
+from minirec.scan import linear
+
+METHODS = linear.METHODS
+BACKENDS = ("numpy",)
+PARAM_SHAPES = {"nu_log": ("N",), "theta_log": ("N",), "gamma_log": ("N",),
+                "B_re": ("N", "D"), "B_im": ("N", "D"), "C_re": ("D", "N"),
+                "C_im": ("D", "N"), "D": ("D",)}
+
+
+def init_params(rng: np.random.Generator, input_size: int, state_size: int,
+                dtype=np.float64, r_min: float = 0.0, r_max: float = 1.0,
+                max_phase: float = 2 * np.pi) -> dict[str, np.ndarray]:
+    """The paper's ring initialisation (see the module docstring).
+
+    Args:
+        rng: random generator.
+        input_size: ``D`` (the output has the same size).
+        state_size: ``N``, the number of complex eigenvalues.
+        dtype: float32 or float64 (the state is then complex64/complex128).
+        r_min, r_max: ``0 ≤ r_min < r_max ≤ 1``, the ring holding ``|λ|``.
+        max_phase: the phases ``arg λ`` are uniform in ``[0, max_phase]``.
+
+    Returns:
+        ``{"nu_log", "theta_log", "gamma_log" (N,), "B_re", "B_im" (N, D),
+        "C_re", "C_im" (D, N), "D" (D,)}`` in ``dtype``.
+    """
+    if not 0.0 <= r_min < r_max <= 1.0:
+        raise ValueError(f"r_min, r_max: expected 0 <= r_min < r_max <= 1, "
+                         f"got r_min={r_min!r}, r_max={r_max!r}")
+    if not max_phase > 0:
+        raise ValueError(f"max_phase: expected a positive angle, got {max_phase!r}")
+    D, N = V.positive_int("input_size", input_size), V.positive_int("state_size", state_size)
+    u1 = rng.uniform(size=N)
+    u2 = rng.uniform(size=N)
+    nu = -0.5 * np.log(u1 * (r_max**2 - r_min**2) + r_min**2)
+    theta = max_phase * u2
+    modulus = np.exp(-nu)
+    gamma = np.sqrt(1.0 - modulus**2)
+    params = {
+        "nu_log": np.log(nu),
+        "theta_log": np.log(theta),
+        "gamma_log": np.log(gamma),
+        "B_re": rng.standard_normal((N, D)) / np.sqrt(2 * D),
+        "B_im": rng.standard_normal((N, D)) / np.sqrt(2 * D),
+        "C_re": rng.standard_normal((D, N)) / np.sqrt(2 * N),
+        "C_im": rng.standard_normal((D, N)) / np.sqrt(2 * N),
+        "D": rng.standard_normal(D),
+    }
+    return {k: v.astype(dtype) for k, v in params.items()}
+
+
+def eigenvalues(params: dict) -> np.ndarray:
+    """``λ = exp(−exp(nu_log) + i·exp(theta_log))`` ``(N,)``, complex."""
+    nu_log, theta_log = params["nu_log"], params["theta_log"]
+    return np.exp(-np.exp(nu_log) + 1j * np.exp(theta_log)).astype(_complex(nu_log.dtype))
+
+
+def zero_state(params: dict, batch_size: int, dtype=None) -> np.ndarray:
+    """``h_{-1} = 0`` of shape ``(B, N)``, complex."""
+    dtype = _complex(dtype or params["nu_log"].dtype)
+    return np.zeros((batch_size, params["nu_log"].shape[0]), dtype)
+
+
+def _complex(dtype) -> np.dtype:
+    return np.result_type(dtype, np.complex64)
+
+
+def _check(params, x, state0):
+    s = V.Shapes()
+    V.params("lru", params, PARAM_SHAPES, s)
+    for k, v in params.items():
+        V.array(f"lru: {k}", v, allow_complex=False)
+    V.array("x", x, ndim=3, allow_complex=False)
+    s.check("x", x, ("B", "T", "D"))
+    if x.shape[1] < 1:
+        raise ValueError(f"x: expected T >= 1 along axis 1, got shape {x.shape}")
+    dtype = V.common_dtype(x=x, **params)
+    if state0 is not None:
+        V.state("state0", state0, (x.shape[0], s["N"]), dtype)
+    return dtype
+
+
+def _complex_params(params, cdtype):
+    lam = eigenvalues(params).astype(cdtype)
+    gamma = np.exp(params["gamma_log"])
+    B = (params["B_re"] + 1j * params["B_im"]).astype(cdtype)
+    C = (params["C_re"] + 1j * params["C_im"]).astype(cdtype)
+    return lam, gamma, B, C
+
+
+def _param_grads(params, lam, gamma, dlam, dgamma, dB, dC, dD):
+    """Back from (λ, γ, B, C, D) to the real parameters."""
+    dz = dlam * np.conj(lam)  # through λ = exp(z)
+    dtype = params["nu_log"].dtype
+    grads = {
+        "nu_log": -dz.real * np.exp(params["nu_log"]),
+        "theta_log": dz.imag * np.exp(params["theta_log"]),
+        "gamma_log": dgamma * gamma,
+        "B_re": dB.real, "B_im": dB.imag,
+        "C_re": dC.real, "C_im": dC.imag,
+        "D": dD,
+    }
+    return {k: np.ascontiguousarray(v, dtype=dtype) for k, v in grads.items()}
+
+
+# ---------------------------------------------------------------------------
+# one step
+# ---------------------------------------------------------------------------
+
+def step_forward(params: dict, x_t: np.ndarray, h_prev: np.ndarray,
+                 ) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """One step, for streaming: ``h_t = λ ⊙ h_{t−1} + γ ⊙ (x_t B^T)``,
+    ``y_t = Re(h_t C^T) + D ⊙ x_t``.
+
+    Unlike the classic cells the output ``y_t`` is not the state, so the step
+    returns both: ``x_t (B, D)``, ``h_prev (B, N)`` complex →
+    ``y_t (B, D)``, ``h_t (B, N)`` and the step cache.
+    """
+    cdtype = _complex(np.result_type(x_t, params["nu_log"]))
+    lam, gamma, B, C = _complex_params(params, cdtype)
+    Bx = x_t @ B.T
+    h = lam * h_prev + gamma * Bx
+    y = (h @ C.T).real + params["D"] * x_t
+    return y, h, (params, x_t, h_prev, h, Bx)
+
+
+def step_backward(dy_t: np.ndarray | None, dh_t: np.ndarray | None, cache_t: tuple,
+                  ) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Back through one step: ``dy_t (B, D)`` and ``dh_t (B, N)`` (either may be
+    ``None``) → ``dx_t (B, D)``, ``dh_prev (B, N)`` and the step's parameter
+    gradients (the module docstring's equations with T = 1)."""
+    params, x_t, h_prev, h, Bx = cache_t
+    cdtype = h.dtype
+    lam, gamma, B, C = _complex_params(params, cdtype)
+    dy_t = np.zeros(x_t.shape, x_t.dtype) if dy_t is None else dy_t
+    g = (np.zeros(h.shape, cdtype) if dh_t is None else dh_t) + dy_t @ np.conj(C)  # y = Re(h C^T)
+    gg = gamma * g                                                                # u = γ ⊙ Bx
+    dparams = _param_grads(
+        params, lam, gamma,
+        dlam=np.sum(g * np.conj(h_prev), axis=0),
+        dgamma=np.sum((g * np.conj(Bx)).real, axis=0),
+        dB=gg.T @ x_t.astype(cdtype),
+        dC=dy_t.T @ np.conj(h),
+        dD=np.sum(dy_t * x_t, axis=0),
+    )
+    dx = (gg @ np.conj(B)).real + params["D"] * dy_t
+    return dx.astype(x_t.dtype), g * np.conj(lam), dparams
+
+
+# ---------------------------------------------------------------------------
+# the sequence
+# ---------------------------------------------------------------------------
+
+def forward(params: dict, x: np.ndarray, state0: np.ndarray | None = None, *,
+            method: str = "recurrent", chunk_size: int | None = None,
+            backend: str = "numpy") -> tuple[np.ndarray, np.ndarray, dict]:
+    """Run the LRU over ``x (B, T, D)`` from ``state0 (B, N)`` (complex; zeros if ``None``).
+
+    The recurrence is :func:`minirec.scan.linear.forward` with ``a = λ``
+    broadcast over ``(B, T, N)`` and ``b = γ ⊙ (x B^T)``; ``method`` and
+    ``chunk_size`` are passed through.
+
+    Returns:
+        ``y (B, T, D)`` real, the final state ``h_T (B, N)`` complex, and the
+        cache for :func:`backward`.
+    """
+    V.choice("method", method, METHODS)
+    _backend.resolve(backend, BACKENDS, what="cells.lru")
+    dtype = _check(params, x, state0)
+    cdtype = _complex(dtype)
+    lam, gamma, B, C = _complex_params(params, cdtype)
+    Bx = x @ B.T                                    # (B, T, N)
+    u = gamma * Bx
+    a = np.broadcast_to(lam, u.shape)
+    h0 = zero_state(params, x.shape[0], dtype) if state0 is None else state0
+    h, h_T, scan_cache = linear.forward(a, u, h0, method=method, chunk_size=chunk_size,
+                                        backend=backend)
+    y = (h @ C.T).real + params["D"] * x
+    cache = {"x": x, "Bx": Bx, "h": h, "scan": scan_cache, "method": method,
+             "backend": backend}
+    return y.astype(dtype, copy=False), h_T, cache
+
+
+def backward(params: dict, cache: dict, dy: np.ndarray | None,
+             dstate: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Hand backward (module docstring) with the reverse scan of the forward's method.
+
+    Args:
+        params: as given to :func:`forward`.
+        cache: from :func:`forward`.
+        dy: ``(B, T, D)`` real ∂L/∂y, or ``None``.
+        dstate: ``(B, N)`` ∂L/∂h_T (complex convention), or ``None``.
+
+    Returns:
+        Every parameter's gradient (real, the parameters' shapes and dtype),
+        ``"x" (B, T, D)`` and ``"state0" (B, N)`` (complex, or real if the
+        given ``state0`` was real).
+    """
+    x, Bx, h = cache["x"], cache["Bx"], cache["h"]
+    if dy is not None:
+        V.array("dy", dy, allow_complex=False)
+    V.grad_like("dy", dy, x, "y")
+    V.grad_like("dstate", dstate, h[:, 0], "h_T")
+    cdtype = h.dtype
+    lam, gamma, B, C = _complex_params(params, cdtype)
+    dy = np.zeros(x.shape, x.dtype) if dy is None else dy.astype(x.dtype, copy=False)
+    dstate = None if dstate is None else dstate.astype(cdtype, copy=False)
+    # through y = Re(h C^T) + D ⊙ x
+    dh = dy @ np.conj(C)
+    # through the scan h_t = λ ⊙ h_{t−1} + u_t
+    sg = linear.backward(cache["scan"], dh, dstate)
+    g = sg["b"]
+    gg = gamma * g
+    grads = _param_grads(
+        params, lam, gamma,
+        dlam=np.sum(sg["a"], axis=(0, 1)),
+        dgamma=np.sum((g * np.conj(Bx)).real, axis=(0, 1)),
+        dB=np.einsum("btn,btd->nd", gg, x),
+        dC=np.einsum("btd,btn->dn", dy, np.conj(h)),
+        dD=np.sum(dy * x, axis=(0, 1)),
+    )
+    grads["x"] = ((gg @ np.conj(B)).real + params["D"] * dy).astype(x.dtype, copy=False)
+    grads["state0"] = sg["initial_state"]
+    return grads

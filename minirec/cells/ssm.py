@@ -1,0 +1,457 @@
+"""Diagonal state-space layer: LSSL / S4D (Gu et al. 2021, 2022), one
+single-input single-output SSM per channel.
+
+Dimension key: B batch, T time, D channels (input = output size), N state
+size per channel (complex; the conjugate half is implied by the ``2·Re``).
+
+Parameters (all real): ``log_dt (D,)``, ``A_re_log, A_im (D, N)``,
+``B_re, B_im, C_re, C_im (D, N)``, ``D (D,)``.
+
+The continuous system ``h'(s) = A h(s) + B x(s)``, ``y = 2·Re(C h) + D x``
+with
+
+    Δ = exp(log_dt)                   (D,)   step size per channel
+    A = −exp(A_re_log) + i·A_im       (D, N) stable: Re A < 0
+    B = B_re + i·B_im,  C = C_re + i·C_im
+
+is discretised with step Δ (``z = Δ A``):
+
+    "zoh"       Ā = exp(z)                          B̄ = (Ā − 1)/A · B = expm1(z)/A · B
+    "bilinear"  Ā = (1 + z/2)/(1 − z/2)             B̄ = Δ/(1 − z/2) · B
+
+and run as the recurrence (state ``(B, D, N)`` complex)
+
+    h_t = Ā ⊙ h_{t−1} + B̄ ⊙ x_t                     (x_t broadcast over N)
+    y_t = 2·Re(Σ_n C ⊙ h_t) + D ⊙ x_t               (B, D) real
+
+which is :func:`minirec.scan.linear.forward` with ``a = Ā`` broadcast over
+``(B, T, D, N)`` and ``b_t = B̄ x_t``: every method of that module is a method
+here. Unrolling it gives the third view, a causal convolution (``"conv"``):
+
+    y_t = Σ_{j≤t} K_j ⊙ x_{t−j} + D ⊙ x_t + 2·Re(Σ_n C Ā^{t+1} h0)
+    K_j = 2·Re(Σ_n C ⊙ Ā^j ⊙ B̄)                       (D, T) the SSM kernel
+    h_T = Ā^T h0 + B̄ ⊙ Σ_j Ā^{T−1−j} x_j            (the returned final state)
+
+with the convolution done by FFT: ``rfft`` of ``x`` and ``K`` zero-padded to
+``n ≥ 2T`` (a power of two), multiplied, ``irfft``, first T entries kept (the
+padding makes the circular convolution a linear one).
+
+Backward. Complex gradients follow PyTorch, ``g_z = ∂L/∂Re z + i·∂L/∂Im z``;
+for ``w = f(z)`` holomorphic ``g_z = conj(f'(z)) g_w``, and a real leaf ``r``
+gets ``Re(conj(∂w/∂r) g_w)``. ``dy = ∂L/∂y``, ``dh_T = ∂L/∂h_T``.
+
+Scan methods (through the recurrence):
+
+    dh_t   = 2 dy_t ⊙ conj(C)                          (B, T, D, N) into the scan
+    g_t, dĀ_t, dh0 = scan.linear.backward(dh, dh_T)    g_t = ∂L/∂(B̄ x_t)
+    dĀ     = Σ_{b,t} dĀ_t                dB̄ = Σ_{b,t} g_t x_t
+    dC     = 2 Σ_{b,t} dy_t conj(h_t)    dD = Σ_{b,t} dy_t x_t
+    dx_t   = Re(Σ_n g_t ⊙ conj(B̄)) + D ⊙ dy_t
+
+Conv method (its own backward; ``P_j = Ā^j``, j = 0 … T, the Vandermonde
+powers; ``W = C ⊙ B̄``; sums over b implied for parameters):
+
+    dx_j   = Σ_{t≥j} K_{t−j} dy_t + D dy_j + Re(Σ_n dh_T conj(B̄ P_{T−1−j}))
+             (the first sum a correlation: irfft(conj(rfft K) · rfft dy))
+    dK_m   = Σ_t dy_t x_{t−m}             (a correlation: irfft(conj(rfft x) · rfft dy))
+    through K_j = 2·Re(Σ_n W P_j):
+        dW  = 2 Σ_j dK_j conj(P_j)        dĀ += 2 conj(W) Σ_j j dK_j conj(P_{j−1})
+        dC += dW conj(B̄)                  dB̄ += dW conj(C)
+    through the initial-state term 2·Re(Σ_n C P_{t+1} h0), with
+    Q = Σ_t dy_t conj(P_{t+1}):
+        dC += 2 Q conj(h0)                dh0 = 2 conj(C) Q
+        dĀ += 2 conj(C h0) Σ_t (t+1) dy_t conj(P_t)
+    through h_T = P_T h0 + B̄ S,  S = Σ_j P_{T−1−j} x_j:
+        dh0 += conj(P_T) dh_T             dB̄ += dh_T conj(S)
+        dĀ  += dh_T conj(T P_{T−1} h0 + B̄ Σ_j (T−1−j) P_{T−2−j} x_j)
+
+Both then go back through the discretisation to the parameters:
+
+    "zoh"       g_z = conj(Ā) ⊙ (dĀ + dB̄ conj(B/A))
+                dA  = Δ g_z − dB̄ conj(B̄/A)           dΔ = Σ_n Re(g_z conj(A))
+                dB  = dB̄ conj(expm1(z)/A)
+    "bilinear"  s = 1 − z/2,  g_z = dĀ conj(1/s²) + dB̄ conj(B̄/(2s))
+                dA  = Δ g_z                           dΔ = Σ_n Re(g_z conj(A) + dB̄ conj(B/s))
+                dB  = dB̄ conj(Δ/s)
+    dA_re_log = −Re(dA) ⊙ exp(A_re_log)   dA_im = Im(dA)   dlog_dt = dΔ ⊙ Δ
+    dB_re, dB_im = Re dB, Im dB           dC_re, dC_im = Re dC, Im dC
+
+Initialisations (``init_params``), all with ``B = 1``, ``C ~ CN(0, 1)``,
+``D ~ N(0, 1)``, ``log Δ ~ U(log dt_min, log dt_max)``, the same A in every
+channel:
+
+    "s4d-lin"  A_n = −1/2 + iπn                        (n = 0 … N−1)
+    "s4d-inv"  A_n = −1/2 + i (N/π)(N/(2n+1) − 1)
+    "legs"     the eigenvalues of the normal part of HiPPO-LegS: with
+               A_LegS[n, k] = −sqrt(2n+1) sqrt(2k+1) (n > k), −(n+1) (n = k), 0 (n < k)
+               and P_n = sqrt(n + 1/2), S = A_LegS + P P^T is −1/2 on the diagonal
+               plus a skew-symmetric part, so its eigenvalues are −1/2 + iω;
+               of the 2N eigenvalues of the size-2N matrix keep the N with ω > 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from minirec import _backend
+from minirec import _validate as V
+from minirec.scan import linear
+
+METHODS = linear.METHODS + ("conv",)
+BACKENDS = ("numpy",)
+DISCRETIZATIONS = ("zoh", "bilinear")
+INITS = ("s4d-lin", "s4d-inv", "legs")
+PARAM_SHAPES = {"log_dt": ("D",), "A_re_log": ("D", "N"), "A_im": ("D", "N"),
+                "B_re": ("D", "N"), "B_im": ("D", "N"), "C_re": ("D", "N"),
+                "C_im": ("D", "N"), "D": ("D",)}
+
+
+# ---------------------------------------------------------------------------
+# initialisation
+# ---------------------------------------------------------------------------
+
+def legs_normal_eigenvalues(state_size: int) -> np.ndarray:
+    """The ``N`` eigenvalues with positive imaginary part of the normal part of
+    the size-``2N`` HiPPO-LegS matrix, sorted by imaginary part.
+
+    ``A_LegS[n, k] = −sqrt((2n+1)(2k+1))`` below the diagonal, ``−(n+1)`` on it,
+    0 above; ``P_n = sqrt(n + 1/2)``; ``S = A_LegS + P P^T`` (−1/2 on the
+    diagonal, skew-symmetric off it), so every eigenvalue has real part −1/2.
+    """
+    M = 2 * V.positive_int("state_size", state_size)
+    n = np.arange(M)
+    q = np.sqrt(2 * n + 1.0)
+    A = np.tril(-np.outer(q, q), -1) - np.diag(n + 1.0)
+    P = np.sqrt(n + 0.5)
+    S = A + np.outer(P, P)
+    w = np.linalg.eigvals(S)
+    w = w[w.imag > 0]
+    return w[np.argsort(w.imag)]
+
+
+def init_params(rng: np.random.Generator, input_size: int, state_size: int,
+                dtype=np.float64, init: str = "s4d-lin", dt_min: float = 1e-3,
+                dt_max: float = 1e-1) -> dict[str, np.ndarray]:
+    """S4D initialisations (module docstring).
+
+    Args:
+        rng: random generator (``log_dt``, ``C``, ``D``).
+        input_size: ``D`` channels.
+        state_size: ``N`` complex states per channel.
+        dtype: float32 or float64.
+        init: ``"s4d-lin"``, ``"s4d-inv"`` or ``"legs"``.
+        dt_min, dt_max: ``Δ`` is log-uniform in ``[dt_min, dt_max]``.
+
+    Returns:
+        ``{"log_dt" (D,), "A_re_log", "A_im", "B_re", "B_im", "C_re", "C_im"
+        (D, N), "D" (D,)}`` in ``dtype``.
+    """
+    V.choice("init", init, INITS)
+    D, N = V.positive_int("input_size", input_size), V.positive_int("state_size", state_size)
+    if not 0 < dt_min <= dt_max:
+        raise ValueError(f"dt_min, dt_max: expected 0 < dt_min <= dt_max, "
+                         f"got dt_min={dt_min!r}, dt_max={dt_max!r}")
+    n = np.arange(N)
+    if init == "s4d-lin":
+        A = -0.5 + 1j * np.pi * n
+    elif init == "s4d-inv":
+        A = -0.5 + 1j * (N / np.pi) * (N / (2 * n + 1) - 1)
+    else:
+        A = legs_normal_eigenvalues(N)
+    A = np.broadcast_to(A, (D, N))
+    params = {
+        "log_dt": rng.uniform(np.log(dt_min), np.log(dt_max), D),
+        "A_re_log": np.log(-A.real),
+        "A_im": A.imag,
+        "B_re": np.ones((D, N)),
+        "B_im": np.zeros((D, N)),
+        "C_re": rng.standard_normal((D, N)) * np.sqrt(0.5),
+        "C_im": rng.standard_normal((D, N)) * np.sqrt(0.5),
+        "D": rng.standard_normal(D),
+    }
+    return {k: np.array(v, dtype=dtype, order="C") for k, v in params.items()}
+
+
+def _complex(dtype) -> np.dtype:
+    return np.result_type(dtype, np.complex64)
+
+
+def zero_state(params: dict, batch_size: int, dtype=None) -> np.ndarray:
+    """``h_{-1} = 0`` of shape ``(B, D, N)``, complex."""
+    return np.zeros((batch_size,) + params["A_im"].shape,
+                    _complex(dtype or params["A_im"].dtype))
+
+
+# ---------------------------------------------------------------------------
+# discretisation and its backward
+# ---------------------------------------------------------------------------
+
+def discretize(params: dict, discretization: str = "zoh") -> tuple[np.ndarray, np.ndarray]:
+    """``(Ā, B̄)``, each ``(D, N)`` complex, by ``"zoh"`` or ``"bilinear"``."""
+    V.choice("discretization", discretization, DISCRETIZATIONS)
+    Abar, Bbar, _ = _discretize(params, discretization)
+    return Abar, Bbar
+
+
+def _discretize(params, discretization):
+    dt = np.exp(params["log_dt"])[:, None]                       # (D, 1)
+    A = -np.exp(params["A_re_log"]) + 1j * params["A_im"]         # (D, N)
+    B = params["B_re"] + 1j * params["B_im"]
+    z = dt * A
+    if discretization == "zoh":
+        Abar = np.exp(z)
+        Bbar = np.expm1(z) / A * B
+    else:
+        s = 1 - z / 2
+        Abar = (1 + z / 2) / s
+        Bbar = dt / s * B
+    return Abar, Bbar, (dt, A, B, z)
+
+
+def _param_grads(params, discretization, aux, Abar, Bbar, dAbar, dBbar, dC, dD):
+    """Back through the discretisation to the real parameters (module docstring)."""
+    dt, A, B, z = aux
+    if discretization == "zoh":
+        gz = np.conj(Abar) * (dAbar + dBbar * np.conj(B / A))
+        dA = dt * gz - dBbar * np.conj(Bbar / A)
+        ddt = np.sum((gz * np.conj(A)).real, axis=1)
+        dB = dBbar * np.conj(np.expm1(z) / A)
+    else:
+        s = 1 - z / 2
+        gz = dAbar * np.conj(1 / s**2) + dBbar * np.conj(Bbar / (2 * s))
+        dA = dt * gz
+        ddt = np.sum((gz * np.conj(A) + dBbar * np.conj(B / s)).real, axis=1)
+        dB = dBbar * np.conj(dt / s)
+    dtype = params["log_dt"].dtype
+    grads = {
+        "log_dt": ddt * dt[:, 0],
+        "A_re_log": -dA.real * np.exp(params["A_re_log"]),
+        "A_im": dA.imag,
+        "B_re": dB.real, "B_im": dB.imag,
+        "C_re": dC.real, "C_im": dC.imag,
+        "D": dD,
+    }
+    return {k: np.ascontiguousarray(v, dtype=dtype) for k, v in grads.items()}
+
+
+def _check(params, x, state0, discretization):
+    V.choice("discretization", discretization, DISCRETIZATIONS)
+    s = V.Shapes()
+    V.params("ssm", params, PARAM_SHAPES, s)
+    for k, v in params.items():
+        V.array(f"ssm: {k}", v, allow_complex=False)
+    V.array("x", x, ndim=3, allow_complex=False)
+    s.check("x", x, ("B", "T", "D"))
+    if x.shape[1] < 1:
+        raise ValueError(f"x: expected T >= 1 along axis 1, got shape {x.shape}")
+    dtype = V.common_dtype(x=x, **params)
+    if state0 is not None:
+        V.state("state0", state0, (x.shape[0], s["D"], s["N"]), dtype)
+    return dtype
+
+
+# ---------------------------------------------------------------------------
+# one step
+# ---------------------------------------------------------------------------
+
+def step_forward(params: dict, x_t: np.ndarray, h_prev: np.ndarray,
+                 discretization: str = "zoh") -> tuple[np.ndarray, np.ndarray, tuple]:
+    """One step, for streaming: ``h_t = Ā ⊙ h_{t−1} + B̄ x_t``,
+    ``y_t = 2·Re(Σ_n C h_t) + D x_t``.
+
+    The output is not the state, so the step returns both: ``x_t (B, D)``,
+    ``h_prev (B, D, N)`` complex → ``y_t (B, D)``, ``h_t (B, D, N)``, cache.
+    """
+    V.choice("discretization", discretization, DISCRETIZATIONS)
+    Abar, Bbar, aux = _discretize(params, discretization)
+    C = params["C_re"] + 1j * params["C_im"]
+    h = Abar * h_prev + Bbar * x_t[..., None]
+    y = 2 * np.sum(C * h, axis=-1).real + params["D"] * x_t
+    return y, h, (params, discretization, x_t, h_prev, h)
+
+
+def step_backward(dy_t: np.ndarray | None, dh_t: np.ndarray | None, cache_t: tuple,
+                  ) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Back through one step: ``dy_t (B, D)``, ``dh_t (B, D, N)`` (either may be
+    ``None``) → ``dx_t (B, D)``, ``dh_prev (B, D, N)``, the step's parameter
+    gradients."""
+    params, discretization, x_t, h_prev, h = cache_t
+    Abar, Bbar, aux = _discretize(params, discretization)
+    C = params["C_re"] + 1j * params["C_im"]
+    dy_t = np.zeros(x_t.shape, x_t.dtype) if dy_t is None else dy_t
+    g = 2 * dy_t[..., None] * np.conj(C)                    # y = 2 Re(Σ_n C h)
+    if dh_t is not None:
+        g = g + dh_t
+    dparams = _param_grads(
+        params, discretization, aux, Abar, Bbar,
+        dAbar=np.sum(g * np.conj(h_prev), axis=0),
+        dBbar=np.sum(g * x_t[..., None], axis=0),
+        dC=2 * np.sum(dy_t[..., None] * np.conj(h), axis=0),
+        dD=np.sum(dy_t * x_t, axis=0),
+    )
+    dx = np.sum(g * np.conj(Bbar), axis=-1).real + params["D"] * dy_t
+    return dx.astype(x_t.dtype), g * np.conj(Abar), dparams
+
+
+# ---------------------------------------------------------------------------
+# the sequence: scan methods and the convolution
+# ---------------------------------------------------------------------------
+
+def _fft_size(T: int) -> int:
+    return 1 << (2 * T - 1).bit_length()  # a power of two >= 2T
+
+
+def _powers(Abar, T):
+    """Vandermonde powers ``P[d, n, j] = Ā^j``, j = 0 … T (cumulative products)."""
+    P = np.empty(Abar.shape + (T + 1,), Abar.dtype)
+    P[..., 0] = 1
+    P[..., 1:] = np.cumprod(np.broadcast_to(Abar[..., None], Abar.shape + (T,)), axis=-1)
+    return P
+
+
+def kernel(params: dict, T: int, discretization: str = "zoh") -> np.ndarray:
+    """The SSM convolution kernel ``K_j = 2·Re(Σ_n C Ā^j B̄)``, ``(D, T)``."""
+    V.choice("discretization", discretization, DISCRETIZATIONS)
+    Abar, Bbar, _ = _discretize(params, discretization)
+    C = params["C_re"] + 1j * params["C_im"]
+    P = _powers(Abar, V.positive_int("T", T))
+    return 2 * np.einsum("dn,dnj->dj", C * Bbar, P[..., :T]).real
+
+
+def _conv_forward(params, x, h0, Abar, Bbar, C):
+    _, T, _ = x.shape
+    n = _fft_size(T)
+    P = _powers(Abar, T)                                            # (D, N, T+1)
+    W = C * Bbar
+    K = 2 * np.einsum("dn,dnj->dj", W, P[..., :T]).real              # (D, T)
+    Xf = np.fft.rfft(x, n, axis=1)                                  # (B, F, D)
+    Kf = np.fft.rfft(K, n, axis=1)                                  # (D, F)
+    y = np.fft.irfft(Xf * Kf.T, n, axis=1)[:, :T]
+    y = y + params["D"] * x + 2 * np.einsum("dnt,bdn->btd", C[..., None] * P[..., 1:], h0).real
+    rev = T - 1 - np.arange(T)                                      # P_{T−1−j}
+    S = np.einsum("btd,dnt->bdn", x, P[..., rev])
+    h_T = P[..., T] * h0 + Bbar * S
+    return y, h_T, {"P": P, "W": W, "K": K, "Xf": Xf, "Kf": Kf, "S": S, "n": n}
+
+
+def _conv_backward(params, x, h0, Abar, Bbar, C, c, dy, dh_T):
+    _, T, _ = x.shape
+    P, W, S, n = c["P"], c["W"], c["S"], c["n"]
+    rdtype = x.dtype
+    t1 = np.arange(1, T + 1, dtype=rdtype)                          # t + 1
+    dyf = np.fft.rfft(dy, n, axis=1)
+    # dx: correlation with K, the skip term, and the final state's x-path
+    rev = T - 1 - np.arange(T)
+    dx = np.fft.irfft(dyf * np.conj(c["Kf"]).T, n, axis=1)[:, :T] + params["D"] * dy
+    dx = dx + np.einsum("bdn,dnt->btd", dh_T, np.conj(Bbar[..., None] * P[..., rev])).real
+    # dK: correlation of x with dy, summed over the batch
+    dK = np.fft.irfft(np.conj(c["Xf"]) * dyf, n, axis=1)[:, :T].sum(axis=0).T   # (D, T)
+    # through K_j = 2 Re(Σ_n W P_j)
+    dW = 2 * np.einsum("dj,dnj->dn", dK, np.conj(P[..., :T]))
+    dAbar = 2 * np.conj(W) * np.einsum("dj,dnj->dn", dK[:, 1:] * t1[:T - 1],
+                                       np.conj(P[..., :T - 1]))
+    dC = dW * np.conj(Bbar)
+    dBbar = dW * np.conj(C)
+    # through the initial-state term 2 Re(Σ_n C P_{t+1} h0)
+    Q = np.einsum("btd,dnt->bdn", dy, np.conj(P[..., 1:]))
+    dC = dC + 2 * np.sum(Q * np.conj(h0), axis=0)
+    dh0 = 2 * np.conj(C) * Q
+    dAbar = dAbar + 2 * np.conj(C) * np.sum(
+        np.conj(h0) * np.einsum("btd,dnt->bdn", dy * t1[:, None], np.conj(P[..., :T])), axis=0)
+    # through h_T = P_T h0 + B̄ S
+    dh0 = dh0 + np.conj(P[..., T]) * dh_T
+    dBbar = dBbar + np.sum(dh_T * np.conj(S), axis=0)
+    rev2 = T - 2 - np.arange(T - 1)                                 # P_{T−2−j}
+    w = (T - 1 - np.arange(T - 1)).astype(rdtype)                   # T − 1 − j
+    dS = np.einsum("btd,dnt->bdn", x[:, :T - 1] * w[:, None], P[..., rev2])
+    dAbar = dAbar + np.sum(dh_T * np.conj(T * P[..., T - 1] * h0 + Bbar * dS), axis=0)
+    return dx, dh0, dAbar, dBbar, dC
+
+
+def forward(params: dict, x: np.ndarray, state0: np.ndarray | None = None, *,
+            discretization: str = "zoh", method: str = "recurrent",
+            chunk_size: int | None = None, backend: str = "numpy",
+            ) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Run the SSM over ``x (B, T, D)`` from ``state0 (B, D, N)`` (complex; zeros if ``None``).
+
+    Args:
+        params: from :func:`init_params`.
+        x: ``(B, T, D)`` real input.
+        state0: ``(B, D, N)`` initial state.
+        discretization: ``"zoh"`` or ``"bilinear"``.
+        method: a :func:`minirec.scan.linear.forward` method (passed through
+            with ``chunk_size``), or ``"conv"``: the FFT convolution with the
+            kernel ``K`` (module docstring).
+        chunk_size: for ``"chunked"``.
+        backend: one of :data:`BACKENDS`.
+
+    Returns:
+        ``y (B, T, D)`` real, the final state ``h_T (B, D, N)`` complex, and
+        the cache for :func:`backward`.
+    """
+    V.choice("method", method, METHODS)
+    _backend.resolve(backend, BACKENDS, what="cells.ssm")
+    dtype = _check(params, x, state0, discretization)
+    h0 = zero_state(params, x.shape[0], dtype) if state0 is None else state0
+    Abar, Bbar, aux = _discretize(params, discretization)
+    C = params["C_re"] + 1j * params["C_im"]
+    cache = {"x": x, "h0": h0, "discretization": discretization, "method": method,
+             "backend": backend}
+    if method == "conv":
+        y, h_T, cache["conv"] = _conv_forward(params, x, h0, Abar, Bbar, C)
+    else:
+        b = Bbar * x[..., None]                                    # (B, T, D, N)
+        a = np.broadcast_to(Abar, b.shape)
+        h, h_T, cache["scan"] = linear.forward(a, b, h0, method=method,
+                                               chunk_size=chunk_size, backend=backend)
+        y = 2 * np.einsum("btdn,dn->btd", h, C).real + params["D"] * x
+        cache["h"] = h
+    return y.astype(dtype, copy=False), h_T, cache
+
+
+def backward(params: dict, cache: dict, dy: np.ndarray | None,
+             dstate: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Hand backward (module docstring) by the forward's own method.
+
+    Args:
+        params: as given to :func:`forward`.
+        cache: from :func:`forward`.
+        dy: ``(B, T, D)`` real ∂L/∂y, or ``None``.
+        dstate: ``(B, D, N)`` ∂L/∂h_T (complex convention), or ``None``.
+
+    Returns:
+        Every parameter's gradient (real, the parameters' shapes and dtype),
+        ``"x" (B, T, D)`` and ``"state0" (B, D, N)`` (complex, or real if the
+        given ``state0`` was real).
+    """
+    x, h0, disc = cache["x"], cache["h0"], cache["discretization"]
+    if dy is not None:
+        V.array("dy", dy, allow_complex=False)
+    V.grad_like("dy", dy, x, "y")
+    V.grad_like("dstate", dstate, h0, "h_T")
+    cdtype = _complex(x.dtype)
+    dy = np.zeros(x.shape, x.dtype) if dy is None else dy.astype(x.dtype, copy=False)
+    dstate = (np.zeros(h0.shape, cdtype) if dstate is None
+              else dstate.astype(cdtype, copy=False))
+    Abar, Bbar, aux = _discretize(params, disc)
+    C = params["C_re"] + 1j * params["C_im"]
+    if cache["method"] == "conv":
+        dx, dh0, dAbar, dBbar, dC = _conv_backward(params, x, h0, Abar, Bbar, C,
+                                                    cache["conv"], dy, dstate)
+    else:
+        h = cache["h"]
+        # through y = 2 Re(Σ_n C h) + D x
+        dh = 2 * dy[..., None] * np.conj(C)
+        # through the scan h_t = Ā ⊙ h_{t−1} + B̄ x_t
+        sg = linear.backward(cache["scan"], dh, dstate)
+        g = sg["b"]
+        dAbar = np.sum(sg["a"], axis=(0, 1))
+        dBbar = np.einsum("btdn,btd->dn", g, x)
+        dC = 2 * np.einsum("btd,btdn->dn", dy, np.conj(h))
+        dx = np.einsum("btdn,dn->btd", g, np.conj(Bbar)).real + params["D"] * dy
+        dh0 = sg["initial_state"]
+    grads = _param_grads(params, disc, aux, Abar, Bbar, dAbar, dBbar, dC,
+                         dD=np.sum(dy * x, axis=(0, 1)))
+    grads["x"] = np.ascontiguousarray(dx, dtype=x.dtype)
+    grads["state0"] = dh0.real.copy() if not np.iscomplexobj(h0) else dh0
+    return grads
