@@ -291,7 +291,7 @@ def run_checks(tasks: Sequence[tuple[registry.Entry, str, str]],
     rows = []
     for e, m, b in tasks:
         if bar is not None:
-            bar.set_postfix_str(f"{e.name} {m}/{b}")
+            bar.set_postfix_str(f"{e.name} {m}/{b}", refresh=False)
         rows.append(check_one(e, m, b, precisions))
         if on_row is not None:
             on_row(rows[-1])
@@ -382,9 +382,10 @@ def _parity_model(params: dict[str, np.ndarray], x: np.ndarray):
     return logits, (lstm_cache, lin_cache)
 
 
-def train_parity(*, seconds: float = 8.0, max_steps: int = 3000, T: int = 12,
+def train_parity(*, seconds: float = 8.0, max_steps: int = 3000, T: int = 16,
                  batch: int = 32, hidden: int = 16, lr: float = 1e-2, clip: float = 1.0,
-                 seed: int = 0, progress: bool = True) -> TrainResult:
+                 target_loss: float | None = 0.01, seed: int = 0,
+                 progress: bool = True) -> TrainResult:
     """Train an LSTM with a linear read-out on streaming parity.
 
     The input is a bit stream ``x (B, T, 1)``; the target at step ``t`` is the
@@ -396,7 +397,9 @@ def train_parity(*, seconds: float = 8.0, max_steps: int = 3000, T: int = 12,
 
     Args:
         seconds: stop after this much wall-clock time ...
-        max_steps: ... or after this many steps, whichever comes first.
+        max_steps: ... or after this many steps ...
+        target_loss: ... or once the mean loss of the last 20 steps is below
+            this (``None``: never), whichever comes first.
         T: sequence length.
         batch: sequences per step (a fresh batch each step).
         hidden: LSTM hidden size.
@@ -437,7 +440,9 @@ def train_parity(*, seconds: float = 8.0, max_steps: int = 3000, T: int = 12,
         losses.append(float(value))
         if bar is not None:
             bar.update()
-            bar.set_postfix(loss=f"{value:.3f}")
+            bar.set_postfix(loss=f"{value:.3f}", refresh=False)
+        if target_loss is not None and len(losses) >= 20 and np.mean(losses[-20:]) < target_loss:
+            break
     elapsed = time.perf_counter() - start
     if bar is not None:
         bar.close()
@@ -497,7 +502,8 @@ def _cmd_tour(args: argparse.Namespace) -> int:
           + (f", {len(failed)} FAILED" if failed else ""))
 
     print(f"\nminirec tour, 2/2: training an LSTM (hidden {args.hidden}) on streaming parity, "
-          f"T = {args.T}, for up to {args.seconds:g} s or {args.steps} steps")
+          f"T = {args.T}, for up to {args.seconds:g} s or {args.steps} steps "
+          "(stopping early once the loss is below 0.01)")
     result = train_parity(seconds=args.seconds, max_steps=args.steps, T=args.T,
                           hidden=args.hidden, seed=args.seed)
     print(f"{result.steps} steps in {result.seconds:.1f} s; loss {result.losses[0]:.3f} → "
@@ -556,7 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="training time budget in seconds (default 8)")
     pt.add_argument("--steps", type=int, default=3000,
                     help="training step budget (default 3000); stops at whichever comes first")
-    pt.add_argument("--T", type=int, default=12, help="sequence length (default 12)")
+    pt.add_argument("--T", type=int, default=16, help="sequence length (default 16)")
     pt.add_argument("--hidden", type=int, default=16, help="LSTM hidden size (default 16)")
     pt.add_argument("--seed", type=int, default=0)
     pt.add_argument("--out", default="minirec_tour_loss.png",
