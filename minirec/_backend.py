@@ -40,6 +40,20 @@ def resolve(backend: str, supported: Iterable[str], *, what: str = "this functio
     return backend
 
 
+def check_method(method: str, backend: str, backend_methods: dict, *,
+                 what: str = "this function") -> None:
+    """Raise ``ValueError`` if ``backend`` has no kernel for ``method``.
+
+    ``backend_methods`` maps a backend to the methods it implements (a module's
+    ``BACKEND_METHODS``); backends not in it (NumPy) implement every method.
+    """
+    if backend in backend_methods and method not in backend_methods[backend]:
+        raise ValueError(
+            f"method: {what} with backend={backend!r} supports {backend_methods[backend]}, "
+            f"got {method!r}"
+        )
+
+
 def available(backend: str, *, raise_error: bool = False) -> bool:
     """Whether ``backend``'s package imports (CuPy also needs a usable GPU)."""
     if backend == "numpy":

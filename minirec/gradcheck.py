@@ -222,7 +222,10 @@ def check_op(op: Any, inputs: Mapping[str, Any], *, seed: int = 0, eps: float = 
     def grads(cache, R_out, R_state):
         out, state, _ = op.forward(**arrays, **forward_kwargs)
         d_out = R_out[0] if not isinstance(out, (tuple, list)) else R_out
-        d_state = R_state[0] if not isinstance(state, (tuple, list)) else R_state
+        if state is None:  # a stateless op
+            d_state = None
+        else:
+            d_state = R_state[0] if not isinstance(state, (tuple, list)) else R_state
         return op.backward(cache, d_out, d_state)
 
     title = f"check_op({getattr(op, '__name__', type(op).__name__)})"

@@ -11,8 +11,7 @@ ENTRY_METHODS = [(n, m) for n, e in registry.ENTRIES.items() for m in e.methods]
 ENTRY_BACKEND_DTYPES = [
     (n, m, b, np.dtype(d).name)
     for n, e in registry.ENTRIES.items()
-    for m in e.methods
-    for b in e.backends
+    for m, b in e.pairs
     for d in e.dtypes
 ]
 

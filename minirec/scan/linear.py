@@ -41,6 +41,12 @@ Methods, all equal to the loop (tested to 1e-10 relative RMS in float64):
                    ``logaddexp`` prefix over the positive and negative parts of
                    ``b`` (real and imaginary). Requires real ``a > 0``
                    (complex ``a ≠ 0``).
+
+Backends: ``"numpy"`` runs every method; ``"numba"``
+(:mod:`minirec.kernels.numba.linear_scan`) has kernels for ``recurrent``
+(fused forward and one fused reverse pass for the backward) and ``chunked``
+(``prange`` over chunks; its backward is the chunked kernel on the reversed
+coefficients, like the NumPy path).
 """
 
 from __future__ import annotations
@@ -54,7 +60,9 @@ from minirec import _validate as V
 from minirec.scan import associative
 
 METHODS = ("recurrent", "hillis_steele", "blelloch", "chunked", "log")
-BACKENDS = ("numpy",)
+BACKENDS = ("numpy", "numba")
+# the methods each non-NumPy backend has kernels for (NumPy runs them all)
+BACKEND_METHODS = {"numba": ("recurrent", "chunked")}
 
 
 class LinearScanCache(NamedTuple):
@@ -217,6 +225,7 @@ def forward(a: np.ndarray, b: np.ndarray, initial_state: np.ndarray | None = Non
     """
     V.choice("method", method, METHODS)
     _backend.resolve(backend, BACKENDS, what="scan.linear")
+    _backend.check_method(method, backend, BACKEND_METHODS, what="scan.linear")
     V.array("a", a, min_ndim=2)
     V.array("b", b, min_ndim=2)
     V.same_shape("b", b, "a", a)
@@ -265,6 +274,11 @@ def backward(cache: LinearScanCache, dh: np.ndarray | None,
     c[:, :-1] = np.conj(a[:, 1:])
     c[:, -1] = 1
     g0 = np.zeros(h0.shape, dtype) if dh_T is None else dh_T
+    if cache.backend != "numpy" and cache.method == "recurrent":  # one fused reverse pass
+        kern = _backend.kernels("linear_scan", cache.backend)
+        da, db, dh0 = kern.backward(a, h, h0, dh, g0)
+        grads = {"a": da, "b": db, "initial_state": dh0}
+        return _realify(grads, cache.real)
     flip = lambda x: np.flip(x, axis=1)
     g = flip(_run(flip(c), flip(dh), g0, cache.method, cache.chunk_size, cache.backend))
     h_prev = np.concatenate([h0.astype(dtype)[:, None], h[:, :-1]], axis=1)
@@ -273,7 +287,12 @@ def backward(cache: LinearScanCache, dh: np.ndarray | None,
         "b": np.ascontiguousarray(g),
         "initial_state": np.conj(a[:, 0]) * g[:, 0],
     }
-    for name, is_real in cache.real.items():
+    return _realify(grads, cache.real)
+
+
+def _realify(grads, real):
+    """Gradients of real inputs are real: ∂L/∂x = Re(∂L/∂Re + i ∂L/∂Im)."""
+    for name, is_real in real.items():
         if is_real and np.iscomplexobj(grads[name]):
             grads[name] = np.ascontiguousarray(grads[name].real)
     return grads
