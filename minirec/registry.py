@@ -74,6 +74,15 @@ class Entry:
     def backends(self) -> tuple[str, ...]:
         return tuple(self.module.BACKENDS)
 
+    @property
+    def pairs(self) -> tuple[tuple[str, str], ...]:
+        """Every supported ``(method, backend)``: NumPy runs every method; another
+        backend runs the methods its module lists in ``BACKEND_METHODS``
+        (all of them when the module has no such map)."""
+        limits = getattr(self.module, "BACKEND_METHODS", {})
+        return tuple((m, b) for b in self.backends for m in self.methods
+                     if b not in limits or m in limits[b])
+
 
 # ---------------------------------------------------------------------------
 # input makers
