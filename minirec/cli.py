@@ -165,8 +165,10 @@ def plan_checks(entries: Sequence[registry.Entry], backends: Sequence[str] | Non
                 ) -> tuple[list[tuple[registry.Entry, str, str]], list[str]]:
     """The (entry, method, backend) triples to check, and notes on skipped backends.
 
-    A backend whose package is not installed (or CuPy without a GPU) is
-    skipped, with a note saying so.
+    Each entry contributes its supported ``(method, backend)`` pairs
+    (:attr:`minirec.registry.Entry.pairs`: NumPy runs every method, a kernel
+    backend the methods it implements). A backend whose package is not
+    installed (or CuPy without a GPU) is skipped, with a note saying so.
 
     Args:
         entries: registry entries.
@@ -182,7 +184,7 @@ def plan_checks(entries: Sequence[registry.Entry], backends: Sequence[str] | Non
     notes: list[str] = []
     tasks = []
     for e in entries:
-        for b in e.backends:
+        for m, b in e.pairs:
             if backends and b not in backends:
                 continue
             if b not in usable:
@@ -192,7 +194,7 @@ def plan_checks(entries: Sequence[registry.Entry], backends: Sequence[str] | Non
                     usable[b] = False
                     notes.append(f"skipped backend {b!r}: {exc}")
             if usable[b]:
-                tasks += [(e, m, b) for m in e.methods]
+                tasks.append((e, m, b))
     return tasks, notes
 
 

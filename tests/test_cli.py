@@ -32,11 +32,11 @@ def test_list_markdown_is_the_feature_table(capsys):
 
 
 def test_check_scan_linear_passes_with_one_row_per_method(capsys):
-    assert cli.main(["check", "scan.linear", "--dtype", "float64"]) == 0
+    assert cli.main(["check", "scan.linear", "--dtype", "float64", "--backend", "numpy"]) == 0
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines() if line.startswith("scan.linear ")]
-    assert [r[1] for r in rows] == list(linear.METHODS)
-    assert all(r[2] == "numpy" and r[-1] == "PASS" for r in rows), out
+    assert [(r[1], r[2]) for r in rows] == [(m, "numpy") for m in linear.METHODS]
+    assert all(r[-1] == "PASS" for r in rows), out
     assert float(rows[0][3]) < 1e-6  # the gradcheck column: a real number, small
 
 
@@ -101,6 +101,23 @@ def test_missing_backend_is_skipped_with_a_note(monkeypatch):
     tasks, notes = cli.plan_checks([entry])
     assert [(m, b) for _, m, b in tasks] == [("recurrent", "numpy")]
     assert len(notes) == 1 and "numba" in notes[0] and "not installed" in notes[0]
+
+
+def test_plan_follows_backend_methods_and_the_backend_filter(monkeypatch):
+    from minirec import _backend
+
+    monkeypatch.setattr(_backend, "available", lambda backend, *, raise_error=False: True)
+    entry = dataclasses.replace(registry.get("scan.linear"), name="kernel.entry",
+                                module_path="fake.kernel")
+    mod = types.SimpleNamespace(METHODS=("recurrent", "blelloch"), BACKENDS=("numpy", "numba"),
+                                BACKEND_METHODS={"numba": ("recurrent",)})
+    monkeypatch.setitem(sys.modules, "fake.kernel", mod)
+    tasks, notes = cli.plan_checks([entry])
+    assert [(m, b) for _, m, b in tasks] == [("recurrent", "numpy"), ("blelloch", "numpy"),
+                                             ("recurrent", "numba")]
+    tasks, _ = cli.plan_checks([entry], backends=["numba"])
+    assert [(m, b) for _, m, b in tasks] == [("recurrent", "numba")]
+    assert notes == []
 
 
 def test_bad_arguments_exit_2():
