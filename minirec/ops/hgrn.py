@@ -155,9 +155,10 @@ def _log_sigmoid(u):
 def lower_bounded_gate(f_logits: np.ndarray, lower_bound) -> np.ndarray:
     """HGRN's forget gate in log space: ``g = log(γ + (1 − γ) σ(f_logits))``.
 
-    Computed without overflow or ``log 0`` as
-    ``g = softplus(log γ − u) − softplus(−u)`` (``u = f_logits``; for γ = 0 this
-    is ``log σ(u)``), so ``log γ ≤ g < 0``.
+    Computed without overflow or cancellation as
+    ``g = logaddexp(log γ, log(1 − γ) + log σ(u))`` with ``u = f_logits`` and
+    ``log σ(u) = −softplus(−u)`` (for γ = 0 this is ``log σ(u)`` exactly), so
+    ``log γ ≤ g ≤ 0``.
 
     Args:
         f_logits: ``(..., D)``, e.g. ``(B, T, D)``.
@@ -168,9 +169,9 @@ def lower_bounded_gate(f_logits: np.ndarray, lower_bound) -> np.ndarray:
         ``g`` with the shape of ``f_logits``, ready for :func:`forward`.
     """
     gamma = _check_gate_args(f_logits, lower_bound)
-    with np.errstate(divide="ignore"):  # log 0 = −inf, and softplus(−inf) = 0
+    with np.errstate(divide="ignore"):  # γ = 0: log γ = −inf, and logaddexp(−inf, y) = y
         log_gamma = np.log(gamma)
-    return np.logaddexp(0, log_gamma - f_logits) + _log_sigmoid(f_logits)
+    return np.logaddexp(log_gamma, np.log1p(-gamma) + _log_sigmoid(f_logits))
 
 
 def lower_bounded_gate_backward(f_logits: np.ndarray, lower_bound,
