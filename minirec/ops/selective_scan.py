@@ -81,7 +81,8 @@ BACKENDS = ("numpy",)
 def sigmoid(x: np.ndarray) -> np.ndarray:
     """``σ(x) = 1 / (1 + e^{−x})`` without overflow: ``e^{−|x|}`` is always ≤ 1."""
     e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+    r = 1 / (1 + e)
+    return np.where(x >= 0, r, e * r)
 
 
 def softplus(x: np.ndarray) -> np.ndarray:
@@ -273,8 +274,9 @@ def backward(cache: SelectiveScanCache, dy: np.ndarray | None,
     grads = {}
     # through the gate y = y0 ⊙ silu(z)
     if c.z is not None:
-        dy0 = dy * silu(c.z)
-        grads["z"] = dy * c.y0 * silu_grad(c.z)
+        s = sigmoid(c.z)
+        dy0 = dy * (c.z * s)                                     # silu(z) = z σ(z)
+        grads["z"] = dy * c.y0 * (s * (1 + c.z * (1 - s)))       # silu'(z)
     else:
         dy0 = dy
     # through y0 = Σ_n h C + D ⊙ u
