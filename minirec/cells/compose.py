@@ -126,7 +126,9 @@ def _state_entries(name: str, state) -> tuple | None:
 
 def _layout(cell: Cell, params: dict, x: np.ndarray, kw: dict) -> tuple[int, bool]:
     """``(number of arrays, is a tuple)`` of ``cell``'s state."""
-    zero_state = getattr(cell, "zero_state", None)
+    # a wrapper's zero_state needs every inner cell to have one; the probe does not
+    wrapper = isinstance(cell, (Stack, Bidirectional))
+    zero_state = None if wrapper else getattr(cell, "zero_state", None)
     if callable(zero_state):
         s = zero_state(params, 1, x.dtype)
     else:  # no zero_state: one step from the default state shows the structure
@@ -170,6 +172,14 @@ def _call(where: str, fn: Callable, *args, **kw):
         raise cls(f"{where}: {e}") from e
 
 
+def _init(cell: Cell, rng, input_size: int, hidden_size: int, dtype, prefix: str) -> dict:
+    init = getattr(cell, "init_params", None)
+    if not callable(init):
+        raise TypeError(f"compose: {_name(cell)} has no init_params(rng, input_size, "
+                        f"hidden_size, dtype); build its params yourself (keys '{prefix}<name>')")
+    return {prefix + k: v for k, v in init(rng, input_size, hidden_size, dtype=dtype).items()}
+
+
 def _zero_state(cells_and_params, batch_size: int, dtype) -> tuple:
     out: tuple = ()
     for cell, p in cells_and_params:
@@ -211,8 +221,7 @@ class Stack:
         ``input_size`` features, layer k > 0 the output size of layer k − 1."""
         params, d = {}, input_size
         for prefix, cell in zip(self.prefixes, self.cells):
-            params.update({prefix + k: v for k, v in
-                           cell.init_params(rng, d, hidden_size, dtype=dtype).items()})
+            params.update(_init(cell, rng, d, hidden_size, dtype, prefix))
             d = _output_size(cell, hidden_size)
         return params
 
@@ -322,9 +331,7 @@ class Bidirectional:
         """The cell's ``init_params`` twice, keys prefixed ``"fwd."`` and ``"rev."``."""
         params = {}
         for prefix in self.prefixes:
-            params.update({prefix + k: v for k, v in
-                           self.cell.init_params(rng, input_size, hidden_size,
-                                                 dtype=dtype).items()})
+            params.update(_init(self.cell, rng, input_size, hidden_size, dtype, prefix))
         return params
 
     def zero_state(self, params: dict, batch_size: int, dtype=None) -> tuple:

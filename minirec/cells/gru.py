@@ -93,9 +93,10 @@ def _check(params, x, state0):
 
 
 def _sigmoid(a):
-    # exp of a non-positive number only: no overflow for large |a|
+    """σ(a) = 1 / (1 + e^{−a}), as e^{−|a|} / (1 + e^{−|a|}) for a < 0: exp never overflows."""
     e = np.exp(-np.abs(a))
-    return np.where(a >= 0, 1 / (1 + e), e / (1 + e))
+    r = 1 / (1 + e)
+    return np.where(a >= 0, r, e * r)
 
 
 def step_forward(params: dict, x_t: np.ndarray, h_prev: np.ndarray) -> tuple[np.ndarray,
@@ -104,11 +105,13 @@ def step_forward(params: dict, x_t: np.ndarray, h_prev: np.ndarray) -> tuple[np.
 
     ``x_t (B, D)``, ``h_prev (B, H)`` → ``h_t (B, H)`` and a :class:`StepCache`.
     """
-    gi_r, gi_z, gi_n = np.split(x_t @ params["W_ih"].T + params["b_ih"], GATES, axis=-1)
-    gh_r, gh_z, gh_n = np.split(h_prev @ params["W_hh"].T + params["b_hh"], GATES, axis=-1)
-    r = _sigmoid(gi_r + gh_r)
-    z = _sigmoid(gi_z + gh_z)
-    n = np.tanh(gi_n + r * gh_n)
+    H = h_prev.shape[-1]
+    gi = x_t @ params["W_ih"].T + params["b_ih"]
+    gh = h_prev @ params["W_hh"].T + params["b_hh"]
+    rz = _sigmoid(gi[:, :2 * H] + gh[:, :2 * H])  # r and z in one call
+    r, z = rz[:, :H], rz[:, H:]
+    gh_n = gh[:, 2 * H:]
+    n = np.tanh(gi[:, 2 * H:] + r * gh_n)
     h = (1 - z) * n + z * h_prev
     return h, StepCache(params, x_t, h_prev, r, z, n, gh_n)
 

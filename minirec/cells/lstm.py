@@ -101,9 +101,10 @@ def _check(params, x, state0):
 
 
 def _sigmoid(a):
-    # exp of a non-positive number only: no overflow for large |a|
+    """σ(a) = 1 / (1 + e^{−a}), as e^{−|a|} / (1 + e^{−|a|}) for a < 0: exp never overflows."""
     e = np.exp(-np.abs(a))
-    return np.where(a >= 0, 1 / (1 + e), e / (1 + e))
+    r = 1 / (1 + e)
+    return np.where(a >= 0, r, e * r)
 
 
 def step_forward(params: dict, x_t: np.ndarray,
@@ -115,8 +116,10 @@ def step_forward(params: dict, x_t: np.ndarray,
     """
     h_prev, c_prev = state
     a = x_t @ params["W_ih"].T + params["b_ih"] + h_prev @ params["W_hh"].T + params["b_hh"]
-    a_i, a_f, a_g, a_o = np.split(a, GATES, axis=-1)
-    i, f, g, o = _sigmoid(a_i), _sigmoid(a_f), np.tanh(a_g), _sigmoid(a_o)
+    H = h_prev.shape[-1]
+    s = _sigmoid(a)  # one call for the three σ gates (its g block is unused)
+    i, f, o = s[:, :H], s[:, H:2 * H], s[:, 3 * H:]
+    g = np.tanh(a[:, 2 * H:3 * H])
     c = f * c_prev + i * g
     tanh_c = np.tanh(c)
     h = o * tanh_c
