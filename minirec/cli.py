@@ -553,9 +553,9 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--dtype", choices=("float64", "float32", "all"), default="all",
                     help="precision of the agreement checks (complex128/complex64 count as "
                          "float64/float32); default: all")
-    pc.add_argument("--backend", nargs="+", choices=("numpy", "numba", "cupy"),
-                    help="only these backends (default: every backend, skipping those "
-                         "whose package is missing)")
+    pc.add_argument("--backend", action="append", choices=("numpy", "numba", "cupy"),
+                    help="only this backend (repeat for several; default: every backend, "
+                         "skipping those whose package is missing)")
     pc.set_defaults(func=_cmd_check)
 
     pt = sub.add_parser("tour", help="check everything, then train a small LSTM on parity "

@@ -32,7 +32,7 @@ def test_list_markdown_is_the_feature_table(capsys):
 
 
 def test_check_scan_linear_passes_with_one_row_per_method(capsys):
-    assert cli.main(["check", "scan.linear", "--dtype", "float64", "--backend", "numpy"]) == 0
+    assert cli.main(["check", "--backend", "numpy", "scan.linear", "--dtype", "float64"]) == 0
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines() if line.startswith("scan.linear ")]
     assert [(r[1], r[2]) for r in rows] == [(m, "numpy") for m in linear.METHODS]
