@@ -48,6 +48,7 @@ for streaming (and a test loops them against ``forward``/``backward``).
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import expit as _sigmoid  # σ, without overflow; σ(−k) is exact near 0
 
 from minirec import _backend
 from minirec import _validate as V
@@ -74,11 +75,6 @@ def zero_state(params: dict, batch_size: int, dtype=None) -> np.ndarray:
     """``h_{-1} = 0`` of shape ``(B, H)``."""
     W_h = params["W_h"]
     return np.zeros((batch_size, W_h.shape[0]), dtype or W_h.dtype)
-
-
-def _sigmoid(k):
-    """σ(k) = exp(−softplus(−k)): no overflow, and exactly 0 or 1 only past underflow."""
-    return np.exp(-np.logaddexp(0, -k))
 
 
 def _gates(params, x, negative_eigenvalues):

@@ -47,6 +47,7 @@ write ``a = 1 − c i'`` with ``c = 1``, or ``c = 2`` with negative eigenvalues)
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import expit as _sigmoid  # σ, without overflow
 
 from minirec import _backend
 from minirec import _validate as V
@@ -76,12 +77,8 @@ def zero_state(params: dict, batch_size: int, dtype=None) -> np.ndarray:
 
 
 def _softplus(u):
-    return np.logaddexp(0, u)
-
-
-def _sigmoid(u):
-    """σ(u) = exp(−softplus(−u)): no overflow."""
-    return np.exp(-_softplus(-u))
+    """log(1 + e^u) without overflow: max(u, 0) + log1p(e^{−|u|})."""
+    return np.maximum(u, 0) + np.log1p(np.exp(-np.abs(u)))
 
 
 def _gates(params, x, negative_eigenvalues):
