@@ -17,6 +17,9 @@ and ``o_t = w_t / u_t``. ``initial_state=None`` is the empty prefix
 ``(m, u, w) = (−inf, 0, 0)``; any other ``(m_0, u_0, w_0)`` acts as one extra
 token in front with weight ``u_0 e^{m_0}`` and value ``w_0 / u_0``. Every
 exponent is ``≤ 0``, so scores of ±1e3 neither overflow nor underflow to 0/0.
+A score of ``−inf`` masks its token (weight 0, gradient 0) once a finite score
+or a non-empty initial state precedes it; a prefix of ``−inf`` scores only is
+treated as the limit of equal scores (a plain mean), never as 0/0.
 
 The definition (``method="recurrent"``) is :func:`step_forward` in a loop::
 
