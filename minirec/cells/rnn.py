@@ -19,7 +19,11 @@ Backward through one step (dh = ∂L/∂h_t, from the output and from t+1):
     db_ih  += Σ_B da                 db_hh   += Σ_B da
 
 ``forward``/``backward`` over a sequence are :mod:`minirec.bptt` loops over
-``step_forward``/``step_backward``.
+``step_forward``/``step_backward`` (the definition). ``backend="numba"`` runs
+the same equations as one GEMM for the input projection of all T, the time
+loop in :func:`minirec.kernels.numba.classic.rnn_forward` (backward:
+``rnn_backward``), and GEMMs over all T for the weight gradients
+(:mod:`minirec.cells.common`).
 """
 
 from __future__ import annotations
@@ -28,9 +32,10 @@ import numpy as np
 
 from minirec import _backend, bptt
 from minirec import _validate as V
+from minirec.cells import common
 
 METHODS = ("recurrent",)
-BACKENDS = ("numpy",)
+BACKENDS = ("numpy", "numba")
 NONLINEARITIES = ("tanh", "relu")
 PARAM_SHAPES = {"W_ih": ("H", "D"), "W_hh": ("H", "H"), "b_ih": ("H",), "b_hh": ("H",)}
 
@@ -101,6 +106,16 @@ def forward(params: dict, x: np.ndarray, state0: np.ndarray | None = None, *,
     _backend.resolve(backend, BACKENDS, what="cells.rnn")
     dtype = _check(params, x, state0)
     h0 = zero_state(params, x.shape[0], dtype) if state0 is None else state0
+    if backend == "numba":
+        kern = _backend.kernels("classic", backend)
+        p = {k: v.astype(dtype, copy=False) for k, v in params.items()}
+        xp = common.project(x.astype(dtype, copy=False), p["W_ih"], p["b_ih"] + p["b_hh"])
+        hs = np.empty(xp.shape, dtype)
+        h0c = np.ascontiguousarray(h0, dtype=dtype)
+        kern.rnn_forward(xp, np.ascontiguousarray(p["W_hh"].T), h0c, nonlinearity == "relu", hs)
+        cache = {"x": x, "hs": hs, "state0": h0c, "nonlinearity": nonlinearity,
+                 "method": method, "backend": backend}
+        return hs, hs[:, -1].copy(), cache
     y, h, cache = bptt.sequence_forward(step_forward, params, x, h0, nonlinearity=nonlinearity)
     cache.update(method=method, backend=backend)
     return y, h, cache
@@ -109,4 +124,19 @@ def forward(params: dict, x: np.ndarray, state0: np.ndarray | None = None, *,
 def backward(params: dict, cache: dict, dy: np.ndarray | None,
              dstate: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """BPTT: gradients for ``W_ih, W_hh, b_ih, b_hh``, ``"x" (B, T, D)`` and ``"state0" (B, H)``."""
+    if cache["backend"] == "numba":
+        kern = _backend.kernels("classic", "numba")
+        hs, h0, x = cache["hs"], cache["state0"], cache["x"]
+        dy = np.zeros_like(hs) if dy is None else np.ascontiguousarray(dy, dtype=hs.dtype)
+        dh_T = np.zeros_like(h0) if dstate is None else np.ascontiguousarray(dstate, hs.dtype)
+        V.grad_like("dy", dy, hs, "y")
+        V.grad_like("dstate", dh_T, h0, "state")
+        da = np.empty_like(hs)
+        dh0 = np.empty_like(h0)
+        W_hh = np.ascontiguousarray(params["W_hh"], dtype=hs.dtype)
+        kern.rnn_backward(hs, W_hh, dy, dh_T, cache["nonlinearity"] == "relu", da, dh0)
+        grads = common.dense_grads(x.astype(hs.dtype, copy=False), common.previous_states(h0, hs),
+                                   da, da, params["W_ih"].astype(hs.dtype, copy=False))
+        grads["state0"] = dh0
+        return grads
     return bptt.sequence_backward(step_backward, params, cache, dy, dstate)
