@@ -245,7 +245,8 @@ def check_cell(cell: Any, params: Mapping[str, np.ndarray], x: np.ndarray, state
         params: the parameter dict; every key is checked.
         x: ``(B, T, D)`` input.
         state0: initial state (array or tuple of arrays); ``None`` is checked
-            as zeros shaped like the final state.
+            as the cell's ``zero_state(params, B)`` when it has one, else as
+            zeros shaped like the final state.
         seed, eps, tol, max_elements: as in :func:`check_op`.
 
     Returns:
@@ -261,6 +262,9 @@ def check_cell(cell: Any, params: Mapping[str, np.ndarray], x: np.ndarray, state
         y, state, cache = cell.forward(params64, x64, holder["state0"], **forward_kwargs)
         return _as_tuple(y), _as_tuple(state), cache
 
+    if holder["state0"] is None and hasattr(cell, "zero_state"):
+        # the cell's own empty state (for Aaren that is m = −inf, not 0)
+        holder["state0"] = _to64(cell.zero_state(params64, x64.shape[0]))
     if holder["state0"] is None:
         _, states, _ = run()
         zeros = tuple(np.zeros_like(s) for s in states)
