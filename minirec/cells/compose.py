@@ -129,9 +129,13 @@ def _layout(cell: Cell, params: dict, x: np.ndarray, kw: dict) -> tuple[int, boo
     # a wrapper's zero_state needs every inner cell to have one; the probe does not
     wrapper = isinstance(cell, (Stack, Bidirectional))
     zero_state = None if wrapper else getattr(cell, "zero_state", None)
+    s = None
     if callable(zero_state):
-        s = zero_state(params, 1, x.dtype)
-    else:  # no zero_state: one step from the default state shows the structure
+        try:
+            s = zero_state(params, 1, x.dtype)
+        except (KeyError, IndexError, AttributeError, TypeError, ValueError):
+            s = None  # bad params: the probe below lets the cell's own checks say what
+    if s is None:  # one step from the default state shows the structure
         _, s, _ = cell.forward(params, x[:1, :1], None, **kw)
     return (len(s), True) if isinstance(s, (tuple, list)) else (1, False)
 
@@ -246,6 +250,7 @@ class Stack:
         """
         _check_kwargs(self.__name__, kw, self.METHODS, self.BACKENDS)
         _check_keys(self.__name__, params, self.prefixes)
+        V.array("x", x, ndim=3)
         entries = _state_entries("state0", state0)
         inp, pos, layers, final = x, 0, [], ()
         for k, (prefix, cell) in enumerate(zip(self.prefixes, self.cells)):

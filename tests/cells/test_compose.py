@@ -192,6 +192,9 @@ def test_inner_errors_say_which_layer(rng):
     with pytest.raises(ValueError, match=r"layer 1 \(params 'l1\.\*'\): gru: params: .*"
                                          r"missing \['b_hh'\]"):
         net.forward(bad, x, state0)
+    no_w = {k: v for k, v in params.items() if k != "l0.W_hh"}
+    with pytest.raises(ValueError, match=r"layer 0 .*lstm: params: .*missing \['W_hh'\]"):
+        net.forward(no_w, x, state0)
     bad_state = (state0[0], state0[1][:, :2], state0[2])
     with pytest.raises(ValueError, match=r"layer 0 .*c0\): expected shape \(2, 4\)"):
         net.forward(params, x, bad_state)
