@@ -88,6 +88,7 @@ def _check(params, x, state0):
     s.check("x", x, ("B", "T", "D"))
     dtype = V.common_dtype(x=x, **params)
     if state0 is not None:
+        V.array("state0", state0, allow_complex=False)
         V.state("state0", state0, (x.shape[0], s["H"]), dtype)
     return dtype
 

@@ -96,6 +96,7 @@ def _check(params, x, state0):
             raise TypeError(f"lstm: state0: expected a tuple (h0, c0) of two (B, H) = "
                             f"({x.shape[0]}, {s['H']}) arrays, got {got}")
         for name, v in zip(("state0[0] (h0)", "state0[1] (c0)"), state0):
+            V.array(name, v, allow_complex=False)
             V.state(name, v, (x.shape[0], s["H"]), dtype)
     return dtype
 

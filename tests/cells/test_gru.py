@@ -160,6 +160,7 @@ def _without(p, key):
     (lambda p, x, h: (p, x, (h, h)), "expected an ndarray, got tuple"),
     (lambda p, x, h: (p, x.astype(np.float32), h), "mixed precisions"),
     (lambda p, x, h: (p, x + 0j, h), "expected dtype"),
+    (lambda p, x, h: (p, x, h + 0j), r"state0: expected dtype in \['float32', 'float64'\]"),
 ])
 def test_bad_input_is_refused_with_a_clear_message(change, match, rng):
     params, x, h0 = make(rng)

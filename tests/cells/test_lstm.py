@@ -186,6 +186,7 @@ def _without(p, key):
     (lambda p, x, s: (p, x, (s[0], s[1][:, :3])), r"c0\): expected shape \(2, 4\), got \(2, 3\)"),
     (lambda p, x, s: (p, x, (s[0].astype(np.float32), s[1])), "mixed precisions"),
     (lambda p, x, s: (p, x.astype(np.float32), s), "mixed precisions"),
+    (lambda p, x, s: (p, x, (s[0], s[1] + 0j)), r"\(c0\): expected dtype in \['float32'"),
 ])
 def test_bad_input_is_refused_with_a_clear_message(change, match, rng):
     params, x, state0 = make(rng)
