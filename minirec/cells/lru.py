@@ -271,8 +271,8 @@ def backward(params: dict, cache: dict, dy: np.ndarray | None,
         params, lam, gamma,
         dlam=np.sum(sg["a"], axis=(0, 1)),
         dgamma=np.sum((g * np.conj(Bx)).real, axis=(0, 1)),
-        dB=np.einsum("btn,btd->nd", gg, x),
-        dC=np.einsum("btd,btn->dn", dy, np.conj(h)),
+        dB=gg.reshape(-1, gg.shape[-1]).T @ x.reshape(-1, x.shape[-1]),
+        dC=dy.reshape(-1, dy.shape[-1]).T @ np.conj(h).reshape(-1, h.shape[-1]),
         dD=np.sum(dy * x, axis=(0, 1)),
     )
     grads["x"] = ((gg @ np.conj(B)).real + params["D"] * dy).astype(x.dtype, copy=False)

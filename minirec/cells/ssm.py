@@ -78,10 +78,11 @@ Both then go back through the discretisation to the parameters:
 
 Initialisations (``init_params``), all with ``B = 1``, ``C ~ CN(0, 1)``,
 ``D ~ N(0, 1)``, ``log Δ ~ U(log dt_min, log dt_max)``, the same A in every
-channel:
+channel. The S4D paper counts the state size with the conjugates,
+``N_paper = 2N``; written with it (n = 0 … N−1 indexes the stored modes):
 
-    "s4d-lin"  A_n = −1/2 + iπn                        (n = 0 … N−1)
-    "s4d-inv"  A_n = −1/2 + i (N/π)(N/(2n+1) − 1)
+    "s4d-lin"  A_n = −1/2 + iπn
+    "s4d-inv"  A_n = −1/2 + i (N_paper/π)(N_paper/(2n+1) − 1)     (all Im A_n > 0)
     "legs"     the eigenvalues of the normal part of HiPPO-LegS: with
                A_LegS[n, k] = −sqrt(2n+1) sqrt(2k+1) (n > k), −(n+1) (n = k), 0 (n < k)
                and P_n = sqrt(n + 1/2), S = A_LegS + P P^T is −1/2 on the diagonal
@@ -155,7 +156,8 @@ def init_params(rng: np.random.Generator, input_size: int, state_size: int,
     if init == "s4d-lin":
         A = -0.5 + 1j * np.pi * n
     elif init == "s4d-inv":
-        A = -0.5 + 1j * (N / np.pi) * (N / (2 * n + 1) - 1)
+        M = 2 * N  # the paper's state size, conjugate modes included
+        A = -0.5 + 1j * (M / np.pi) * (M / (2 * n + 1) - 1)
     else:
         A = legs_normal_eigenvalues(N)
     A = np.broadcast_to(A, (D, N))
@@ -315,7 +317,28 @@ def kernel(params: dict, T: int, discretization: str = "zoh") -> np.ndarray:
     Abar, Bbar, _ = _discretize(params, discretization)
     C = params["C_re"] + 1j * params["C_im"]
     P = _powers(Abar, V.positive_int("T", T))
-    return 2 * np.einsum("dn,dnj->dj", C * Bbar, P[..., :T]).real
+    return 2 * _state_sum(C * Bbar, P[..., :T]).real
+
+
+# per-channel contractions with the powers M (D, N, T'), as batched matmuls over d
+def _state_sum(W, M):
+    """``Σ_n W[d, n] M[d, n, t]`` → ``(D, T')``."""
+    return (W[:, None, :] @ M)[:, 0]
+
+
+def _time_sum(u, M):
+    """``Σ_t u[d, t] M[d, n, t]`` → ``(D, N)``."""
+    return (M @ u[..., None])[..., 0]
+
+
+def _state_to_time(v, M):
+    """``Σ_n v[b, d, n] M[d, n, t]`` → ``(B, T', D)``."""
+    return (v.transpose(1, 0, 2) @ M).transpose(1, 2, 0)
+
+
+def _time_to_state(u, M):
+    """``Σ_t u[b, t, d] M[d, n, t]`` → ``(B, D, N)``."""
+    return (M @ u.transpose(2, 1, 0)).transpose(2, 0, 1)
 
 
 def _conv_forward(params, x, h0, Abar, Bbar, C):
@@ -323,13 +346,13 @@ def _conv_forward(params, x, h0, Abar, Bbar, C):
     n = _fft_size(T)
     P = _powers(Abar, T)                                            # (D, N, T+1)
     W = C * Bbar
-    K = 2 * np.einsum("dn,dnj->dj", W, P[..., :T]).real              # (D, T)
+    K = 2 * _state_sum(W, P[..., :T]).real                           # (D, T)
     Xf = np.fft.rfft(x, n, axis=1)                                  # (B, F, D)
     Kf = np.fft.rfft(K, n, axis=1)                                  # (D, F)
     y = np.fft.irfft(Xf * Kf.T, n, axis=1)[:, :T]
-    y = y + params["D"] * x + 2 * np.einsum("dnt,bdn->btd", C[..., None] * P[..., 1:], h0).real
+    y = y + params["D"] * x + 2 * _state_to_time(h0, C[..., None] * P[..., 1:]).real
     rev = T - 1 - np.arange(T)                                      # P_{T−1−j}
-    S = np.einsum("btd,dnt->bdn", x, P[..., rev])
+    S = _time_to_state(x, P[..., rev])
     h_T = P[..., T] * h0 + Bbar * S
     return y, h_T, {"P": P, "W": W, "K": K, "Xf": Xf, "Kf": Kf, "S": S, "n": n}
 
@@ -343,27 +366,26 @@ def _conv_backward(params, x, h0, Abar, Bbar, C, c, dy, dh_T):
     # dx: correlation with K, the skip term, and the final state's x-path
     rev = T - 1 - np.arange(T)
     dx = np.fft.irfft(dyf * np.conj(c["Kf"]).T, n, axis=1)[:, :T] + params["D"] * dy
-    dx = dx + np.einsum("bdn,dnt->btd", dh_T, np.conj(Bbar[..., None] * P[..., rev])).real
+    dx = dx + _state_to_time(dh_T, np.conj(Bbar[..., None] * P[..., rev])).real
     # dK: correlation of x with dy, summed over the batch
     dK = np.fft.irfft(np.conj(c["Xf"]) * dyf, n, axis=1)[:, :T].sum(axis=0).T   # (D, T)
     # through K_j = 2 Re(Σ_n W P_j)
-    dW = 2 * np.einsum("dj,dnj->dn", dK, np.conj(P[..., :T]))
-    dAbar = 2 * np.conj(W) * np.einsum("dj,dnj->dn", dK[:, 1:] * t1[:T - 1],
-                                       np.conj(P[..., :T - 1]))
+    dW = 2 * _time_sum(dK, np.conj(P[..., :T]))
+    dAbar = 2 * np.conj(W) * _time_sum(dK[:, 1:] * t1[:T - 1], np.conj(P[..., :T - 1]))
     dC = dW * np.conj(Bbar)
     dBbar = dW * np.conj(C)
     # through the initial-state term 2 Re(Σ_n C P_{t+1} h0)
-    Q = np.einsum("btd,dnt->bdn", dy, np.conj(P[..., 1:]))
+    Q = _time_to_state(dy, np.conj(P[..., 1:]))
     dC = dC + 2 * np.sum(Q * np.conj(h0), axis=0)
     dh0 = 2 * np.conj(C) * Q
     dAbar = dAbar + 2 * np.conj(C) * np.sum(
-        np.conj(h0) * np.einsum("btd,dnt->bdn", dy * t1[:, None], np.conj(P[..., :T])), axis=0)
+        np.conj(h0) * _time_to_state(dy * t1[:, None], np.conj(P[..., :T])), axis=0)
     # through h_T = P_T h0 + B̄ S
     dh0 = dh0 + np.conj(P[..., T]) * dh_T
     dBbar = dBbar + np.sum(dh_T * np.conj(S), axis=0)
     rev2 = T - 2 - np.arange(T - 1)                                 # P_{T−2−j}
     w = (T - 1 - np.arange(T - 1)).astype(rdtype)                   # T − 1 − j
-    dS = np.einsum("btd,dnt->bdn", x[:, :T - 1] * w[:, None], P[..., rev2])
+    dS = _time_to_state(x[:, :T - 1] * w[:, None], P[..., rev2])
     dAbar = dAbar + np.sum(dh_T * np.conj(T * P[..., T - 1] * h0 + Bbar * dS), axis=0)
     return dx, dh0, dAbar, dBbar, dC
 
@@ -404,7 +426,7 @@ def forward(params: dict, x: np.ndarray, state0: np.ndarray | None = None, *,
         a = np.broadcast_to(Abar, b.shape)
         h, h_T, cache["scan"] = linear.forward(a, b, h0, method=method,
                                                chunk_size=chunk_size, backend=backend)
-        y = 2 * np.einsum("btdn,dn->btd", h, C).real + params["D"] * x
+        y = 2 * np.sum(h * C, axis=-1).real + params["D"] * x
         cache["h"] = h
     return y.astype(dtype, copy=False), h_T, cache
 
@@ -446,9 +468,9 @@ def backward(params: dict, cache: dict, dy: np.ndarray | None,
         sg = linear.backward(cache["scan"], dh, dstate)
         g = sg["b"]
         dAbar = np.sum(sg["a"], axis=(0, 1))
-        dBbar = np.einsum("btdn,btd->dn", g, x)
-        dC = 2 * np.einsum("btd,btdn->dn", dy, np.conj(h))
-        dx = np.einsum("btdn,dn->btd", g, np.conj(Bbar)).real + params["D"] * dy
+        dBbar = np.sum(g * x[..., None], axis=(0, 1))
+        dC = 2 * np.sum(dy[..., None] * np.conj(h), axis=(0, 1))
+        dx = np.sum(g * np.conj(Bbar), axis=-1).real + params["D"] * dy
         dh0 = sg["initial_state"]
     grads = _param_grads(params, disc, aux, Abar, Bbar, dAbar, dBbar, dC,
                          dD=np.sum(dy * x, axis=(0, 1)))

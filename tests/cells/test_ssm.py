@@ -248,7 +248,8 @@ def test_inits_give_the_papers_eigenvalues():
     n = np.arange(N)
     rng = np.random.default_rng(0)
     want = {"s4d-lin": -0.5 + 1j * np.pi * n,
-            "s4d-inv": -0.5 + 1j * (N / np.pi) * (N / (2 * n + 1) - 1),
+            # the paper's N counts the conjugate modes too: N_paper = 2N
+            "s4d-inv": -0.5 + 1j * (2 * N / np.pi) * (2 * N / (2 * n + 1) - 1),
             "legs": ssm.legs_normal_eigenvalues(N)}
     for init, A in want.items():
         p = ssm.init_params(rng, 3, N, init=init, dt_min=0.01, dt_max=0.02)
@@ -257,6 +258,7 @@ def test_inits_give_the_papers_eigenvalues():
         dt = np.exp(p["log_dt"])
         assert np.all((dt >= 0.01) & (dt <= 0.02))
         assert all(v.flags.c_contiguous for v in p.values())
+        assert np.all(got.imag >= 0)  # the stored half; 2·Re adds the conjugates
         # every discretised eigenvalue is inside the unit disk (a stable filter)
         Abar, _ = ssm.discretize(p, "zoh")
         assert np.all(np.abs(Abar) < 1)
