@@ -98,10 +98,12 @@ def _to64(x):
     if isinstance(x, (tuple, list)):
         return type(x)(_to64(v) for v in x)
     x = np.asarray(x)
+    # C-ordered copies: the checker perturbs entries through x.reshape(-1), which
+    # must be a view, and must never write into the caller's array
     if np.iscomplexobj(x):
-        return x.astype(np.complex128)
+        return np.array(x, dtype=np.complex128, order="C", copy=True)
     if np.issubdtype(x.dtype, np.floating):
-        return x.astype(np.float64)
+        return np.array(x, dtype=np.float64, order="C", copy=True)
     return x
 
 

@@ -30,7 +30,10 @@ Post-activation values ``r, z, n`` and ``gh_n`` are cached:
     db_ih  += Σ_B dgi                      db_hh  += Σ_B dgh
 
 ``forward``/``backward`` over a sequence are :mod:`minirec.bptt` loops over
-``step_forward``/``step_backward``.
+``step_forward``/``step_backward`` (the definition). ``backend="numba"``: one
+GEMM for ``x W_ih^T + b_ih`` over all T, the time loop fused in
+:func:`minirec.kernels.numba.classic.gru_forward` / ``gru_backward``, and GEMMs
+over all T for the weight gradients (:mod:`minirec.cells.common`).
 """
 
 from __future__ import annotations
@@ -41,9 +44,10 @@ import numpy as np
 
 from minirec import _backend, bptt
 from minirec import _validate as V
+from minirec.cells import common
 
 METHODS = ("recurrent",)
-BACKENDS = ("numpy",)
+BACKENDS = ("numpy", "numba")
 GATES = 3  # r, z, n
 PARAM_SHAPES = {"W_ih": ("G", "D"), "W_hh": ("G", "H"), "b_ih": ("G",), "b_hh": ("G",)}
 
@@ -150,6 +154,18 @@ def forward(params: dict, x: np.ndarray, state0: np.ndarray | None = None, *,
     _backend.resolve(backend, BACKENDS, what="cells.gru")
     dtype = _check(params, x, state0)
     h0 = zero_state(params, x.shape[0], dtype) if state0 is None else state0
+    if backend == "numba":  # GEMM for x W_ih^T over all T, then the fused time loop
+        kern = _backend.kernels("classic", backend)
+        p = {k: v.astype(dtype, copy=False) for k, v in params.items()}
+        xp = common.project(x.astype(dtype, copy=False), p["W_ih"], p["b_ih"])
+        B, T, G = xp.shape
+        hs = np.empty((B, T, G // GATES), dtype)
+        gates = np.empty((B, T, (GATES + 1) * (G // GATES)), dtype)
+        h0c = np.ascontiguousarray(h0, dtype=dtype)
+        kern.gru_forward(xp, np.ascontiguousarray(p["W_hh"].T), p["b_hh"], h0c, hs, gates)
+        cache = {"x": x, "hs": hs, "gates": gates, "state0": h0c, "method": method,
+                 "backend": backend}
+        return hs, hs[:, -1].copy(), cache
     y, h, cache = bptt.sequence_forward(step_forward, params, x, h0)
     cache.update(method=method, backend=backend)
     return y, h, cache
@@ -160,4 +176,21 @@ def backward(params: dict, cache: dict, dy: np.ndarray | None,
     """BPTT: gradients for ``W_ih, W_hh, b_ih, b_hh``, ``"x" (B, T, D)`` and
     ``"state0" (B, H)``. ``dy (B, T, H)`` and ``dstate (B, H)`` may be ``None``."""
     V.grad_like("dstate", dstate, cache["state0"], "the state")
+    if cache["backend"] == "numba":
+        kern = _backend.kernels("classic", "numba")
+        hs, h0, x = cache["hs"], cache["state0"], cache["x"]
+        dt = hs.dtype
+        dy = np.zeros_like(hs) if dy is None else np.ascontiguousarray(V.grad_like(
+            "dy", dy, hs, "y"), dtype=dt)
+        dh_T = np.zeros_like(h0) if dstate is None else np.ascontiguousarray(dstate, dtype=dt)
+        B, T, H = hs.shape
+        dxp = np.empty((B, T, GATES * H), dt)
+        dhp = np.empty((B, T, GATES * H), dt)
+        dh0 = np.empty_like(h0)
+        kern.gru_backward(hs, h0, cache["gates"], np.ascontiguousarray(params["W_hh"], dtype=dt),
+                          dy, dh_T, dxp, dhp, dh0)
+        grads = common.dense_grads(x.astype(dt, copy=False), common.previous_states(h0, hs),
+                                   dxp, dhp, params["W_ih"].astype(dt, copy=False))
+        grads["state0"] = dh0
+        return grads
     return bptt.sequence_backward(step_backward, params, cache, dy, dstate)

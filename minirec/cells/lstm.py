@@ -29,7 +29,10 @@ in a cached value:
     db_ih  += Σ_B da             db_hh  += Σ_B da
 
 ``forward``/``backward`` over a sequence are :mod:`minirec.bptt` loops over
-``step_forward``/``step_backward``.
+``step_forward``/``step_backward`` (the definition). ``backend="numba"``: one
+GEMM for ``x W_ih^T + b_ih + b_hh`` over all T, the time loop fused in
+:func:`minirec.kernels.numba.classic.lstm_forward` / ``lstm_backward``, and
+GEMMs over all T for the weight gradients (:mod:`minirec.cells.common`).
 """
 
 from __future__ import annotations
@@ -40,9 +43,10 @@ import numpy as np
 
 from minirec import _backend, bptt
 from minirec import _validate as V
+from minirec.cells import common
 
 METHODS = ("recurrent",)
-BACKENDS = ("numpy",)
+BACKENDS = ("numpy", "numba")
 GATES = 4  # i, f, g, o
 PARAM_SHAPES = {"W_ih": ("G", "D"), "W_hh": ("G", "H"), "b_ih": ("G",), "b_hh": ("G",)}
 
@@ -163,6 +167,19 @@ def forward(params: dict, x: np.ndarray, state0: tuple | None = None, *,
     _backend.resolve(backend, BACKENDS, what="cells.lstm")
     dtype = _check(params, x, state0)
     s0 = zero_state(params, x.shape[0], dtype) if state0 is None else tuple(state0)
+    if backend == "numba":  # GEMM for x W_ih^T over all T, then the fused time loop
+        kern = _backend.kernels("classic", backend)
+        p = {k: v.astype(dtype, copy=False) for k, v in params.items()}
+        xp = common.project(x.astype(dtype, copy=False), p["W_ih"], p["b_ih"] + p["b_hh"])
+        B, T, G = xp.shape
+        hs = np.empty((B, T, G // GATES), dtype)
+        cs = np.empty_like(hs)
+        gates = np.empty_like(xp)
+        h0, c0 = (np.ascontiguousarray(v, dtype=dtype) for v in s0)
+        kern.lstm_forward(xp, np.ascontiguousarray(p["W_hh"].T), h0, c0, hs, cs, gates)
+        cache = {"x": x, "hs": hs, "cs": cs, "gates": gates, "state0": (h0, c0),
+                 "method": method, "backend": backend}
+        return hs, (hs[:, -1].copy(), cs[:, -1].copy()), cache
     y, state, cache = bptt.sequence_forward(step_forward, params, x, s0)
     cache.update(method=method, backend=backend)
     return y, state, cache
@@ -183,4 +200,20 @@ def backward(params: dict, cache: dict, dy: np.ndarray | None,
                             f"got {type(dstate).__name__}")
         dstate = tuple(np.zeros_like(s) if d is None else V.grad_like(n, d, s, "the state")
                        for n, d, s in zip(("dstate[0]", "dstate[1]"), dstate, (h0, c0)))
+    if cache["backend"] == "numba":
+        kern = _backend.kernels("classic", "numba")
+        hs, cs, x = cache["hs"], cache["cs"], cache["x"]
+        dt = hs.dtype
+        dy = np.zeros_like(hs) if dy is None else np.ascontiguousarray(V.grad_like(
+            "dy", dy, hs, "y"), dtype=dt)
+        dh_T, dc_T = ((np.zeros_like(h0), np.zeros_like(c0)) if dstate is None else
+                      (np.ascontiguousarray(d, dtype=dt) for d in dstate))
+        da = np.empty_like(cache["gates"])
+        dh0, dc0 = np.empty_like(h0), np.empty_like(c0)
+        kern.lstm_backward(cs, c0, cache["gates"], np.ascontiguousarray(params["W_hh"], dtype=dt),
+                           dy, dh_T, dc_T, da, dh0, dc0)
+        grads = common.dense_grads(x.astype(dt, copy=False), common.previous_states(h0, hs),
+                                   da, da, params["W_ih"].astype(dt, copy=False))
+        grads["state0"] = (dh0, dc0)
+        return grads
     return bptt.sequence_backward(step_backward, params, cache, dy, dstate)
