@@ -36,6 +36,19 @@ C64, C128 = np.dtype(np.complex64), np.dtype(np.complex128)
 SIZES = {"small": (2, 5, 3, 4), "medium": (3, 37, 8, 16)}
 
 
+def dims(size: str | tuple, table: dict | None = None) -> tuple[int, int, int, int]:
+    """``(B, T, D, H)`` for a size name (looked up in ``table``, default
+    :data:`SIZES`) or an explicit 4-tuple (the benchmarks pass their own)."""
+    if isinstance(size, (tuple, list)):
+        if len(size) != 4:
+            raise ValueError(f"size: expected a name or (B, T, D, H), got {size!r}")
+        return tuple(int(v) for v in size)
+    table = SIZES if table is None else table
+    if size not in table:
+        raise ValueError(f"size: expected one of {sorted(table)} or (B, T, D, H), got {size!r}")
+    return table[size]
+
+
 @dataclass(frozen=True)
 class Entry:
     """One registry row.
@@ -97,7 +110,7 @@ def _randn(rng, shape, dtype):
 
 
 def _linear_scan_inputs(rng, dtype, size="small", method=None):
-    B, T, D, _ = SIZES[size]
+    B, T, D, _ = dims(size)
     shape = (B, T, D)
     dtype = np.dtype(dtype)
     if method == "log":  # the log-space scan needs a > 0
@@ -112,7 +125,7 @@ def _linear_scan_inputs(rng, dtype, size="small", method=None):
 
 def _cell_inputs(module_path, state="h"):
     def make(rng, dtype, size="small", method=None):
-        B, T, D, H = SIZES[size]
+        B, T, D, H = dims(size)
         mod = importlib.import_module(module_path)
         params = mod.init_params(rng, D, H, dtype=dtype)
         x = _randn(rng, (B, T, D), dtype)
@@ -175,7 +188,7 @@ class _ComposedEntry(Entry):
 
 def _composed_inputs(build):
     def make(rng, dtype, size="small", method=None):
-        B, T, D, H = SIZES[size]
+        B, T, D, H = dims(size)
         net = build()
         params = net.init_params(rng, D, H, dtype=dtype)
         state0 = tuple(_randn(rng, s.shape, dtype) for s in net.zero_state(params, B, dtype))
@@ -204,7 +217,7 @@ register(_ComposedEntry("gru_bidirectional", "cell", "minirec.cells.compose",
 def _matrix_scan_inputs(rng, dtype, size="small", method=None):
     """A_t = s_t Q_t with Q_t random orthogonal (unitary if complex), s_t ~ U(0.5, 1):
     spectral norm ≤ 1, so long products neither overflow nor all vanish."""
-    B, T, d, _ = SIZES[size]
+    B, T, d, _ = dims(size)
     dtype = np.dtype(dtype)
     Z = rng.standard_normal((B, T, d, d))
     if dtype.kind == "c":
@@ -249,7 +262,7 @@ register(Entry("minlstm", "cell", "minirec.cells.minlstm",
 # --- hgrn ---
 def _hgrn_inputs(rng, dtype, size="small", method=None):
     """g ~ −U(0, 1.5) with the first step's gates exactly 0 (a = 1, log a = 0)."""
-    B, T, D, _ = SIZES[size]
+    B, T, D, _ = dims(size)
     g = -rng.uniform(0.0, 1.5, (B, T, D))
     g[:, 0] = 0.0
     return {"x": _randn(rng, (B, T, D), dtype), "g": g.astype(dtype),
@@ -262,7 +275,7 @@ register(Entry("hgrn", "op", "minirec.ops.hgrn", "h_t = exp(g_t) ⊙ h_{t-1} + x
 # --- lru, ssm ---
 def _lru_inputs(rng, dtype, size="small", method=None):
     from minirec.cells import lru
-    B, T, D, N = SIZES[size]
+    B, T, D, N = dims(size)
     # |λ| on [0.3, 1): the log method takes log λ (any λ ≠ 0 works; this keeps margin)
     params = lru.init_params(rng, D, N, dtype=dtype, r_min=0.3)
     return {"params": params, "x": _randn(rng, (B, T, D), dtype),
@@ -271,7 +284,7 @@ def _lru_inputs(rng, dtype, size="small", method=None):
 
 def _ssm_inputs(rng, dtype, size="small", method=None):
     from minirec.cells import ssm
-    B, T, D, N = SIZES[size]
+    B, T, D, N = dims(size)
     params = ssm.init_params(rng, D, N, dtype=dtype)
     for k in ("B_re", "B_im"):  # S4D's B = 1 is too special for a check
         params[k] = params[k] + (0.1 * rng.standard_normal(params[k].shape)).astype(dtype)
@@ -292,7 +305,7 @@ register(Entry("ssm_bilinear", "cell", "minirec.cells.ssm",
 def _selective_scan_inputs(rng, dtype, size="small", method=None):
     """Every optional array given (D, z, delta_bias, initial_state); A ∈ [−2, −0.5]
     and Δ = softplus(delta + delta_bias) = O(1), so exp(Δ A) stays well above 0."""
-    B, T, D, N = SIZES[size]
+    B, T, D, N = dims(size)
     dtype = np.dtype(dtype)
     return {"u": _randn(rng, (B, T, D), dtype),
             "delta": (0.5 * rng.standard_normal((B, T, D))).astype(dtype),
@@ -307,7 +320,7 @@ def _mamba_inputs(rng, dtype, size="small", method=None):
     """Mamba's init with dt_proj_bias ~ U(−1, 1) (Δ = O(1), so every gradient is
     O(1) for the check), random A_log and D; a random (conv_state, ssm_state)."""
     from minirec.cells import mamba
-    B, T, M, N = {"small": (2, 5, 4, 3), "medium": (3, 37, 8, 8)}[size]
+    B, T, M, N = dims(size, {"small": (2, 5, 4, 3), "medium": (3, 37, 8, 8)})
     p = mamba.init_params(rng, M, N, dtype=np.float64)
     I, K = p["conv1d_weight"].shape
     p["dt_proj_bias"] = rng.uniform(-1.0, 1.0, I)
@@ -336,7 +349,7 @@ def _softmax_triple(rng, B, heads, Vd, dtype):
 def _softmax_scan_inputs(rng, dtype, size="small", method=None):
     """Two heads; scores ~ N(0, 4), so the running max moves and the initial
     state's m is the overall max for some (b, h)."""
-    B, T, D, _ = SIZES[size]
+    B, T, D, _ = dims(size)
     return {"s": (2 * _randn(rng, (B, T, 2), dtype)).astype(dtype),
             "v": _randn(rng, (B, T, 2, D), dtype),
             "initial_state": _softmax_triple(rng, B, 2, D, dtype)}
@@ -344,7 +357,7 @@ def _softmax_scan_inputs(rng, dtype, size="small", method=None):
 
 def _aaren_inputs(rng, dtype, size="small", method=None):
     from minirec.cells import aaren
-    B, T, D, H = SIZES[size]
+    B, T, D, H = dims(size)
     params = aaren.init_params(rng, D, H, num_heads=2, dtype=dtype)
     return {"params": params, "x": _randn(rng, (B, T, D), dtype),
             "state0": _softmax_triple(rng, B, 2, H // 2, dtype)}
