@@ -46,6 +46,13 @@ the ring ``r_min ≤ |λ| ≤ r_max`` in area and the phase uniform in
     theta = max_phase · u2
     γ     = sqrt(1 − |λ|²)                               (keeps E|h|² ≈ E|x B^T|²)
     B ~ CN(0, 1/D)  i.e. B_re, B_im ~ N(0, 1/(2D));   C ~ CN(0, 1/N);   D ~ N(0, 1)
+
+Backends. ``backend="numba"`` runs the same equations: the projections
+``x B^T`` and ``h C^T`` (and the backward's weight gradients) stay NumPy
+GEMMs, and the backend is passed through to :func:`minirec.scan.linear.forward`,
+whose numba kernels (:mod:`minirec.kernels.numba.linear_scan`, complex
+included) run the scan for ``recurrent`` and ``chunked`` and its reverse pass
+in the backward; the other methods are NumPy-only.
 """
 
 from __future__ import annotations
@@ -57,7 +64,9 @@ from minirec import _validate as V
 from minirec.scan import linear
 
 METHODS = linear.METHODS
-BACKENDS = ("numpy",)
+BACKENDS = ("numpy", "numba")
+# the methods each non-NumPy backend runs (those of scan.linear's numba kernels)
+BACKEND_METHODS = {"numba": ("recurrent", "chunked")}
 PARAM_SHAPES = {"nu_log": ("N",), "theta_log": ("N",), "gamma_log": ("N",),
                 "B_re": ("N", "D"), "B_im": ("N", "D"), "C_re": ("D", "N"),
                 "C_im": ("D", "N"), "D": ("D",)}
@@ -222,6 +231,7 @@ def forward(params: dict, x: np.ndarray, state0: np.ndarray | None = None, *,
     """
     V.choice("method", method, METHODS)
     _backend.resolve(backend, BACKENDS, what="cells.lru")
+    _backend.check_method(method, backend, BACKEND_METHODS, what="cells.lru")
     dtype = _check(params, x, state0)
     cdtype = _complex(dtype)
     lam, gamma, B, C = _complex_params(params, cdtype)

@@ -88,6 +88,13 @@ channel. The S4D paper counts the state size with the conjugates,
                and P_n = sqrt(n + 1/2), S = A_LegS + P P^T is −1/2 on the diagonal
                plus a skew-symmetric part, so its eigenvalues are −1/2 + iω;
                of the 2N eigenvalues of the size-2N matrix keep the N with ω > 0.
+
+Backends. ``backend="numba"`` computes the discretisation, ``B̄ x_t`` and the
+read-out in NumPy and passes the backend through to
+:func:`minirec.scan.linear.forward`, whose numba kernels
+(:mod:`minirec.kernels.numba.linear_scan`, complex included) run the scan for
+``recurrent`` and ``chunked`` and its reverse pass in the backward. ``conv``
+is FFT work and stays NumPy-only.
 """
 
 from __future__ import annotations
@@ -99,7 +106,9 @@ from minirec import _validate as V
 from minirec.scan import linear
 
 METHODS = linear.METHODS + ("conv",)
-BACKENDS = ("numpy",)
+BACKENDS = ("numpy", "numba")
+# the methods each non-NumPy backend runs (those of scan.linear's numba kernels)
+BACKEND_METHODS = {"numba": ("recurrent", "chunked")}
 DISCRETIZATIONS = ("zoh", "bilinear")
 INITS = ("s4d-lin", "s4d-inv", "legs")
 PARAM_SHAPES = {"log_dt": ("D",), "A_re_log": ("D", "N"), "A_im": ("D", "N"),
@@ -413,6 +422,7 @@ def forward(params: dict, x: np.ndarray, state0: np.ndarray | None = None, *,
     """
     V.choice("method", method, METHODS)
     _backend.resolve(backend, BACKENDS, what="cells.ssm")
+    _backend.check_method(method, backend, BACKEND_METHODS, what="cells.ssm")
     dtype = _check(params, x, state0, discretization)
     h0 = zero_state(params, x.shape[0], dtype) if state0 is None else state0
     Abar, Bbar, aux = _discretize(params, discretization)
