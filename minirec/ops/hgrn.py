@@ -152,7 +152,7 @@ def _log_sigmoid(u):
     return -np.logaddexp(0, -u)
 
 
-def lower_bounded_gate(f_logits: np.ndarray, lower_bound) -> np.ndarray:
+def lower_bounded_gate(f_logits: np.ndarray, lower_bound: float | np.ndarray) -> np.ndarray:
     """HGRN's forget gate in log space: ``g = log(γ + (1 − γ) σ(f_logits))``.
 
     Computed without overflow or cancellation as
@@ -174,7 +174,7 @@ def lower_bounded_gate(f_logits: np.ndarray, lower_bound) -> np.ndarray:
     return np.logaddexp(log_gamma, np.log1p(-gamma) + _log_sigmoid(f_logits))
 
 
-def lower_bounded_gate_backward(f_logits: np.ndarray, lower_bound,
+def lower_bounded_gate_backward(f_logits: np.ndarray, lower_bound: float | np.ndarray,
                                 dg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Back through :func:`lower_bounded_gate`.
 

@@ -240,3 +240,11 @@ def test_bad_method_backend_and_gradient_shape(rng):
     _, _, cache = mingru.forward(params, x, h0)
     with pytest.raises(ValueError, match=r"dh: expected shape \(2, 7, 4\)"):
         mingru.backward(params, cache, np.zeros((2, 6, 4)))
+
+
+def test_registry_negative_entry_runs_every_method_but_log():
+    from minirec import registry
+    entry = registry.get("mingru_neg")
+    assert entry.forward_kwargs == {"negative_eigenvalues": True}
+    assert entry.methods == tuple(m for m in mingru.METHODS if m != "log")
+    assert registry.get("mingru").methods == mingru.METHODS
