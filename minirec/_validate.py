@@ -186,3 +186,49 @@ def state(name: str, s: Any, expected_shape: tuple[int, ...], dtype: np.dtype) -
     if tuple(s.shape) != tuple(expected_shape):
         raise ValueError(f"{name}: expected shape {tuple(expected_shape)}, got {tuple(s.shape)}")
     common_dtype(**{name: s, "x": np.empty(0, dtype)})
+
+
+def cell_inputs(where: str, p: Any, spec: dict[str, Sequence[str | int]], x: Any,
+                state0: Any = None, state_spec: Any = ("B", "H"), *,
+                complex_state: bool = False,
+                state_names: Sequence[str] | None = None) -> tuple[np.dtype, Shapes]:
+    """The checks every cell's ``forward`` makes, in one place.
+
+    ``p``: real parameters with exactly the keys of ``spec`` (named shapes);
+    ``x``: real ``(B, T, D)`` with ``T ≥ 1``; ``state0``: ``None``, an array of
+    named shape ``state_spec``, or — when ``state_spec`` is a list of specs — a
+    tuple of such arrays (``[("B", "H"), ("B", "H")]`` for the LSTM's ``(h, c)``).
+    ``complex_state`` allows a complex state (LRU, S4D); ``state_names`` names
+    the parts of a tuple state in messages (``("h0", "c0")``).
+
+    Returns the computation dtype (the common dtype of ``x`` and ``p``) and the
+    bound :class:`Shapes` (``shapes["H"]`` etc.).
+    """
+    shapes = Shapes()
+    params(where, p, spec, shapes)
+    for k, v in p.items():
+        array(f"{where}: {k}", v, allow_complex=False)
+    array("x", x, ndim=3, allow_complex=False)
+    shapes.check("x", x, ("B", "T", "D"))
+    if x.shape[1] < 1:
+        raise ValueError(f"x: expected T >= 1 along axis 1, got shape {tuple(x.shape)}")
+    dtype = common_dtype(x=x, **p)
+    if state0 is not None:
+        specs = state_spec if isinstance(state_spec, list) else [state_spec]
+        parts = state0 if isinstance(state_spec, list) else [state0]
+        if isinstance(state_spec, list) and (not isinstance(state0, (tuple, list))
+                                             or len(state0) != len(specs)):
+            what = f"({', '.join(state_names)}) " if state_names else ""
+            raise TypeError(f"{where}: state0: expected a tuple {what}of {len(specs)} arrays "
+                            f"{', '.join(shapes._fmt(sp) for sp in specs)}, "
+                            f"got {type(state0).__name__}"
+                            + (f" of length {len(state0)}"
+                               if isinstance(state0, (tuple, list)) else ""))
+        for i, (part, sp) in enumerate(zip(parts, specs)):
+            name = f"state0[{i}]" if isinstance(state_spec, list) else "state0"
+            if state_names and isinstance(state_spec, list):
+                name += f" ({state_names[i]})"
+            array(name, part, allow_complex=complex_state)
+            shapes.check(name, part, sp)
+            common_dtype(**{name: part, "x": x})
+    return dtype, shapes

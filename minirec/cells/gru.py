@@ -83,17 +83,10 @@ def zero_state(params: dict, batch_size: int, dtype=None) -> np.ndarray:
 
 
 def _check(params, x, state0):
-    s = V.Shapes()
-    V.params("gru", params, PARAM_SHAPES, s)
+    dtype, s = V.cell_inputs("gru", params, PARAM_SHAPES, x, state0, ("B", "H"))
     if s["G"] != GATES * s["H"]:
         raise ValueError(f"gru: W_hh: expected shape (3H, H) = ({GATES * s['H']}, {s['H']}) "
                          f"(gates r, z, n stacked on axis 0), got {params['W_hh'].shape}")
-    V.array("x", x, ndim=3, allow_complex=False)
-    s.check("x", x, ("B", "T", "D"))
-    dtype = V.common_dtype(x=x, **params)
-    if state0 is not None:
-        V.array("state0", state0, allow_complex=False)
-        V.state("state0", state0, (x.shape[0], s["H"]), dtype)
     return dtype
 
 

@@ -85,23 +85,11 @@ def zero_state(params: dict, batch_size: int, dtype=None) -> tuple[np.ndarray, n
 
 
 def _check(params, x, state0):
-    s = V.Shapes()
-    V.params("lstm", params, PARAM_SHAPES, s)
+    dtype, s = V.cell_inputs("lstm", params, PARAM_SHAPES, x, state0,
+                             [("B", "H"), ("B", "H")], state_names=("h0", "c0"))
     if s["G"] != GATES * s["H"]:
         raise ValueError(f"lstm: W_hh: expected shape (4H, H) = ({GATES * s['H']}, {s['H']}) "
                          f"(gates i, f, g, o stacked on axis 0), got {params['W_hh'].shape}")
-    V.array("x", x, ndim=3, allow_complex=False)
-    s.check("x", x, ("B", "T", "D"))
-    dtype = V.common_dtype(x=x, **params)
-    if state0 is not None:
-        if not isinstance(state0, (tuple, list)) or len(state0) != 2:
-            got = (f"a {type(state0).__name__} of length {len(state0)}"
-                   if isinstance(state0, (tuple, list)) else type(state0).__name__)
-            raise TypeError(f"lstm: state0: expected a tuple (h0, c0) of two (B, H) = "
-                            f"({x.shape[0]}, {s['H']}) arrays, got {got}")
-        for name, v in zip(("state0[0] (h0)", "state0[1] (c0)"), state0):
-            V.array(name, v, allow_complex=False)
-            V.state(name, v, (x.shape[0], s["H"]), dtype)
     return dtype
 
 

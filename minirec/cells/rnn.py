@@ -56,14 +56,7 @@ def zero_state(params: dict, batch_size: int, dtype=None) -> np.ndarray:
 
 
 def _check(params, x, state0):
-    s = V.Shapes()
-    V.params("rnn", params, PARAM_SHAPES, s)
-    V.array("x", x, ndim=3, allow_complex=False)
-    s.check("x", x, ("B", "T", "D"))
-    dtype = V.common_dtype(x=x, **params)
-    if state0 is not None:
-        V.state("state0", state0, (x.shape[0], s["H"]), dtype)
-    return dtype
+    return V.cell_inputs("rnn", params, PARAM_SHAPES, x, state0, ("B", "H"))[0]
 
 
 def _phi(a, nonlinearity):

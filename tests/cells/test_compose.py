@@ -196,7 +196,7 @@ def test_inner_errors_say_which_layer(rng):
     with pytest.raises(ValueError, match=r"layer 0 .*lstm: params: .*missing \['W_hh'\]"):
         net.forward(no_w, x, state0)
     bad_state = (state0[0], state0[1][:, :2], state0[2])
-    with pytest.raises(ValueError, match=r"layer 0 .*c0\): expected shape \(2, 4\)"):
+    with pytest.raises(ValueError, match=r"layer 0 .*\(c0\): expected shape \(B=2, H=4\)"):
         net.forward(params, x, bad_state)
     with pytest.raises(ValueError, match="at least one cell"):
         compose.stack([])

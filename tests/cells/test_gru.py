@@ -156,7 +156,7 @@ def _without(p, key):
      r"W_hh: expected shape \(3H, H\) = \(12, 4\) .*got \(8, 4\)"),
     (lambda p, x, h: ({**p, "W_ih": np.zeros((12, 3, 1))}, x, h), r"W_ih: expected shape"),
     (lambda p, x, h: (p, x[..., :2], h), r"x: expected shape \(B=2, T=7, D=3\), got \(2, 7, 2\)"),
-    (lambda p, x, h: (p, x, h[:1]), r"state0: expected shape \(2, 4\), got \(1, 4\)"),
+    (lambda p, x, h: (p, x, h[:1]), r"state0: expected shape \(B=2, H=4\), got \(1, 4\)"),
     (lambda p, x, h: (p, x, (h, h)), "expected an ndarray, got tuple"),
     (lambda p, x, h: (p, x.astype(np.float32), h), "mixed precisions"),
     (lambda p, x, h: (p, x + 0j, h), "expected dtype"),

@@ -180,10 +180,11 @@ def _without(p, key):
      r"W_hh: expected shape \(4H, H\) = \(16, 4\) .*got \(12, 4\)"),
     (lambda p, x, s: ({**p, "b_hh": np.zeros(12)}, x, s), r"b_hh: expected shape \(G=16\)"),
     (lambda p, x, s: (p, x[..., :2], s), r"x: expected shape \(B=2, T=7, D=3\), got \(2, 7, 2\)"),
-    (lambda p, x, s: (p, x, s[0]), r"state0: expected a tuple \(h0, c0\) of two \(B, H\) = "
-                                   r"\(2, 4\) arrays, got ndarray"),
-    (lambda p, x, s: (p, x, s[:1]), r"got a tuple of length 1"),
-    (lambda p, x, s: (p, x, (s[0], s[1][:, :3])), r"c0\): expected shape \(2, 4\), got \(2, 3\)"),
+    (lambda p, x, s: (p, x, s[0]), r"state0: expected a tuple \(h0, c0\) of 2 arrays "
+                                   r"\(B=2, H=4\), \(B=2, H=4\), got ndarray"),
+    (lambda p, x, s: (p, x, s[:1]), r"got tuple of length 1"),
+    (lambda p, x, s: (p, x, (s[0], s[1][:, :3])),
+     r"\(c0\): expected shape \(B=2, H=4\), got \(2, 3\)"),
     (lambda p, x, s: (p, x, (s[0].astype(np.float32), s[1])), "mixed precisions"),
     (lambda p, x, s: (p, x.astype(np.float32), s), "mixed precisions"),
     (lambda p, x, s: (p, x, (s[0], s[1] + 0j)), r"\(c0\): expected dtype in \['float32'"),

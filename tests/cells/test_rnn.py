@@ -146,7 +146,7 @@ def _without(p, key):
     (lambda p, x, h: ({**p, "b_ih": np.zeros(5)}, x, h), r"b_ih: expected shape \(H=4\)"),
     (lambda p, x, h: (p, x[..., :2], h), r"x: expected shape \(B=2, T=7, D=3\), got \(2, 7, 2\)"),
     (lambda p, x, h: (p, x[0], h), r"x: expected a 3-d array, got shape \(7, 3\)"),
-    (lambda p, x, h: (p, x, h[:, :3]), r"state0: expected shape \(2, 4\), got \(2, 3\)"),
+    (lambda p, x, h: (p, x, h[:, :3]), r"state0: expected shape \(B=2, H=4\), got \(2, 3\)"),
     (lambda p, x, h: (p, x.astype(np.float32), h), "mixed precisions"),
     (lambda p, x, h: (p, x.astype(np.int64), h), "expected dtype"),
     (lambda p, x, h: (p, x[:, :0], h), "T >= 1"),
