@@ -64,6 +64,11 @@ class Entry:
         dtypes: dtypes the entry supports.
         forward_kwargs: fixed keyword arguments (e.g. ``nonlinearity="relu"``).
         chunk_size: used by checks for methods that take one.
+        excluded_methods: methods of the module that this entry's
+            ``forward_kwargs`` rule out (e.g. ``log`` with negative eigenvalues).
+        build: for entries whose "module" is an object made at run time (the
+            :mod:`minirec.cells.compose` wrappers): a factory returning it;
+            ``module_path`` then names the module that defines it.
     """
 
     name: str
@@ -74,14 +79,18 @@ class Entry:
     dtypes: tuple = (F32, F64)
     forward_kwargs: dict = field(default_factory=dict)
     chunk_size: int | None = 4
+    excluded_methods: tuple = ()
+    build: Callable[[], Any] | None = None
 
     @property
-    def module(self) -> ModuleType:
+    def module(self) -> ModuleType | Any:
+        if self.build is not None:
+            return self.build()
         return importlib.import_module(self.module_path)
 
     @property
     def methods(self) -> tuple[str, ...]:
-        return tuple(self.module.METHODS)
+        return tuple(m for m in self.module.METHODS if m not in self.excluded_methods)
 
     @property
     def backends(self) -> tuple[str, ...]:
@@ -174,18 +183,6 @@ register(Entry("gru", "cell", "minirec.cells.gru",
                _cell_inputs("minirec.cells.gru")))
 
 
-@dataclass(frozen=True)
-class _ComposedEntry(Entry):
-    """An entry whose ``module`` is a :mod:`minirec.cells.compose` wrapper object
-    made by ``build()``; ``module_path`` names compose (for display and docs)."""
-
-    build: Callable[[], Any] | None = None
-
-    @property
-    def module(self) -> Any:
-        return self.build()
-
-
 def _composed_inputs(build):
     def make(rng, dtype, size="small", method=None):
         B, T, D, H = dims(size)
@@ -206,10 +203,10 @@ def _gru_bidirectional():
     return compose.bidirectional(gru)
 
 
-register(_ComposedEntry("lstm_stack2", "cell", "minirec.cells.compose",
+register(Entry("lstm_stack2", "cell", "minirec.cells.compose",
                         "stack([lstm, lstm]): layer 0's outputs are layer 1's inputs",
                         _composed_inputs(_lstm_stack2), build=_lstm_stack2))
-register(_ComposedEntry("gru_bidirectional", "cell", "minirec.cells.compose",
+register(Entry("gru_bidirectional", "cell", "minirec.cells.compose",
                         "bidirectional(gru): y_t = [h→_t | h←_t], reverse run on flip_t(x)",
                         _composed_inputs(_gru_bidirectional), build=_gru_bidirectional))
 
@@ -234,22 +231,10 @@ register(Entry("scan.matrix", "scan", "minirec.scan.matrix",
                dtypes=(F32, F64, C64, C128)))
 
 # --- mingru, minlstm ---
-@dataclass(frozen=True)
-class _EntryWithoutMethods(Entry):
-    """An entry whose ``forward_kwargs`` rule out some of its module's methods
-    (``excluded_methods``); ``methods`` lists the rest, so every check skips them."""
-
-    excluded_methods: tuple = ()
-
-    @property
-    def methods(self) -> tuple[str, ...]:
-        return tuple(m for m in self.module.METHODS if m not in self.excluded_methods)
-
-
 register(Entry("mingru", "cell", "minirec.cells.mingru",
                "h_t = (1 − z_t) ⊙ h_{t-1} + z_t ⊙ h̃_t, z_t = σ(W_z x_t + b_z)",
                _cell_inputs("minirec.cells.mingru")))
-register(_EntryWithoutMethods(
+register(Entry(
     "mingru_neg", "cell", "minirec.cells.mingru",
     "minGRU with negative eigenvalues: h_t = (1 − 2z_t) ⊙ h_{t-1} + z_t ⊙ h̃_t "
     "(no log method: it needs a > 0)",
