@@ -43,6 +43,10 @@ returned state; ``c = 1``, or ``c = 2`` with negative eigenvalues, so that
 
 ``step_forward``/``step_backward`` are one time step of the same equations,
 for streaming (and a test loops them against ``forward``/``backward``).
+
+``backend="numba"``: the gates stay vectorised NumPy (GEMMs over all T) and
+the recurrence runs in :mod:`minirec.kernels.numba.linear_scan` (methods
+``recurrent`` and ``chunked``), forward and backward.
 """
 
 from __future__ import annotations
@@ -55,7 +59,10 @@ from minirec import _validate as V
 from minirec.scan import linear
 
 METHODS = linear.METHODS  # ("recurrent", "hillis_steele", "blelloch", "chunked", "log")
-BACKENDS = ("numpy",)
+BACKENDS = ("numpy", "numba")
+# numba: the gates stay vectorised NumPy (GEMMs over all T); the recurrence runs in
+# scan.linear's numba kernels, which exist for these methods
+BACKEND_METHODS = linear.BACKEND_METHODS
 PARAM_SHAPES = {"W_z": ("H", "D"), "b_z": ("H",), "W_h": ("H", "D"), "b_h": ("H",)}
 
 
@@ -166,6 +173,7 @@ def forward(params: dict, x: np.ndarray, state0: np.ndarray | None = None, *,
     """
     V.choice("method", method, METHODS)
     _backend.resolve(backend, BACKENDS, what="cells.mingru")
+    _backend.check_method(method, backend, BACKEND_METHODS, what="cells.mingru")
     dtype = _check(params, x, state0)
     _check_log(method, negative_eigenvalues)
     h0 = zero_state(params, x.shape[0], dtype) if state0 is None else state0

@@ -42,6 +42,10 @@ write ``a = 1 − c i'`` with ``c = 1``, or ``c = 2`` with negative eigenvalues)
     dW_f  = Σ_{B,T} dk_f^T x,  db_f = Σ dk_f    (W_i, b_i and W_h, b_h alike)
     dx    = dk_f W_f + dk_i W_i + dh̃ W_h
     dstate0 = dh0
+
+``backend="numba"``: the gates stay vectorised NumPy (GEMMs over all T) and
+the recurrence runs in :mod:`minirec.kernels.numba.linear_scan` (methods
+``recurrent`` and ``chunked``), forward and backward.
 """
 
 from __future__ import annotations
@@ -54,7 +58,10 @@ from minirec import _validate as V
 from minirec.scan import linear
 
 METHODS = linear.METHODS  # ("recurrent", "hillis_steele", "blelloch", "chunked", "log")
-BACKENDS = ("numpy",)
+BACKENDS = ("numpy", "numba")
+# numba: the gates stay vectorised NumPy (GEMMs over all T); the recurrence runs in
+# scan.linear's numba kernels, which exist for these methods
+BACKEND_METHODS = linear.BACKEND_METHODS
 PARAM_SHAPES = {"W_f": ("H", "D"), "b_f": ("H",), "W_i": ("H", "D"), "b_i": ("H",),
                 "W_h": ("H", "D"), "b_h": ("H",)}
 
@@ -175,6 +182,7 @@ def forward(params: dict, x: np.ndarray, state0: np.ndarray | None = None, *,
     """
     V.choice("method", method, METHODS)
     _backend.resolve(backend, BACKENDS, what="cells.minlstm")
+    _backend.check_method(method, backend, BACKEND_METHODS, what="cells.minlstm")
     dtype = _check(params, x, state0)
     _check_log(method, negative_eigenvalues)
     h0 = zero_state(params, x.shape[0], dtype) if state0 is None else state0

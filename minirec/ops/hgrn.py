@@ -41,6 +41,10 @@ Backward (``dh`` = ∂L/∂h_t from outside, ``dh_T`` through the final state):
     dx  = db
     dg  = da ⊙ exp(g)        (da ⊙ 2 exp(g) with negative eigenvalues)
     d initial_state = dh0
+
+``backend="numba"``: the gates stay vectorised NumPy (GEMMs over all T) and
+the recurrence runs in :mod:`minirec.kernels.numba.linear_scan` (methods
+``recurrent`` and ``chunked``), forward and backward.
 """
 
 from __future__ import annotations
@@ -54,7 +58,10 @@ from minirec import _validate as V
 from minirec.scan import linear
 
 METHODS = linear.METHODS  # ("recurrent", "hillis_steele", "blelloch", "chunked", "log")
-BACKENDS = ("numpy",)
+BACKENDS = ("numpy", "numba")
+# numba: the gates stay vectorised NumPy (GEMMs over all T); the recurrence runs in
+# scan.linear's numba kernels, which exist for these methods
+BACKEND_METHODS = linear.BACKEND_METHODS
 
 
 class HGRNCache(NamedTuple):
@@ -86,6 +93,7 @@ def forward(x: np.ndarray, g: np.ndarray, *, initial_state: np.ndarray | None = 
     """
     V.choice("method", method, METHODS)
     _backend.resolve(backend, BACKENDS, what="ops.hgrn")
+    _backend.check_method(method, backend, BACKEND_METHODS, what="ops.hgrn")
     s = V.Shapes()
     V.array("x", x, ndim=3, allow_complex=False)
     s.check("x", x, ("B", "T", "D"))
