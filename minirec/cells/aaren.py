@@ -45,6 +45,12 @@ all t keys and values. Because ``y_t`` is a read-out of the state and not one
 of its arrays (as ``h`` is for an RNN or LSTM), the step returns it
 separately: ``y_t, state, cache_t = step_forward(params, x_t, state)`` and
 ``dx_t, dstate_prev, dparams = step_backward(dy_t, dstate_next, cache_t)``.
+
+Backends: ``backend="numba"`` keeps the projections (``x W_k^T``,
+``x W_v^T``, ``o W_o^T`` and the weight gradients) as NumPy GEMMs over all
+tokens and passes the backend to :mod:`minirec.ops.softmax_scan`, whose numba
+kernel runs the ``recurrent`` scan (and its backward) as one fused loop over
+time; ``blelloch`` is NumPy-only.
 """
 
 from __future__ import annotations
@@ -56,7 +62,9 @@ from minirec import _validate as V
 from minirec.ops import softmax_scan
 
 METHODS = softmax_scan.METHODS
-BACKENDS = ("numpy",)
+BACKENDS = ("numpy", "numba")
+# the methods each non-NumPy backend runs (those of softmax_scan's kernels)
+BACKEND_METHODS = {"numba": ("recurrent",)}
 PARAM_SHAPES = {"q": ("NH", "K"), "W_k": ("NH*K", "D"), "W_v": ("NH*V", "D"),
                 "W_o": ("O", "NH*V"), "b_o": ("O",)}
 
@@ -207,6 +215,7 @@ def forward(params: dict, x: np.ndarray, state0: State | None = None, *,
     """
     V.choice("method", method, METHODS)
     _backend.resolve(backend, BACKENDS, what="cells.aaren")
+    _backend.check_method(method, backend, BACKEND_METHODS, what="cells.aaren")
     V.positive_int("chunk_size", chunk_size, allow_none=True)
     _check(params, x, state0)
     k, v, s = _project(params, x)

@@ -90,6 +90,14 @@ Methods, both equal to the loop (tested to 1e-10 relative RMS in float64):
                into the first); associative because both sides equal the sums
                of the union rescaled to the union's max. Its backward is the
                reverse Blelloch scan above plus elementwise work.
+
+Backends: ``"numpy"`` runs both methods; ``"numba"``
+(:mod:`minirec.kernels.numba.softmax_scan`) runs ``recurrent`` as one fused
+loop over time per (batch, head) — the ``(m, u, w)`` update and the output in
+the same step, ``prange`` over the ``B·H`` rows — and its backward as one fused
+reverse loop of :func:`step_backward`'s equations. The empty prefix
+``m = −inf`` is handled as above (α = 1 where ``m_{t−1} = m_t``), so it gives
+no NaN there either.
 """
 
 from __future__ import annotations
@@ -103,7 +111,9 @@ from minirec import _validate as V
 from minirec.scan import associative, linear
 
 METHODS = ("recurrent", "blelloch")
-BACKENDS = ("numpy",)
+BACKENDS = ("numpy", "numba")
+# the methods each non-NumPy backend has kernels for (NumPy runs them all)
+BACKEND_METHODS = {"numba": ("recurrent",)}
 
 State = tuple  # (m (B, H), u (B, H), w (B, H, V))
 
@@ -288,14 +298,18 @@ def forward(s: np.ndarray, v: np.ndarray, *, initial_state: State | None = None,
     """
     V.choice("method", method, METHODS)
     _backend.resolve(backend, BACKENDS, what="ops.softmax_scan")
+    _backend.check_method(method, backend, BACKEND_METHODS, what="ops.softmax_scan")
     dtype = _check_inputs(s, v, initial_state)
     B, T, H, Vd = v.shape
     if initial_state is None:
         m0, u0, w0 = empty_state(B, H, Vd, dtype)
     else:
         m0, u0, w0 = initial_state
-    M, U, W = _FORWARD[method](s, v, m0, u0, w0)
-    o = W / U[..., None]
+    if backend == "numba":  # fused loop: state update and output per step
+        o, M, U, W = _backend.kernels("softmax_scan", backend).forward(s, v, m0, u0, w0)
+    else:
+        M, U, W = _FORWARD[method](s, v, m0, u0, w0)
+        o = W / U[..., None]
     cache = SoftmaxScanCache(s, v, m0, u0, w0, M, U, W, method, backend)
     return o, (M[:, -1].copy(), U[:, -1].copy(), W[:, -1].copy()), cache
 
@@ -388,6 +402,11 @@ def backward(cache: SoftmaxScanCache, do: np.ndarray | None,
     """
     V.grad_like("do", do, cache.W, "o")
     dfinal = _final_grads(cache, dfinal_state)
+    if cache.backend == "numba":  # one fused reverse loop
+        kern = _backend.kernels("softmax_scan", cache.backend)
+        ds, dv, dinit = kern.backward(cache.s, cache.v, cache.m0, cache.u0, cache.w0,
+                                      cache.M, cache.U, cache.W, do, *dfinal)
+        return {"s": ds, "v": dv, "initial_state": tuple(dinit)}
     run = _backward_recurrent if cache.method == "recurrent" else _backward_parallel
     ds, dv, dinit = run(cache, do, dfinal)
     return {"s": ds, "v": dv, "initial_state": tuple(dinit)}
