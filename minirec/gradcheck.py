@@ -249,7 +249,10 @@ def check_cell(cell: Any, params: Mapping[str, np.ndarray], x: np.ndarray, state
         state0: initial state (array or tuple of arrays); ``None`` is checked
             as the cell's ``zero_state(params, B)`` when it has one, else as
             zeros shaped like the final state.
-        seed, eps, tol, max_elements: as in :func:`check_op`.
+        seed: as in :func:`check_op`.
+        eps: as in :func:`check_op`.
+        tol: as in :func:`check_op`.
+        max_elements: as in :func:`check_op`.
 
     Returns:
         A :class:`GradcheckReport` over every key of ``params``, ``"x"`` and

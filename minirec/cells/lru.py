@@ -82,7 +82,8 @@ def init_params(rng: np.random.Generator, input_size: int, state_size: int,
         input_size: ``D`` (the output has the same size).
         state_size: ``N``, the number of complex eigenvalues.
         dtype: float32 or float64 (the state is then complex64/complex128).
-        r_min, r_max: ``0 ≤ r_min < r_max ≤ 1``, the ring holding ``|λ|``.
+        r_min: inner radius of the ring holding ``|λ|`` (``0 ≤ r_min < r_max``).
+        r_max: outer radius of that ring (``r_max ≤ 1``).
         max_phase: the phases ``arg λ`` are uniform in ``[0, max_phase]``.
 
     Returns:

@@ -150,7 +150,8 @@ def init_params(rng: np.random.Generator, input_size: int, state_size: int,
         state_size: ``N`` complex states per channel.
         dtype: float32 or float64.
         init: ``"s4d-lin"``, ``"s4d-inv"`` or ``"legs"``.
-        dt_min, dt_max: ``Δ`` is log-uniform in ``[dt_min, dt_max]``.
+        dt_min: smallest ``Δ``; ``Δ`` is log-uniform in ``[dt_min, dt_max]``.
+        dt_max: largest ``Δ``.
 
     Returns:
         ``{"log_dt" (D,), "A_re_log", "A_im", "B_re", "B_im", "C_re", "C_im"

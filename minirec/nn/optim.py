@@ -84,7 +84,10 @@ def adam_update(params: Tree, grads: Tree, state: dict, lr: float = 1e-3, b1: fl
         params: the parameters (dict of arrays, possibly nested).
         grads: their gradients, with exactly the same keys and shapes.
         state: from :func:`adam_init` or a previous :func:`adam_update`.
-        lr, b1, b2, eps: step size, moment decay rates, denominator guard.
+        lr: step size.
+        b1: decay rate of the first moment.
+        b2: decay rate of the second moment.
+        eps: denominator guard.
     """
     _map(_check_leaf, params, grads, path="grads")
     t = int(state["step"]) + 1

@@ -196,7 +196,8 @@ def lower_bounded_gate_backward(f_logits: np.ndarray, lower_bound: float | np.nd
     true derivative is, without a warning.
 
     Args:
-        f_logits, lower_bound: as given to :func:`lower_bounded_gate`.
+        f_logits: as given to :func:`lower_bounded_gate`.
+        lower_bound: as given to :func:`lower_bounded_gate`.
         dg: ``∂L/∂g``, the shape of ``f_logits``.
 
     Returns:
