@@ -43,6 +43,12 @@ where the loop needs only ``O(d²)`` per step: they trade work for depth
 ``O(log T)``, which pays on parallel hardware, not in NumPy on a CPU.
 Keep ``‖A_t‖ ≲ 1`` (e.g. scaled orthogonal matrices): products of long runs
 of larger matrices overflow, whichever method computes them.
+
+Backends: ``"numpy"`` runs every method; ``"numba"``
+(:mod:`minirec.kernels.numba.matrix_scan`) runs ``recurrent``, real or
+complex: the forward as one fused loop of ``d × d`` matrix-vector products per
+batch row (``prange`` over the batch), the backward as one fused reverse pass
+computing ``g_t``, ``dA_t = g_t h_{t-1}^H`` and ``dh0`` together.
 """
 
 from __future__ import annotations
@@ -56,7 +62,9 @@ from minirec import _validate as V
 from minirec.scan import associative
 
 METHODS = ("recurrent", "hillis_steele", "blelloch")
-BACKENDS = ("numpy",)
+BACKENDS = ("numpy", "numba")
+# the methods each non-NumPy backend has kernels for (NumPy runs them all)
+BACKEND_METHODS = {"numba": ("recurrent",)}
 
 
 class MatrixScanCache(NamedTuple):
@@ -153,6 +161,7 @@ def forward(A: np.ndarray, b: np.ndarray, initial_state: np.ndarray | None = Non
     """
     V.choice("method", method, METHODS)
     _backend.resolve(backend, BACKENDS, what="scan.matrix")
+    _backend.check_method(method, backend, BACKEND_METHODS, what="scan.matrix")
     V.array("A", A, ndim=4)
     V.array("b", b, ndim=3)
     s = V.Shapes()
@@ -191,6 +200,10 @@ def backward(cache: MatrixScanCache, dh: np.ndarray | None,
     dtype = h.dtype
     if dh is None:
         dh = np.zeros(h.shape, dtype)
+    if cache.backend != "numpy":  # one fused reverse pass
+        g0 = np.zeros(h0.shape, dtype) if dh_T is None else dh_T
+        dA, db, dh0 = _backend.kernels("matrix_scan", cache.backend).backward(A, h, h0, dh, g0)
+        return _realify({"A": dA, "b": db, "initial_state": dh0}, cache.real)
     # matrices of the reverse scan: C_t = A_{t+1}^H, C_{T-1} = I
     C = np.empty(A.shape, A.dtype)
     C[:, :-1] = _herm(A[:, 1:])
@@ -204,7 +217,12 @@ def backward(cache: MatrixScanCache, dh: np.ndarray | None,
         "b": np.ascontiguousarray(g),
         "initial_state": _matvec(_herm(A[:, 0]), g[:, 0]),      # dh0 = A_0^H g_0
     }
-    for name, is_real in cache.real.items():
+    return _realify(grads, cache.real)
+
+
+def _realify(grads, real):
+    """Gradients of real inputs are real: ∂L/∂x = Re(∂L/∂Re + i ∂L/∂Im)."""
+    for name, is_real in real.items():
         if is_real and np.iscomplexobj(grads[name]):
             grads[name] = np.ascontiguousarray(grads[name].real)
     return grads
