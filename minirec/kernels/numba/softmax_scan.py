@@ -87,23 +87,25 @@ def _backward(s, v, m0, u0, w0, M, U, W, do, has_do, dm_T, du_T, dw_T,
                 m_prev = m0[b, h]
                 u_prev = u0[b, h]
             s_t = s[b, t, h]
-            # through o_t = w_t / u_t
-            if has_do:
-                acc = zero
-                for j in range(Vd):
-                    g = do[b, t, h, j]
-                    acc += g * (W[b, t, h, j] / u)
-                    dw[j] = dw[j] + g / u
-                du = du - acc / u
-            # through u_t = α u_{t-1} + β and w_t = α w_{t-1} + β v_t
-            alpha = _rescale(m_prev, m, one)
-            beta = _rescale(s_t, m, one)
+            # one pass over V with three independent sums (their latencies overlap):
+            # through o_t = w_t / u_t:  dw += do / u,  do_o = Σ_V do ⊙ o_t
+            # then dα's and dβ's sums over V with the updated dw
+            do_o = zero
             dalpha_w = zero
             dbeta_v = zero
             for j in range(Vd):
+                if has_do:
+                    g = do[b, t, h, j]
+                    do_o += g * (W[b, t, h, j] / u)
+                    dw[j] = dw[j] + g / u
                 w_prev = w0[b, h, j] if t == 0 else W[b, t - 1, h, j]
                 dalpha_w += dw[j] * w_prev
                 dbeta_v += dw[j] * v[b, t, h, j]
+            if has_do:
+                du = du - do_o / u
+            # through u_t = α u_{t-1} + β and w_t = α w_{t-1} + β v_t
+            alpha = _rescale(m_prev, m, one)
+            beta = _rescale(s_t, m, one)
             dalpha = du * u_prev + dalpha_w
             dbeta = du + dbeta_v
             for j in range(Vd):
