@@ -269,16 +269,16 @@ def backward(cache: LinearScanCache, dh: np.ndarray | None,
     dtype = h.dtype
     if dh is None:
         dh = np.zeros(h.shape, dtype)
-    # coefficients of the reverse scan: c_t = conj(a_{t+1}), c_{T-1} = 1
-    c = np.empty(a.shape, a.dtype)
-    c[:, :-1] = np.conj(a[:, 1:])
-    c[:, -1] = 1
     g0 = np.zeros(h0.shape, dtype) if dh_T is None else dh_T
     if cache.backend != "numpy" and cache.method == "recurrent":  # one fused reverse pass
         kern = _backend.kernels("linear_scan", cache.backend)
         da, db, dh0 = kern.backward(a, h, h0, dh, g0)
         grads = {"a": da, "b": db, "initial_state": dh0}
         return _realify(grads, cache.real)
+    # coefficients of the reverse scan: c_t = conj(a_{t+1}), c_{T-1} = 1
+    c = np.empty(a.shape, a.dtype)
+    c[:, :-1] = np.conj(a[:, 1:])
+    c[:, -1] = 1
     flip = lambda x: np.flip(x, axis=1)
     g = flip(_run(flip(c), flip(dh), g0, cache.method, cache.chunk_size, cache.backend))
     h_prev = np.concatenate([h0.astype(dtype)[:, None], h[:, :-1]], axis=1)

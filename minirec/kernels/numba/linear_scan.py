@@ -77,20 +77,22 @@ def _forward_chunked(a, b, h0, h, prod, C):
 @njit(cache=True)
 def _backward(a, h, h0, dh, dh_T, da, db, dh0):
     B, T, R = h.shape
+    g = np.empty(R, db.dtype)
     for i in range(B):
         for r in range(R):
-            g = dh[i, T - 1, r] + dh_T[i, r]
-            db[i, T - 1, r] = g
-        for t in range(T - 2, -1, -1):
+            g[r] = dh_T[i, r]
+        # one reverse pass: g_t = dh_t + conj(a_{t+1}) g_{t+1}, then db_t, da_t
+        for t in range(T - 1, -1, -1):
             for r in range(R):
-                g = dh[i, t, r] + np.conj(a[i, t + 1, r]) * db[i, t + 1, r]
-                db[i, t, r] = g
-        for t in range(T - 1, 0, -1):
-            for r in range(R):
-                da[i, t, r] = db[i, t, r] * np.conj(h[i, t - 1, r])
+                if t < T - 1:
+                    g[r] = dh[i, t, r] + np.conj(a[i, t + 1, r]) * g[r]
+                else:
+                    g[r] = dh[i, t, r] + g[r]
+                db[i, t, r] = g[r]
+                hp = h[i, t - 1, r] if t > 0 else h0[i, r]
+                da[i, t, r] = g[r] * np.conj(hp)
         for r in range(R):
-            da[i, 0, r] = db[i, 0, r] * np.conj(h0[i, r])
-            dh0[i, r] = np.conj(a[i, 0, r]) * db[i, 0, r]
+            dh0[i, r] = np.conj(a[i, 0, r]) * g[r]
 
 
 def _flat(x, B, T, R):
