@@ -525,7 +525,7 @@ def _cmd_tour(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``minirec`` argument parser (sub-commands ``list``, ``check``, ``tour``)."""
+    """The ``minirec`` argument parser (sub-commands ``list``, ``check``, ``tour``, ``bench``)."""
     from minirec import __version__
 
     p = argparse.ArgumentParser(
@@ -570,6 +570,12 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--out", default="minirec_tour_loss.png",
                     help="where to save the loss curve (default ./minirec_tour_loss.png)")
     pt.set_defaults(func=_cmd_tour)
+
+    # `minirec bench ...` is handed to minirec.bench.main before parsing (its own
+    # options); this entry is here so that `minirec --help` lists it
+    sub.add_parser("bench", help="time every entry × method × backend against this "
+                                 "machine's limits; writes benchmarks/RESULTS.md "
+                                 "(see `minirec bench --help`)", add_help=False)
     return p
 
 
@@ -583,6 +589,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit status: 0 success, 1 a check failed, 2 a usage error
         (argparse's own usage errors exit 2 through ``SystemExit``).
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        from minirec import bench
+        return bench.main(argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 
