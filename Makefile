@@ -5,6 +5,9 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip install -q --disable-pip-version-check
 # pytest workers: 2 on the 2-core CI machine; override with `make test JOBS=4`
 JOBS   ?= 2
+# one BLAS thread per pytest worker (2 workers × 2 BLAS threads oversubscribe 2 cores);
+# OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are left as the machine sets them
+TESTENV := OPENBLAS_NUM_THREADS=1
 
 .PHONY: tour test test-fast test-oracle docs bench lint clean
 
@@ -20,16 +23,16 @@ tour: $(BIN)/python
 test: $(BIN)/python
 	$(PIP) -e ".[test]"
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -n $(JOBS) -m "not slow" tests --nbmake tutorials
+	$(TESTENV) $(BIN)/python -m pytest -n $(JOBS) -m "not slow" tests --nbmake tutorials
 
 test-fast: $(BIN)/python
 	$(PIP) -e ".[test]"
-	$(BIN)/python -m pytest -n $(JOBS) -m "not slow" tests
+	$(TESTENV) $(BIN)/python -m pytest -n $(JOBS) -m "not slow" tests
 
 # PyTorch float64 comparisons (CPU build of torch 2.13.0)
 test-oracle: $(BIN)/python
 	$(PIP) -e ".[test,oracle]"
-	$(BIN)/python -m pytest -n $(JOBS) -m oracle tests
+	$(TESTENV) $(BIN)/python -m pytest -n $(JOBS) -m oracle tests
 
 docs: $(BIN)/python
 	$(PIP) -e ".[docs]"
