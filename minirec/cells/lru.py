@@ -133,18 +133,8 @@ def _complex(dtype) -> np.dtype:
 
 
 def _check(params, x, state0):
-    s = V.Shapes()
-    V.params("lru", params, PARAM_SHAPES, s)
-    for k, v in params.items():
-        V.array(f"lru: {k}", v, allow_complex=False)
-    V.array("x", x, ndim=3, allow_complex=False)
-    s.check("x", x, ("B", "T", "D"))
-    if x.shape[1] < 1:
-        raise ValueError(f"x: expected T >= 1 along axis 1, got shape {x.shape}")
-    dtype = V.common_dtype(x=x, **params)
-    if state0 is not None:
-        V.state("state0", state0, (x.shape[0], s["N"]), dtype)
-    return dtype
+    return V.cell_inputs("lru", params, PARAM_SHAPES, x, state0, ("B", "N"),
+                         complex_state=True)[0]
 
 
 def _complex_params(params, cdtype):

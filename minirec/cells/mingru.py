@@ -106,19 +106,7 @@ def _gates_backward(params, x, z, h_tilde, da, db, negative_eigenvalues):
 
 
 def _check(params, x, state0):
-    s = V.Shapes()
-    V.params("mingru", params, PARAM_SHAPES, s)
-    for k, p in params.items():
-        V.array(f"mingru: {k}", p, allow_complex=False)
-    V.array("x", x, ndim=3, allow_complex=False)
-    s.check("x", x, ("B", "T", "D"))
-    if x.shape[1] < 1:
-        raise ValueError(f"x: expected T >= 1 along axis 1, got shape {x.shape}")
-    dtype = V.common_dtype(x=x, **params)
-    if state0 is not None:
-        V.array("state0", state0, allow_complex=False)
-        V.state("state0", state0, (x.shape[0], s["H"]), dtype)
-    return dtype
+    return V.cell_inputs("mingru", params, PARAM_SHAPES, x, state0, ("B", "H"))[0]
 
 
 def _check_log(method, negative_eigenvalues):

@@ -248,18 +248,8 @@ def _param_grads(params, discretization, aux, Abar, Bbar, dAbar, dBbar, dC, dD):
 
 def _check(params, x, state0, discretization):
     V.choice("discretization", discretization, DISCRETIZATIONS)
-    s = V.Shapes()
-    V.params("ssm", params, PARAM_SHAPES, s)
-    for k, v in params.items():
-        V.array(f"ssm: {k}", v, allow_complex=False)
-    V.array("x", x, ndim=3, allow_complex=False)
-    s.check("x", x, ("B", "T", "D"))
-    if x.shape[1] < 1:
-        raise ValueError(f"x: expected T >= 1 along axis 1, got shape {x.shape}")
-    dtype = V.common_dtype(x=x, **params)
-    if state0 is not None:
-        V.state("state0", state0, (x.shape[0], s["D"], s["N"]), dtype)
-    return dtype
+    return V.cell_inputs("ssm", params, PARAM_SHAPES, x, state0, ("B", "D", "N"),
+                         complex_state=True)[0]
 
 
 # ---------------------------------------------------------------------------

@@ -229,7 +229,7 @@ def test_real_initial_state_gets_a_real_gradient(rng):
     (lambda p, x, h: (dict(p, B_re=p["B_re"][:3]), x, h), r"B_re: expected shape \(N=4, D\)"),
     (lambda p, x, h: (p, x[..., :2], h), r"x: expected shape"),
     (lambda p, x, h: (p, x + 0j, h), "expected dtype"),
-    (lambda p, x, h: (p, x, h[:, :3]), r"state0: expected shape \(2, 4\)"),
+    (lambda p, x, h: (p, x, h[:, :3]), r"state0: expected shape \(B=2, N=4\)"),
     (lambda p, x, h: (p, x.astype(np.float32), h), "mixed precisions"),
     (lambda p, x, h: ({k: v for k, v in p.items() if k != "D"}, x, h), "missing"),
     (lambda p, x, h: (dict(p, D=p["D"] + 0j), x, h), "expected dtype"),

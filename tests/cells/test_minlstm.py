@@ -232,7 +232,7 @@ def test_init_params_shapes_and_dtype(rng):
 @pytest.mark.parametrize("change, match", [
     (lambda p, x, h: (p, x[0], h), r"x: expected a 3-d array, got shape \(7, 3\)"),
     (lambda p, x, h: (p, x[..., :2], h), r"x: expected shape .*D=3"),
-    (lambda p, x, h: (p, x, h[:, :3]), r"state0: expected shape \(2, 4\), got \(2, 3\)"),
+    (lambda p, x, h: (p, x, h[:, :3]), r"state0: expected shape \(B=2, H=4\), got \(2, 3\)"),
     (lambda p, x, h: ({**p, "W_i": p["W_i"][:3]}, x, h), r"W_i: expected shape .*H=3"),
     (lambda p, x, h: ({k: v for k, v in p.items() if k != "b_f"}, x, h), r"missing \['b_f'\]"),
     (lambda p, x, h: (p, x.astype(np.float32), h), "mixed precisions"),

@@ -287,7 +287,7 @@ def test_real_initial_state_gets_a_real_gradient(rng):
     (lambda p, x, h: (dict(p, B_re=p["B_re"][:, :3]), x, h), r"B_re: expected shape \(D=3, N=4\)"),
     (lambda p, x, h: (p, x[..., :2], h), r"x: expected shape"),
     (lambda p, x, h: (p, x + 0j, h), "expected dtype"),
-    (lambda p, x, h: (p, x, h[:, :, :3]), r"state0: expected shape \(2, 3, 4\)"),
+    (lambda p, x, h: (p, x, h[:, :, :3]), r"state0: expected shape \(B=2, D=3, N=4\)"),
     (lambda p, x, h: (p, x.astype(np.float32), h), "mixed precisions"),
     (lambda p, x, h: (dict(p, extra=p["D"]), x, h), "unexpected"),
     (lambda p, x, h: (dict(p, A_im=p["A_im"] + 0j), x, h), "expected dtype"),
