@@ -58,6 +58,17 @@ Methods, all equal to the loop (tested to 1e-10 relative RMS in float64):
                    of the equations above are shared. ``log`` works because
                    ``ā = exp(Δ A) > 0`` (it fails with a clear error only if
                    ``ā`` underflows to 0).
+
+``backend="numba"`` (:data:`BACKEND_METHODS`): ``recurrent`` runs the fused
+kernels of :mod:`minirec.kernels.numba.selective_scan` — per (batch row,
+block of channels) the state ``h`` lives in a small local array, ``Δ``,
+``exp(Δ A)``, the update, ``y0`` and the gate are computed in one pass over
+time, and no ``(B, T, D, N)`` array is made. The forward keeps the state
+entering every chunk of 64 steps (the cache's ``checkpoints``) and the fused
+reverse loop recomputes each chunk's states from its checkpoint (memory
+``T/64`` states instead of ``T``, for one extra multiply-add per element,
+since ``ā`` is recomputed either way). ``chunked`` builds ``ā, b̄`` in NumPy
+as above and runs :func:`minirec.scan.linear.forward`'s numba chunked kernel.
 """
 
 from __future__ import annotations
@@ -71,7 +82,9 @@ from minirec import _validate as V
 from minirec.scan import linear
 
 METHODS = ("recurrent",) + tuple(m for m in linear.METHODS if m != "recurrent")
-BACKENDS = ("numpy",)
+BACKENDS = ("numpy", "numba")
+# the methods each non-NumPy backend has kernels for (NumPy runs them all)
+BACKEND_METHODS = {"numba": ("recurrent", "chunked")}
 
 
 # ---------------------------------------------------------------------------
@@ -110,7 +123,10 @@ class SelectiveScanCache(NamedTuple):
     ``h0 (B, D, N)``; ``y0 (B, T, D)`` the output before the gate;
     ``delta_softplus``; ``has_delta_bias``; ``method``; ``chunk_size``;
     ``backend``; ``scan_cache`` (the :mod:`minirec.scan.linear` cache for the
-    parallel methods, ``None`` for ``recurrent``).
+    parallel methods, ``None`` for ``recurrent``); ``checkpoints`` (numba
+    ``recurrent`` only: ``(B, ⌈T/64⌉, D, N)`` the state entering every chunk
+    of 64 steps; there ``a`` and ``h`` are ``None``, the kernel recomputes
+    them).
     """
 
     u: np.ndarray
@@ -131,6 +147,7 @@ class SelectiveScanCache(NamedTuple):
     chunk_size: int | None
     backend: str
     scan_cache: linear.LinearScanCache | None
+    checkpoints: np.ndarray | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -225,12 +242,22 @@ def forward(u: np.ndarray, delta: np.ndarray, A: np.ndarray, B: np.ndarray, C: n
     """
     V.choice("method", method, METHODS)
     _backend.resolve(backend, BACKENDS, what="ops.selective_scan")
+    _backend.check_method(method, backend, BACKEND_METHODS, what="ops.selective_scan")
     dtype = _check(u, delta, A, B, C, D, z, delta_bias, initial_state)
     chunk_size = V.positive_int("chunk_size", chunk_size, allow_none=True)
     Bsz, _, Dch = u.shape
     N = A.shape[1]
     h0 = np.zeros((Bsz, Dch, N), dtype) if initial_state is None else initial_state
     pre = delta if delta_bias is None else delta + delta_bias
+    if backend == "numba" and method == "recurrent":
+        kern = _backend.kernels("selective_scan", backend)
+        pre = pre.astype(dtype, copy=False)
+        y, y0, dt, h_T, ck = kern.forward(u.astype(dtype, copy=False), pre, A, B, C, D, z,
+                                          delta_softplus, h0)
+        cache = SelectiveScanCache(u, A, B, C, D, z, pre, dt, None, None, h0, y0,
+                                   bool(delta_softplus), delta_bias is not None, method,
+                                   chunk_size, backend, None, ck)
+        return y, h_T, cache
     dt = softplus(pre) if delta_softplus else pre
     a = np.exp(dt[..., None] * A)                                # (B, T, D, N)
     b = (dt * u)[..., None] * B[:, :, None, :]                   # (B, T, D, N)
@@ -266,11 +293,20 @@ def backward(cache: SelectiveScanCache, dy: np.ndarray | None,
     c = cache
     V.grad_like("dy", dy, c.y0, "y")
     V.grad_like("dstate", dstate, c.h0, "h_T")
-    dtype = c.h.dtype
+    dtype = c.y0.dtype
     if dy is None:
         dy = np.zeros(c.y0.shape, dtype)
     if dstate is None:
         dstate = np.zeros(c.h0.shape, dtype)
+    order = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
+    if c.backend == "numba" and c.method == "recurrent":  # one fused reverse pass
+        kern = _backend.kernels("selective_scan", "numba")
+        grads = kern.backward(c.u, c.pre, c.dt, c.A, c.B, c.C, c.D, c.z, c.delta_softplus,
+                              c.checkpoints, c.y0, dy, dstate)
+        grads["delta"] = grads.pop("pre")
+        if c.has_delta_bias:
+            grads["delta_bias"] = np.sum(grads["delta"], axis=(0, 1))
+        return {k: grads[k] for k in order if k in grads}
     grads = {}
     # through the gate y = y0 ⊙ silu(z)
     if c.z is not None:
@@ -307,5 +343,4 @@ def backward(cache: SelectiveScanCache, dy: np.ndarray | None,
     grads["delta"] = dpre
     if c.has_delta_bias:
         grads["delta_bias"] = np.sum(dpre, axis=(0, 1))
-    order = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
     return {k: grads[k] for k in order if k in grads}

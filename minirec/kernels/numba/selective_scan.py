@@ -1,0 +1,466 @@
+"""Numba kernels for Mamba-1's selective scan (fused forward and backward).
+
+Implements, per batch row b and channel d, with ``h (N)`` the state:
+
+    Δ_t = softplus(pre_t) or pre_t,   h_t = exp(Δ_t A) ⊙ h_{t−1} + Δ_t u_t B_t,
+    y0_t = C_t · h_t + D u_t,          y_t = y0_t ⊙ silu(z_t)
+
+— :func:`minirec.ops.selective_scan.forward` with ``method="recurrent"``, which
+these kernels are tested against (tests/kernels/test_numba_selective_scan.py).
+``pre = delta + delta_bias`` arrives precomputed (one ``(B, T, D)`` add in the
+caller); everything else is fused and no ``(B, T, D, N)`` array is ever made.
+
+Layout. A job is one batch row and one block of ``DB`` consecutive channels
+(``prange`` over the ``B · ⌈D/DB⌉`` independent jobs). Inside a job the state is
+a local ``(N, DB)`` array (flat, index ``n·DB + d``) and every innermost loop
+runs over the ``DB`` channel lanes of the block, lane-wise: no loop reduces
+across lanes, so LLVM vectorises them with ``fastmath`` off. A block at the end
+of ``D`` is padded with zero lanes (``A = Δ = u = 0`` keeps them at 0).
+
+``exp`` (one per (b, t, d, n) forward and one backward: most of the work) is
+:func:`_exp`, written out so that it vectorises inside those loops (``np.exp``
+in ``@njit`` is a libm call per element and stops the loop around it from
+vectorising): Cody–Waite reduction ``x = k ln2 + r``, ``|r| ≤ ln2/2``, the
+Taylor polynomial of ``e^r`` to the degree whose remainder is below a quarter
+ulp (7 for float32, 13 for float64), times ``2^{k−1}`` built from its exponent
+bits. Within 1 ulp of the correctly rounded exp (tested); ``±inf`` and NaN as
+``np.exp``; results below ``2^{kmin+1}`` (``4e-38`` in float32) are 0 instead
+of subnormal.
+
+Backward: checkpoints. The forward stores the state entering every chunk of
+``K`` steps, ``ck (B, ⌈T/K⌉, D, N)`` (``1/K`` of all the states: 4 MiB instead
+of 128 MiB at B=4, T=2048, D=256, N=16 in float32, K=32). The reverse pass goes
+over the chunks last to first; for each it recomputes the chunk's ``ā`` and
+``h`` from its checkpoint into ``(K, N·DB)`` job-local buffers (``ā`` would be
+recomputed even if every state were stored, so the extra cost is one
+multiply-add per element), then runs the reverse loop of
+:mod:`minirec.ops.selective_scan` over the chunk:
+
+    g_t    = ā_{t+1} ⊙ g_{t+1} + dy0_t C_t     (ā_T ⊙ g_T read as dh_T)
+    dlog   = g_t ⊙ h_{t−1} ⊙ ā_t               dA += dlog Δ_t
+    dΔ_t   = Σ_n dlog A + (Σ_n g_t B_t) u_t    du_t = (Σ_n g_t B_t) Δ_t + D dy0_t
+    dB_t   = Σ_d g_t Δ_t u_t                   dC_t = Σ_d dy0_t h_t
+
+``B, C`` are shared by the channels, so ``dB, dC (B, T, N)`` are sums over d.
+The backward's jobs are (batch row, channel group), ``G`` groups of blocks;
+each job adds its lanes' terms, lane-wise, into its own slice
+``dB_part[group, b, t, n, :DB]`` and the caller sums over groups and lanes (no
+races, no atomics, no reduction across lanes in the time loop). ``dA``, ``dD``
+are written per batch row and summed by the caller.
+
+``fastmath`` is off. This module imports nothing from the rest of minirec.
+"""
+
+from __future__ import annotations
+
+import math
+from decimal import Decimal, localcontext
+
+import numba
+import numpy as np
+from numba import njit, prange, types
+from numba.extending import overload
+
+LANES = 32  # channels per job, a compile-time constant: lane loops of known length 32
+            # (8-wide AVX2 × 4) vectorise fully; _lane_sum is written for 32
+CHUNK = 32  # steps between checkpoints: the (K, N·DB) buffers stay in L2 (~130 KiB float32)
+
+
+# ---------------------------------------------------------------------------
+# an exp that vectorises
+# ---------------------------------------------------------------------------
+
+def exp_constants(dtype) -> tuple:
+    """``(coef, con)`` for :func:`_exp` in ``dtype``.
+
+    * ``coef``: ``1/j!`` for j = 0..n, n the smallest degree with Taylor
+      remainder ``(ln2/2)^{n+1} / (n+1)! · √2`` below ``eps/4``.
+    * ``con = (log2 e, ln2_hi, ln2_lo, lo, hi, 0, inf)``: ``ln2_hi`` is ln 2
+      rounded to few enough bits that ``k · ln2_hi`` is exact for every
+      exponent ``k`` of the dtype, ``ln2_lo = ln 2 − ln2_hi`` (from a 40-digit
+      ln 2); ``[lo, hi] = [(kmin + 1) ln2, (kmax + 1) ln2]``, the inputs for
+      which ``k − 1`` is a normal exponent (below: 0, above: ``inf``).
+    """
+    dtype = np.dtype(dtype)
+    f = dtype.type
+    info = np.finfo(dtype)
+    eps = float(info.eps)
+    n = 1
+    while (math.log(2) / 2) ** (n + 1) / math.factorial(n + 1) * math.sqrt(2) >= eps / 4:
+        n += 1
+    coef = tuple(f(1 / math.factorial(j)) for j in range(n + 1))
+    kmin, kmax = int(info.minexp), int(info.maxexp) - 1    # normal exponents of 2^k
+    kbits = max(-kmin, kmax + 1).bit_length()               # |k| < 2^kbits
+    hi_bits = info.nmant + 1 - kbits                        # k·ln2_hi fits the mantissa
+    with localcontext() as ctx:
+        ctx.prec = 40
+        ln2 = Decimal(2).ln()
+        ln2_hi = float(round(ln2 * 2 ** hi_bits) / Decimal(2 ** hi_bits))
+        ln2_lo = float(ln2 - Decimal(ln2_hi))
+    con = (f(1 / math.log(2)), f(ln2_hi), f(ln2_lo), f((kmin + 1) * math.log(2)),
+           f((kmax + 1) * math.log(2)), f(0), f(np.inf))
+    return coef, con
+
+
+def log1p_constants(dtype) -> tuple:
+    """``1/(2k+1)`` for k = 0..K−1, ``K`` the smallest with series tail
+    ``(1/9)^K / (2K+1) · 9/8`` below ``eps/4`` (``s ≤ 1/3``, see
+    :func:`_softplus_lanes`)."""
+    dtype = np.dtype(dtype)
+    eps = float(np.finfo(dtype).eps)
+    K = 1
+    while (1 / 9) ** K / (2 * K + 1) * 9 / 8 >= eps / 4:
+        K += 1
+    return tuple(dtype.type(1 / (2 * k + 1)) for k in range(K))
+
+
+def _pow2(k):
+    """``2^k`` for an integral float ``k`` in the normal range (numba only)."""
+    raise NotImplementedError("numba only")
+
+
+@overload(_pow2, inline="always")
+def _pow2_numba(k):
+    # IEEE 754: binary32 has 23 mantissa bits and exponent bias 127, binary64 52
+    # and 1023. The low bits of k + (2^23 + 127) are k + 127, which shifted left
+    # by 23 is the exponent field of 2^k.
+    if k == types.float32:
+        def impl(k):
+            bits = np.float32(k + np.float32(2.0 ** 23 + 127)).view(np.int32)
+            return np.int32(bits << 23).view(np.float32)
+        return impl
+    if k == types.float64:
+        def impl(k):
+            bits = np.float64(k + (2.0 ** 52 + 1023)).view(np.int64)
+            return np.int64(bits << 52).view(np.float64)
+        return impl
+    return None
+
+
+@njit(cache=True, inline="always")
+def _exp(x, coef, con):
+    """``e^x`` in ``x``'s dtype, branch-free (see the module docstring)."""
+    log2e, ln2_hi, ln2_lo, lo, hi, zero, inf = con
+    xc = x if x > lo else lo
+    xc = xc if xc < hi else hi
+    k = np.floor(xc * log2e + coef[2])          # coef[2] = 1/2!: k = round(x / ln2)
+    r = (xc - k * ln2_hi) - k * ln2_lo          # x − k ln2, |r| ≤ ln2/2
+    p = coef[len(coef) - 1]
+    for j in range(len(coef) - 2, -1, -1):      # Horner: e^r
+        p = p * r + coef[j]
+    y = (p + p) * _pow2(k - coef[0])              # 2p 2^{k−1}: finite up to the largest float
+    y = y if x >= lo else zero                  # below the normal range: 0 (no subnormals)
+    y = y if x <= hi else inf
+    return y if x == x else x                   # NaN stays NaN
+
+
+# ---------------------------------------------------------------------------
+# forward
+# ---------------------------------------------------------------------------
+
+@njit(cache=True, inline="always")
+def _softplus_lanes(pre, b, t, d0, nd, ep, dt, coef, lcoef, con):
+    """``dt[d] = softplus(pre[b, t, d0 + d]) = max(p, 0) + log1p(e^{−|p|})`` for
+    ``d < nd``, with ``log1p(e) = 2 atanh(s) = 2 Σ_k s^{2k+1} / (2k+1)``,
+    ``s = e / (2 + e) ∈ [0, 1/3]`` (``lcoef[k] = 1/(2k+1)``): no libm call, so
+    the loops vectorise. ``ep`` is scratch."""
+    one = coef[0]
+    for d in range(nd):
+        ep[d] = _exp(-abs(pre[b, t, d0 + d]), coef, con)
+    for d in range(nd):
+        e = ep[d]
+        sv = e / (one + one + e)
+        w = sv * sv
+        q = lcoef[len(lcoef) - 1]
+        for k in range(len(lcoef) - 2, -1, -1):
+            q = q * w + lcoef[k]
+        p = pre[b, t, d0 + d]
+        dt[d] = (p if p > 0 else one - one) + (sv + sv) * q
+
+
+@njit(cache=True, inline="always")
+def _sigmoid_lanes(x, b, t, d0, nd, out, coef, con):
+    """``out[d] = σ(x[b, t, d0 + d])`` as the reference: ``e = e^{−|x|}``,
+    ``1/(1 + e)`` for ``x ≥ 0``, ``e/(1 + e)`` below."""
+    one = coef[0]
+    for d in range(nd):
+        xv = x[b, t, d0 + d]
+        e = _exp(-abs(xv), coef, con)
+        r = one / (one + e)
+        out[d] = r if xv >= 0 else e * r
+
+
+@njit(cache=True, parallel=True)
+def _forward(u, pre, A, Bm, Cm, Dv, z, has_z, softplus, h0, K, coef, lcoef, con,
+             y, y0, dt_out, hT, ck):
+    """Writes ``y, y0, Δ (B, T, D)``, ``hT (B, D, N)`` and the checkpoints
+    ``ck (B, ⌈T/K⌉, D, N)`` (``ck[:, c]`` = the state entering step ``c·K``)."""
+    Bsz, T, D = u.shape
+    N = A.shape[1]
+    DB = LANES
+    nblk = (D + DB - 1) // DB
+    M = N * DB
+    for job in prange(Bsz * nblk):
+        b = job // nblk
+        d0 = (job % nblk) * DB
+        nd = min(DB, D - d0)
+        h = np.zeros(M, u.dtype)
+        At = np.zeros(M, u.dtype)
+        dt = np.zeros(DB, u.dtype)
+        dtu = np.zeros(DB, u.dtype)
+        acc = np.empty(DB, u.dtype)
+        ep = np.empty(DB, u.dtype)
+        sz = np.empty(DB, u.dtype)       # σ(z)
+        for n in range(N):
+            for d in range(nd):
+                h[n * DB + d] = h0[b, d0 + d, n]
+                At[n * DB + d] = A[d0 + d, n]
+        for t in range(T):
+            if t % K == 0:
+                c = t // K
+                for d in range(nd):
+                    for n in range(N):
+                        ck[b, c, d0 + d, n] = h[n * DB + d]
+            # Δ = softplus(pre) or pre
+            if softplus:
+                _softplus_lanes(pre, b, t, d0, nd, ep, dt, coef, lcoef, con)
+            else:
+                for d in range(nd):
+                    dt[d] = pre[b, t, d0 + d]
+            for d in range(nd):
+                dtu[d] = dt[d] * u[b, t, d0 + d]
+                dt_out[b, t, d0 + d] = dt[d]
+            for d in range(DB):
+                acc[d] = 0
+            # h = exp(Δ A) ⊙ h + Δ u B,  acc = Σ_n h C
+            for n in range(N):
+                Bn = Bm[b, t, n]
+                Cn = Cm[b, t, n]
+                for d in range(DB):
+                    j = n * DB + d
+                    hn = _exp(dt[d] * At[j], coef, con) * h[j] + dtu[d] * Bn
+                    h[j] = hn
+                    acc[d] += hn * Cn
+            # y0 = acc + D u,  y = y0 ⊙ z σ(z)
+            for d in range(nd):
+                y0[b, t, d0 + d] = acc[d] + Dv[d0 + d] * u[b, t, d0 + d]
+            if has_z:
+                _sigmoid_lanes(z, b, t, d0, nd, sz, coef, con)
+                for d in range(nd):
+                    y[b, t, d0 + d] = y0[b, t, d0 + d] * (z[b, t, d0 + d] * sz[d])
+            else:
+                for d in range(nd):
+                    y[b, t, d0 + d] = y0[b, t, d0 + d]
+        for d in range(nd):
+            for n in range(N):
+                hT[b, d0 + d, n] = h[n * DB + d]
+
+
+# ---------------------------------------------------------------------------
+# backward
+# ---------------------------------------------------------------------------
+
+@njit(cache=True, inline="always")
+def _lane_sum(v, o):
+    """``Σ_d v[o + d]`` over ``LANES = 32`` lanes as a fixed tree (4 vectors of
+    8 added lane-wise, then halved), which LLVM vectorises."""
+    s8_0 = (v[o + 0] + v[o + 8]) + (v[o + 16] + v[o + 24])
+    s8_1 = (v[o + 1] + v[o + 9]) + (v[o + 17] + v[o + 25])
+    s8_2 = (v[o + 2] + v[o + 10]) + (v[o + 18] + v[o + 26])
+    s8_3 = (v[o + 3] + v[o + 11]) + (v[o + 19] + v[o + 27])
+    s8_4 = (v[o + 4] + v[o + 12]) + (v[o + 20] + v[o + 28])
+    s8_5 = (v[o + 5] + v[o + 13]) + (v[o + 21] + v[o + 29])
+    s8_6 = (v[o + 6] + v[o + 14]) + (v[o + 22] + v[o + 30])
+    s8_7 = (v[o + 7] + v[o + 15]) + (v[o + 23] + v[o + 31])
+    return ((s8_0 + s8_4) + (s8_2 + s8_6)) + ((s8_1 + s8_5) + (s8_3 + s8_7))
+
+
+@njit(cache=True, parallel=True)
+def _backward(u, pre, dt_in, A, Bm, Cm, Dv, z, has_z, softplus, ck, y0, dy, dhT, K, G,
+              coef, con, du, dpre, dz, dA_part, dB_part, dC_part, dD_part, dh0):
+    """The fused reverse pass. Writes ``du, dpre, dz (B, T, D)``, ``dh0 (B, D, N)``
+    and the partial sums ``dA_part (B, D, N)``, ``dD_part (B, D)``,
+    ``dB_part, dC_part (G, B, T, N)`` (zeroed by the caller)."""
+    Bsz, T, D = u.shape
+    N = A.shape[1]
+    DB = LANES
+    nblk = (D + DB - 1) // DB
+    nck = (T + K - 1) // K
+    M = N * DB
+    one = coef[0]
+    for job in prange(Bsz * G):
+        b = job // G
+        grp = job % G
+        g = np.empty(M, u.dtype)                # ∂L/∂h, carried backwards
+        At = np.empty(M, u.dtype)
+        dA = np.empty(M, u.dtype)
+        hbuf = np.empty((K + 1, M), u.dtype)    # hbuf[s + 1] = h at step t0 + s
+        abuf = np.empty((K, M), u.dtype)        # ā at step t0 + s
+        dtb = np.zeros((K, DB), u.dtype)
+        dtu = np.zeros((K, DB), u.dtype)
+        dy0 = np.zeros(DB, u.dtype)
+        pB = np.empty(M, u.dtype)               # g_t Δ u, lane-wise, for Σ_d
+        pC = np.empty(M, u.dtype)               # dy0 h_t, lane-wise, for Σ_d
+        gB = np.empty(DB, u.dtype)
+        ddt = np.empty(DB, u.dtype)
+        dDl = np.empty(DB, u.dtype)
+        sp = np.empty(DB, u.dtype)              # σ(pre)
+        sz = np.empty(DB, u.dtype)              # σ(z)
+        for blk in range(grp, nblk, G):
+            d0 = blk * DB
+            nd = min(DB, D - d0)
+            for j in range(M):
+                g[j] = 0
+                At[j] = 0
+                dA[j] = 0
+            for n in range(N):
+                for d in range(nd):
+                    g[n * DB + d] = dhT[b, d0 + d, n]
+                    At[n * DB + d] = A[d0 + d, n]
+            for d in range(DB):
+                dDl[d] = 0
+                dy0[d] = 0      # lanes past the end of D stay 0 in dy0, Δ, Δu
+                for s in range(K):
+                    dtb[s, d] = 0
+                    dtu[s, d] = 0
+            for c in range(nck - 1, -1, -1):
+                t0 = c * K
+                L = min(K, T - t0)
+                # recompute ā and h inside the chunk from its checkpoint
+                for j in range(M):
+                    hbuf[0, j] = 0
+                for n in range(N):
+                    for d in range(nd):
+                        hbuf[0, n * DB + d] = ck[b, c, d0 + d, n]
+                for s in range(L):
+                    t = t0 + s
+                    for d in range(nd):
+                        dtb[s, d] = dt_in[b, t, d0 + d]
+                        dtu[s, d] = dtb[s, d] * u[b, t, d0 + d]
+                    for n in range(N):
+                        Bn = Bm[b, t, n]
+                        for d in range(DB):
+                            j = n * DB + d
+                            a = _exp(dtb[s, d] * At[j], coef, con)
+                            abuf[s, j] = a
+                            hbuf[s + 1, j] = a * hbuf[s, j] + dtu[s, d] * Bn
+                # the reverse loop over the chunk
+                for s in range(L - 1, -1, -1):
+                    t = t0 + s
+                    # through the gate y = y0 ⊙ z σ(z): dy0 = dy z σ(z), dz = dy y0 silu'(z)
+                    if has_z:
+                        _sigmoid_lanes(z, b, t, d0, nd, sz, coef, con)
+                        for d in range(nd):
+                            dyv = dy[b, t, d0 + d]
+                            zv = z[b, t, d0 + d]
+                            sg = sz[d]
+                            dy0[d] = dyv * (zv * sg)
+                            dsilu = sg * (one + zv * (one - sg))
+                            dz[b, t, d0 + d] = dyv * y0[b, t, d0 + d] * dsilu
+                    else:
+                        for d in range(nd):
+                            dy0[d] = dy[b, t, d0 + d]
+                    for d in range(DB):
+                        gB[d] = 0
+                        ddt[d] = 0
+                    for n in range(N):
+                        Bn = Bm[b, t, n]
+                        Cn = Cm[b, t, n]
+                        for d in range(DB):
+                            j = n * DB + d
+                            gv = g[j] + dy0[d] * Cn                 # ∂L/∂h_t
+                            pB[j] = gv * dtu[s, d]
+                            a = abuf[s, j]
+                            dlog = gv * hbuf[s, j] * a              # ∂L/∂(Δ A)
+                            dA[j] += dlog * dtb[s, d]
+                            ddt[d] += dlog * At[j]
+                            gB[d] += gv * Bn
+                            g[j] = a * gv                           # ∂L/∂h_{t−1}
+                        for d in range(DB):
+                            pC[n * DB + d] = dy0[d] * hbuf[s + 1, n * DB + d]
+                    for n in range(N):                  # dB_t = Σ_d g_t Δ u, dC_t = Σ_d dy0 h_t
+                        dB_part[grp, b, t, n] += _lane_sum(pB, n * DB)
+                        dC_part[grp, b, t, n] += _lane_sum(pC, n * DB)
+                    # du = gB Δ + D dy0,  dpre = (ddt + gB u) σ(pre) or (ddt + gB u)
+                    for d in range(nd):
+                        uv = u[b, t, d0 + d]
+                        du[b, t, d0 + d] = gB[d] * dtb[s, d] + Dv[d0 + d] * dy0[d]
+                        ddt[d] = ddt[d] + gB[d] * uv
+                        dDl[d] += dy0[d] * uv
+                    if softplus:
+                        _sigmoid_lanes(pre, b, t, d0, nd, sp, coef, con)
+                        for d in range(nd):
+                            dpre[b, t, d0 + d] = ddt[d] * sp[d]
+                    else:
+                        for d in range(nd):
+                            dpre[b, t, d0 + d] = ddt[d]
+            for n in range(N):
+                for d in range(nd):
+                    dh0[b, d0 + d, n] = g[n * DB + d]
+                    dA_part[b, d0 + d, n] = dA[n * DB + d]
+            for d in range(nd):
+                dD_part[b, d0 + d] = dDl[d]
+
+
+# ---------------------------------------------------------------------------
+# wrappers
+# ---------------------------------------------------------------------------
+
+def _c(x, dtype):
+    return np.ascontiguousarray(x, dtype=dtype)
+
+
+def forward(u, pre, A, B, C, D, z, softplus, h0, chunk=CHUNK):
+    """Fused forward in ``u``'s dtype. ``D``/``z`` may be ``None``. Returns
+    ``y, y0, Δ (B, T, D)``, ``h_T (B, D, N)`` and the checkpoints
+    ``(B, ⌈T/chunk⌉, D, N)``."""
+    dtype = u.dtype
+    Bsz, T, Dch = u.shape
+    N = A.shape[1]
+    coef, con = exp_constants(dtype)
+    lcoef = log1p_constants(dtype)
+    Dv = np.zeros(Dch, dtype) if D is None else _c(D, dtype)
+    zz = np.zeros((1, 1, 1), dtype) if z is None else _c(z, dtype)
+    y = np.empty((Bsz, T, Dch), dtype)
+    y0 = np.empty((Bsz, T, Dch), dtype)
+    dt = np.empty((Bsz, T, Dch), dtype)
+    hT = np.empty((Bsz, Dch, N), dtype)
+    ck = np.empty((Bsz, (T + chunk - 1) // chunk, Dch, N), dtype)
+    _forward(_c(u, dtype), _c(pre, dtype), _c(A, dtype), _c(B, dtype), _c(C, dtype), Dv, zz,
+             z is not None, bool(softplus), _c(h0, dtype), int(chunk), coef, lcoef, con,
+             y, y0, dt, hT, ck)
+    return y, y0, dt, hT, ck
+
+
+def backward(u, pre, dt, A, B, C, D, z, softplus, ck, y0, dy, dh_T, chunk=CHUNK):
+    """Fused reverse pass from :func:`forward`'s ``Δ``, checkpoints and ``y0``
+    (same ``chunk``). Returns ``{"u", "pre", "A", "B", "C", "D",
+    "z", "initial_state"}`` (``"D"``, ``"z"`` only when given), ``"pre"`` being
+    ∂L/∂(delta + delta_bias)."""
+    dtype = u.dtype
+    Bsz, T, Dch = u.shape
+    N = A.shape[1]
+    coef, con = exp_constants(dtype)
+    nblk = (Dch + LANES - 1) // LANES
+    G = max(1, min(nblk, numba.get_num_threads()))   # one partial dB/dC slice per group
+    Dv = np.zeros(Dch, dtype) if D is None else _c(D, dtype)
+    zz = np.zeros((1, 1, 1), dtype) if z is None else _c(z, dtype)
+    du = np.empty((Bsz, T, Dch), dtype)
+    dpre = np.empty((Bsz, T, Dch), dtype)
+    dz = np.empty((Bsz, T, Dch) if z is not None else (1, 1, 1), dtype)
+    dA_part = np.empty((Bsz, Dch, N), dtype)
+    dB_part = np.zeros((G, Bsz, T, N), dtype)
+    dC_part = np.zeros((G, Bsz, T, N), dtype)
+    dD_part = np.empty((Bsz, Dch), dtype)
+    dh0 = np.empty((Bsz, Dch, N), dtype)
+    _backward(_c(u, dtype), _c(pre, dtype), dt, _c(A, dtype), _c(B, dtype), _c(C, dtype), Dv,
+              zz, z is not None, bool(softplus), ck, y0, _c(dy, dtype), _c(dh_T, dtype),
+              int(chunk), G, coef, con, du, dpre, dz, dA_part, dB_part,
+              dC_part, dD_part, dh0)
+    grads = {"u": du, "pre": dpre, "A": dA_part.sum(axis=0),
+             "B": dB_part.sum(axis=0), "C": dC_part.sum(axis=0), "initial_state": dh0}
+    if D is not None:
+        grads["D"] = dD_part.sum(axis=0)
+    if z is not None:
+        grads["z"] = dz
+    return grads
