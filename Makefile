@@ -9,7 +9,7 @@ JOBS   ?= 2
 # OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are left as the machine sets them
 TESTENV := OPENBLAS_NUM_THREADS=1
 
-.PHONY: tour test test-fast test-oracle docs bench lint clean
+.PHONY: tour test test-fast test-oracle docs bench notebooks lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,14 @@ docs: $(BIN)/python
 bench: $(BIN)/python
 	$(PIP) -e ".[bench]"
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(BIN)/minirec bench
+
+# re-execute every tutorial in place and merge its progress-bar output (commit the result)
+notebooks: $(BIN)/python
+	$(PIP) -e ".[test,docs]"
+	for nb in tutorials/*.ipynb; do \
+	  $(TESTENV) $(BIN)/jupyter nbconvert --to notebook --execute --inplace $$nb && \
+	  $(BIN)/jupyter nbconvert --coalesce-streams --inplace $$nb || exit 1; \
+	done
 
 lint: $(BIN)/python
 	$(PIP) -e ".[test]"
