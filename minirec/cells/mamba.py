@@ -50,6 +50,11 @@ returned state; the scan's own backward is in :mod:`minirec.ops.selective_scan`)
 ``forward(method=...)`` runs the selective scan with any of :data:`METHODS`
 (the scan's), and ``backward`` goes back through the same algorithm.
 
+``backend="numba"`` (methods in :data:`BACKEND_METHODS`) passes the backend to
+:func:`minirec.ops.selective_scan.forward`, whose fused numba kernels run the
+scan, its gate, ``D`` and softplus forward and backward; the projections stay
+NumPy GEMMs and the causal conv a loop over the K taps, vectorised over time.
+
 Streaming inference: :func:`step_forward` takes one token ``x_t (B, M)`` and the
 state and returns ``(out_t (B, M), state_next, cache_t)``. Unlike an Elman cell,
 Mamba's output is not its state, so the step pair is
@@ -69,7 +74,9 @@ from minirec.ops import selective_scan
 from minirec.ops.selective_scan import sigmoid, silu, silu_grad, softplus
 
 METHODS = selective_scan.METHODS
-BACKENDS = ("numpy",)
+BACKENDS = ("numpy", "numba")
+# the methods each non-NumPy backend has kernels for (NumPy runs them all)
+BACKEND_METHODS = selective_scan.BACKEND_METHODS
 PARAM_SHAPES = {
     "in_proj_weight": ("I2", "M"),
     "conv1d_weight": ("I", "K"),
@@ -298,6 +305,7 @@ def forward(params: dict, x: np.ndarray, state0: tuple | None = None, *,
     """
     V.choice("method", method, METHODS)
     _backend.resolve(backend, BACKENDS, what="cells.mamba")
+    _backend.check_method(method, backend, BACKEND_METHODS, what="cells.mamba")
     dtype = _check(params, x, state0)
     chunk_size = V.positive_int("chunk_size", chunk_size, allow_none=True)
     s = sizes(params)
@@ -331,6 +339,14 @@ def forward(params: dict, x: np.ndarray, state0: tuple | None = None, *,
     return out, (conv_T, ssm_T), cache
 
 
+def _weight_grad(a: np.ndarray, b: np.ndarray, gemm: bool) -> np.ndarray:
+    """``Σ_{b,t} a_t^T b_t`` for ``a (B, T, P)``, ``b (B, T, Q)`` → ``(P, Q)``: the
+    einsum (NumPy backend), or one ``(P, B·T) @ (B·T, Q)`` GEMM (numba backend)."""
+    if not gemm:
+        return np.einsum("btp,btq->pq", a, b)
+    return a.reshape(-1, a.shape[-1]).T @ b.reshape(-1, b.shape[-1])
+
+
 def backward(params: dict, cache: dict, dy: np.ndarray | None,
              dstate: tuple | None = None) -> dict[str, np.ndarray]:
     """Hand backward through the whole block (equations in the module docstring).
@@ -358,7 +374,8 @@ def backward(params: dict, cache: dict, dy: np.ndarray | None,
         dy = np.zeros((Bsz, T, M), y.dtype)
     g = {}
     # out-projection
-    g["out_proj_weight"] = np.einsum("btm,bti->mi", dy, y)
+    gemm = c["backend"] != "numpy"      # weight gradients as one GEMM over the B·T rows
+    g["out_proj_weight"] = _weight_grad(dy, y, gemm)
     dy_ssm = dy @ p["out_proj_weight"]
     # the selective scan (and its gate, D, softplus)
     sg = selective_scan.backward(c["scan"], dy_ssm, dssm_T)
@@ -367,9 +384,9 @@ def backward(params: dict, cache: dict, dy: np.ndarray | None,
     g["dt_proj_bias"] = sg["delta_bias"]
     dz = sg["z"]
     # Δ projection and x-projection
-    g["dt_proj_weight"] = np.einsum("bti,btr->ir", sg["delta"], c["dt_low"])
+    g["dt_proj_weight"] = _weight_grad(sg["delta"], c["dt_low"], gemm)
     dx_dbl = np.concatenate([sg["delta"] @ p["dt_proj_weight"], sg["B"], sg["C"]], axis=-1)
-    g["x_proj_weight"] = np.einsum("btp,bti->pi", dx_dbl, xa)
+    g["x_proj_weight"] = _weight_grad(dx_dbl, xa, gemm)
     dxa = sg["u"] + dx_dbl @ p["x_proj_weight"]
     # SiLU and the causal conv
     dxc = dxa * silu_grad(c["xc"])
@@ -386,7 +403,7 @@ def backward(params: dict, cache: dict, dy: np.ndarray | None,
     dxs = dxp[:, K - 1:]
     # in-projection
     dxz = np.concatenate([dxs, dz], axis=-1)
-    g["in_proj_weight"] = np.einsum("btj,btm->jm", dxz, x)
+    g["in_proj_weight"] = _weight_grad(dxz, x, gemm)
     grads = {k: g[k] for k in PARAM_SHAPES}
     grads["x"] = dxz @ p["in_proj_weight"]
     grads["state0"] = (dconv_0, sg["initial_state"])

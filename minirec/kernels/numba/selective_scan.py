@@ -407,7 +407,10 @@ def _backward(u, pre, dt_in, A, Bm, Cm, Dv, z, has_z, softplus, ck, y0, dy, dhT,
 # ---------------------------------------------------------------------------
 
 def _c(x, dtype):
-    return np.ascontiguousarray(x, dtype=dtype)
+    """C-contiguous in ``dtype``; a read-only array is copied, so that numba
+    compiles one (mutable-array) specialisation per dtype, not two."""
+    x = np.ascontiguousarray(x, dtype=dtype)
+    return x if x.flags.writeable else x.copy()
 
 
 def forward(u, pre, A, B, C, D, z, softplus, h0, chunk=CHUNK):
@@ -440,6 +443,9 @@ def backward(u, pre, dt, A, B, C, D, z, softplus, ck, y0, dy, dh_T, chunk=CHUNK)
     dtype = u.dtype
     Bsz, T, Dch = u.shape
     N = A.shape[1]
+    if ck.shape != (Bsz, (T + chunk - 1) // chunk, Dch, N):
+        raise ValueError(f"checkpoints: expected shape {(Bsz, (T + chunk - 1) // chunk, Dch, N)} "
+                         f"(chunk={chunk}), got {ck.shape}")
     coef, con = exp_constants(dtype)
     nblk = (Dch + LANES - 1) // LANES
     G = max(1, min(nblk, numba.get_num_threads()))   # one partial dB/dC slice per group
@@ -453,8 +459,9 @@ def backward(u, pre, dt, A, B, C, D, z, softplus, ck, y0, dy, dh_T, chunk=CHUNK)
     dC_part = np.zeros((G, Bsz, T, N), dtype)
     dD_part = np.empty((Bsz, Dch), dtype)
     dh0 = np.empty((Bsz, Dch, N), dtype)
-    _backward(_c(u, dtype), _c(pre, dtype), dt, _c(A, dtype), _c(B, dtype), _c(C, dtype), Dv,
-              zz, z is not None, bool(softplus), ck, y0, _c(dy, dtype), _c(dh_T, dtype),
+    _backward(_c(u, dtype), _c(pre, dtype), _c(dt, dtype), _c(A, dtype), _c(B, dtype),
+              _c(C, dtype), Dv, zz, z is not None, bool(softplus), _c(ck, dtype), _c(y0, dtype),
+              _c(dy, dtype), _c(dh_T, dtype),
               int(chunk), G, coef, con, du, dpre, dz, dA_part, dB_part,
               dC_part, dD_part, dh0)
     grads = {"u": du, "pre": dpre, "A": dA_part.sum(axis=0),
