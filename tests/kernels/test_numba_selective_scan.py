@@ -66,9 +66,9 @@ def test_numba_equals_definition(dtype, T, softplus, optional, rng):
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("D", [1, 32, 70])
 def test_channel_blocks_and_thread_groups(D, threads, rng):
-    """D = 1 (one lane used), 32 (one full block), 70 (three blocks, the last
-    padded); with 1 thread one job runs every block of a batch row in turn, so
-    the lanes must be reset between blocks."""
+    """D = 1 (31 pad lanes), 32 (one block, no padding), 70 (three blocks, the
+    input padded to 96); with 1 thread one backward job runs every block of a
+    batch row in turn, so its per-block state must be reset between blocks."""
     x = make(rng, T=9, D=D, N=3)
     dy, dh_T = rng.standard_normal((2, 9, D)), rng.standard_normal((2, D, 3))
     ref = run(x, True, "numpy", dy, dh_T)
@@ -91,7 +91,7 @@ def test_kernel_checkpoint_chunks(chunk, rng):
     pre = x["delta"] + x["delta_bias"]
     y, y0, dt, h_T, ck = kern.forward(x["u"], pre, x["A"], x["B"], x["C"], x["D"], x["z"], True,
                                       x["initial_state"], chunk=chunk)
-    assert ck.shape == (2, -(-23 // chunk), 5, 4)
+    assert ck.shape == (2, -(-23 // chunk), 32, 4)    # D = 5 padded to one block of 32 lanes
     assert_close(y, ry, 1e-10, "y")
     assert_close(h_T, rh_T, 1e-10, "h_T")
     g = kern.backward(x["u"], pre, dt, x["A"], x["B"], x["C"], x["D"], x["z"], True, ck, y0, dy,
@@ -106,7 +106,7 @@ def test_kernel_refuses_checkpoints_of_another_chunk(rng):
     pre = x["delta"]
     y, y0, dt, h_T, ck = kern.forward(x["u"], pre, x["A"], x["B"], x["C"], None, None, False,
                                       x["initial_state"], chunk=4)
-    with pytest.raises(ValueError, match=r"checkpoints: expected shape \(2, 2, 3, 2\)"):
+    with pytest.raises(ValueError, match=r"checkpoints: expected shape \(2, 2, 32, 2\)"):
         kern.backward(x["u"], pre, dt, x["A"], x["B"], x["C"], None, None, False, ck, y0, y, h_T,
                       chunk=8)
 

@@ -10,12 +10,15 @@ these kernels are tested against (tests/kernels/test_numba_selective_scan.py).
 ``pre = delta + delta_bias`` arrives precomputed (one ``(B, T, D)`` add in the
 caller); everything else is fused and no ``(B, T, D, N)`` array is ever made.
 
-Layout. A job is one batch row and one block of ``DB`` consecutive channels
-(``prange`` over the ``B · ⌈D/DB⌉`` independent jobs). Inside a job the state is
-a local ``(N, DB)`` array (flat, index ``n·DB + d``) and every innermost loop
-runs over the ``DB`` channel lanes of the block, lane-wise: no loop reduces
-across lanes, so LLVM vectorises them with ``fastmath`` off. A block at the end
-of ``D`` is padded with zero lanes (``A = Δ = u = 0`` keeps them at 0).
+Layout. A job is one batch row and one block of ``LANES = 32`` consecutive
+channels (``prange`` over the ``B · D/32`` independent jobs). Inside a job the
+state is a local ``(N, 32)`` array (flat, index ``n·32 + d``) and every
+innermost loop runs over the 32 channel lanes of the block, lane-wise (no loop
+reduces across lanes, so LLVM vectorises them with ``fastmath`` off; the lane
+count is a compile-time constant, since loops of a run-time length 32 ran
+mostly in their scalar remainder). The wrappers pad ``D`` to a multiple of 32
+with zeros (``u = A = h0 = dy = 0`` keep those lanes at 0) and cut the results
+back; with ``D`` a multiple of 32 nothing is copied.
 
 ``exp`` (one per (b, t, d, n) forward and one backward: most of the work) is
 :func:`_exp`, written out so that it vectorises inside those loops (``np.exp``
@@ -31,7 +34,7 @@ Backward: checkpoints. The forward stores the state entering every chunk of
 ``K`` steps, ``ck (B, ⌈T/K⌉, D, N)`` (``1/K`` of all the states: 4 MiB instead
 of 128 MiB at B=4, T=2048, D=256, N=16 in float32, K=32). The reverse pass goes
 over the chunks last to first; for each it recomputes the chunk's ``ā`` and
-``h`` from its checkpoint into ``(K, N·DB)`` job-local buffers (``ā`` would be
+``h`` from its checkpoint into ``(K, N·32)`` job-local buffers (``ā`` would be
 recomputed even if every state were stored, so the extra cost is one
 multiply-add per element), then runs the reverse loop of
 :mod:`minirec.ops.selective_scan` over the chunk:
@@ -42,11 +45,13 @@ multiply-add per element), then runs the reverse loop of
     dB_t   = Σ_d g_t Δ_t u_t                   dC_t = Σ_d dy0_t h_t
 
 ``B, C`` are shared by the channels, so ``dB, dC (B, T, N)`` are sums over d.
-The backward's jobs are (batch row, channel group), ``G`` groups of blocks;
-each job adds its lanes' terms, lane-wise, into its own slice
-``dB_part[group, b, t, n, :DB]`` and the caller sums over groups and lanes (no
-races, no atomics, no reduction across lanes in the time loop). ``dA``, ``dD``
-are written per batch row and summed by the caller.
+The backward's jobs are (batch row, channel group), ``G`` = min(blocks,
+threads) groups of blocks; each job writes its lanes' terms into a local
+``(N, 32)`` array, sums the 32 lanes with a fixed tree (:func:`_lane_sum`) and
+adds the sums into its own slice ``dB_part[group, b]`` (no races, no atomics);
+the caller sums the ``G`` slices. ``dA``, ``dD`` are written per batch row and
+summed by the caller. (Adding lane-wise into a ``(G, B, T, N, 32)`` buffer
+instead was memory-bound: as much traffic as the scan itself.)
 
 ``fastmath`` is off. This module imports nothing from the rest of minirec.
 """
@@ -61,9 +66,9 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-LANES = 32  # channels per job, a compile-time constant: lane loops of known length 32
-            # (8-wide AVX2 × 4) vectorise fully; _lane_sum is written for 32
-CHUNK = 32  # steps between checkpoints: the (K, N·DB) buffers stay in L2 (~130 KiB float32)
+LANES = 32  # channels per job, a compile-time constant: every lane loop has this known
+            # length (4 AVX2 vectors of float32) and vectorises fully; _lane_sum is written for it
+CHUNK = 32  # steps between checkpoints: the (K, N·LANES) buffers stay in L2 (~130 KiB float32)
 
 
 # ---------------------------------------------------------------------------
@@ -105,7 +110,7 @@ def exp_constants(dtype) -> tuple:
 def log1p_constants(dtype) -> tuple:
     """``1/(2k+1)`` for k = 0..K−1, ``K`` the smallest with series tail
     ``(1/9)^K / (2K+1) · 9/8`` below ``eps/4`` (``s ≤ 1/3``, see
-    :func:`_softplus_lanes`)."""
+    the softplus in :func:`_forward`)."""
     dtype = np.dtype(dtype)
     eps = float(np.finfo(dtype).eps)
     K = 1
@@ -159,31 +164,11 @@ def _exp(x, coef, con):
 # ---------------------------------------------------------------------------
 
 @njit(cache=True, inline="always")
-def _softplus_lanes(pre, b, t, d0, nd, ep, dt, coef, lcoef, con):
-    """``dt[d] = softplus(pre[b, t, d0 + d]) = max(p, 0) + log1p(e^{−|p|})`` for
-    ``d < nd``, with ``log1p(e) = 2 atanh(s) = 2 Σ_k s^{2k+1} / (2k+1)``,
-    ``s = e / (2 + e) ∈ [0, 1/3]`` (``lcoef[k] = 1/(2k+1)``): no libm call, so
-    the loops vectorise. ``ep`` is scratch."""
+def _sigmoid_lanes(x, b, t, d0, out, coef, con):
+    """``out[d] = σ(x[b, t, d0 + d])`` over the lanes, as the reference:
+    ``e = e^{−|x|}``, ``1/(1 + e)`` for ``x ≥ 0``, ``e/(1 + e)`` below."""
     one = coef[0]
-    for d in range(nd):
-        ep[d] = _exp(-abs(pre[b, t, d0 + d]), coef, con)
-    for d in range(nd):
-        e = ep[d]
-        sv = e / (one + one + e)
-        w = sv * sv
-        q = lcoef[len(lcoef) - 1]
-        for k in range(len(lcoef) - 2, -1, -1):
-            q = q * w + lcoef[k]
-        p = pre[b, t, d0 + d]
-        dt[d] = (p if p > 0 else one - one) + (sv + sv) * q
-
-
-@njit(cache=True, inline="always")
-def _sigmoid_lanes(x, b, t, d0, nd, out, coef, con):
-    """``out[d] = σ(x[b, t, d0 + d])`` as the reference: ``e = e^{−|x|}``,
-    ``1/(1 + e)`` for ``x ≥ 0``, ``e/(1 + e)`` below."""
-    one = coef[0]
-    for d in range(nd):
+    for d in range(LANES):
         xv = x[b, t, d0 + d]
         e = _exp(-abs(xv), coef, con)
         r = one / (one + e)
@@ -194,66 +179,73 @@ def _sigmoid_lanes(x, b, t, d0, nd, out, coef, con):
 def _forward(u, pre, A, Bm, Cm, Dv, z, has_z, softplus, h0, K, coef, lcoef, con,
              y, y0, dt_out, hT, ck):
     """Writes ``y, y0, Δ (B, T, D)``, ``hT (B, D, N)`` and the checkpoints
-    ``ck (B, ⌈T/K⌉, D, N)`` (``ck[:, c]`` = the state entering step ``c·K``)."""
+    ``ck (B, ⌈T/K⌉, D, N)`` (``ck[:, c]`` = the state entering step ``c·K``).
+    ``D`` is a multiple of ``LANES`` (the wrapper pads)."""
     Bsz, T, D = u.shape
     N = A.shape[1]
-    DB = LANES
-    nblk = (D + DB - 1) // DB
-    M = N * DB
+    nblk = D // LANES
+    M = N * LANES
+    one = coef[0]
     for job in prange(Bsz * nblk):
         b = job // nblk
-        d0 = (job % nblk) * DB
-        nd = min(DB, D - d0)
-        h = np.zeros(M, u.dtype)
-        At = np.zeros(M, u.dtype)
-        dt = np.zeros(DB, u.dtype)
-        dtu = np.zeros(DB, u.dtype)
-        acc = np.empty(DB, u.dtype)
-        ep = np.empty(DB, u.dtype)
-        sz = np.empty(DB, u.dtype)       # σ(z)
+        d0 = (job % nblk) * LANES
+        h = np.empty(M, u.dtype)             # the state, h[n·LANES + d]
+        At = np.empty(M, u.dtype)
+        dt = np.empty(LANES, u.dtype)
+        dtu = np.empty(LANES, u.dtype)
+        acc = np.empty(LANES, u.dtype)
+        sz = np.empty(LANES, u.dtype)        # σ(z)
         for n in range(N):
-            for d in range(nd):
-                h[n * DB + d] = h0[b, d0 + d, n]
-                At[n * DB + d] = A[d0 + d, n]
-        for t in range(T):
-            if t % K == 0:
-                c = t // K
-                for d in range(nd):
-                    for n in range(N):
-                        ck[b, c, d0 + d, n] = h[n * DB + d]
-            # Δ = softplus(pre) or pre
-            if softplus:
-                _softplus_lanes(pre, b, t, d0, nd, ep, dt, coef, lcoef, con)
-            else:
-                for d in range(nd):
-                    dt[d] = pre[b, t, d0 + d]
-            for d in range(nd):
-                dtu[d] = dt[d] * u[b, t, d0 + d]
-                dt_out[b, t, d0 + d] = dt[d]
-            for d in range(DB):
-                acc[d] = 0
-            # h = exp(Δ A) ⊙ h + Δ u B,  acc = Σ_n h C
+            for d in range(LANES):
+                h[n * LANES + d] = h0[b, d0 + d, n]
+                At[n * LANES + d] = A[d0 + d, n]
+        for c in range((T + K - 1) // K):
+            for d in range(LANES):
+                for n in range(N):
+                    ck[b, c, d0 + d, n] = h[n * LANES + d]
+            for t in range(c * K, min(T, c * K + K)):
+                # Δ = softplus(pre) = max(p, 0) + log1p(e), e = e^{−|p|}, with
+                # log1p(e) = 2 atanh(s) = 2 Σ_k s^{2k+1}/(2k+1), s = e/(2 + e) ≤ 1/3
+                # (lcoef[k] = 1/(2k+1)): no libm call, so the loop vectorises
+                if softplus:
+                    for d in range(LANES):
+                        p = pre[b, t, d0 + d]
+                        e = _exp(-abs(p), coef, con)
+                        sv = e / (one + one + e)
+                        w = sv * sv
+                        q = lcoef[len(lcoef) - 1]
+                        for k in range(len(lcoef) - 2, -1, -1):
+                            q = q * w + lcoef[k]
+                        dt[d] = (p if p > 0 else one - one) + (sv + sv) * q
+                else:
+                    for d in range(LANES):
+                        dt[d] = pre[b, t, d0 + d]
+                for d in range(LANES):
+                    dtu[d] = dt[d] * u[b, t, d0 + d]
+                    dt_out[b, t, d0 + d] = dt[d]
+                    acc[d] = 0
+                # h = exp(Δ A) ⊙ h + Δ u B,  acc = Σ_n h C
+                for n in range(N):
+                    Bn = Bm[b, t, n]
+                    Cn = Cm[b, t, n]
+                    for d in range(LANES):
+                        j = n * LANES + d
+                        hn = _exp(dt[d] * At[j], coef, con) * h[j] + dtu[d] * Bn
+                        h[j] = hn
+                        acc[d] += hn * Cn
+                # y0 = acc + D u,  y = y0 ⊙ z σ(z)
+                for d in range(LANES):
+                    y0[b, t, d0 + d] = acc[d] + Dv[d0 + d] * u[b, t, d0 + d]
+                if has_z:
+                    _sigmoid_lanes(z, b, t, d0, sz, coef, con)
+                    for d in range(LANES):
+                        y[b, t, d0 + d] = y0[b, t, d0 + d] * (z[b, t, d0 + d] * sz[d])
+                else:
+                    for d in range(LANES):
+                        y[b, t, d0 + d] = y0[b, t, d0 + d]
+        for d in range(LANES):
             for n in range(N):
-                Bn = Bm[b, t, n]
-                Cn = Cm[b, t, n]
-                for d in range(DB):
-                    j = n * DB + d
-                    hn = _exp(dt[d] * At[j], coef, con) * h[j] + dtu[d] * Bn
-                    h[j] = hn
-                    acc[d] += hn * Cn
-            # y0 = acc + D u,  y = y0 ⊙ z σ(z)
-            for d in range(nd):
-                y0[b, t, d0 + d] = acc[d] + Dv[d0 + d] * u[b, t, d0 + d]
-            if has_z:
-                _sigmoid_lanes(z, b, t, d0, nd, sz, coef, con)
-                for d in range(nd):
-                    y[b, t, d0 + d] = y0[b, t, d0 + d] * (z[b, t, d0 + d] * sz[d])
-            else:
-                for d in range(nd):
-                    y[b, t, d0 + d] = y0[b, t, d0 + d]
-        for d in range(nd):
-            for n in range(N):
-                hT[b, d0 + d, n] = h[n * DB + d]
+                hT[b, d0 + d, n] = h[n * LANES + d]
 
 
 # ---------------------------------------------------------------------------
@@ -280,13 +272,12 @@ def _backward(u, pre, dt_in, A, Bm, Cm, Dv, z, has_z, softplus, ck, y0, dy, dhT,
               coef, con, du, dpre, dz, dA_part, dB_part, dC_part, dD_part, dh0):
     """The fused reverse pass. Writes ``du, dpre, dz (B, T, D)``, ``dh0 (B, D, N)``
     and the partial sums ``dA_part (B, D, N)``, ``dD_part (B, D)``,
-    ``dB_part, dC_part (G, B, T, N)`` (zeroed by the caller)."""
+    ``dB_part, dC_part (G, B, T, N)`` (zeroed by the caller). ``D`` is a
+    multiple of ``LANES``."""
     Bsz, T, D = u.shape
     N = A.shape[1]
-    DB = LANES
-    nblk = (D + DB - 1) // DB
-    nck = (T + K - 1) // K
-    M = N * DB
+    nblk = D // LANES
+    M = N * LANES
     one = coef[0]
     for job in prange(Bsz * G):
         b = job // G
@@ -296,51 +287,40 @@ def _backward(u, pre, dt_in, A, Bm, Cm, Dv, z, has_z, softplus, ck, y0, dy, dhT,
         dA = np.empty(M, u.dtype)
         hbuf = np.empty((K + 1, M), u.dtype)    # hbuf[s + 1] = h at step t0 + s
         abuf = np.empty((K, M), u.dtype)        # ā at step t0 + s
-        dtb = np.zeros((K, DB), u.dtype)
-        dtu = np.zeros((K, DB), u.dtype)
-        dy0 = np.zeros(DB, u.dtype)
+        dtb = np.empty((K, LANES), u.dtype)     # Δ
+        dtu = np.empty((K, LANES), u.dtype)     # Δ u
+        dy0 = np.empty(LANES, u.dtype)
         pB = np.empty(M, u.dtype)               # g_t Δ u, lane-wise, for Σ_d
         pC = np.empty(M, u.dtype)               # dy0 h_t, lane-wise, for Σ_d
-        gB = np.empty(DB, u.dtype)
-        ddt = np.empty(DB, u.dtype)
-        dDl = np.empty(DB, u.dtype)
-        sp = np.empty(DB, u.dtype)              # σ(pre)
-        sz = np.empty(DB, u.dtype)              # σ(z)
+        gB = np.empty(LANES, u.dtype)           # Σ_n g B
+        ddt = np.empty(LANES, u.dtype)          # ∂L/∂Δ
+        dDl = np.empty(LANES, u.dtype)
+        sg = np.empty(LANES, u.dtype)           # σ(z), then σ(pre)
         for blk in range(grp, nblk, G):
-            d0 = blk * DB
-            nd = min(DB, D - d0)
-            for j in range(M):
-                g[j] = 0
-                At[j] = 0
-                dA[j] = 0
+            d0 = blk * LANES
             for n in range(N):
-                for d in range(nd):
-                    g[n * DB + d] = dhT[b, d0 + d, n]
-                    At[n * DB + d] = A[d0 + d, n]
-            for d in range(DB):
+                for d in range(LANES):
+                    g[n * LANES + d] = dhT[b, d0 + d, n]
+                    At[n * LANES + d] = A[d0 + d, n]
+                    dA[n * LANES + d] = 0
+            for d in range(LANES):
                 dDl[d] = 0
-                dy0[d] = 0      # lanes past the end of D stay 0 in dy0, Δ, Δu
-                for s in range(K):
-                    dtb[s, d] = 0
-                    dtu[s, d] = 0
-            for c in range(nck - 1, -1, -1):
+            for c in range((T + K - 1) // K - 1, -1, -1):
                 t0 = c * K
                 L = min(K, T - t0)
                 # recompute ā and h inside the chunk from its checkpoint
-                for j in range(M):
-                    hbuf[0, j] = 0
                 for n in range(N):
-                    for d in range(nd):
-                        hbuf[0, n * DB + d] = ck[b, c, d0 + d, n]
+                    for d in range(LANES):
+                        hbuf[0, n * LANES + d] = ck[b, c, d0 + d, n]
                 for s in range(L):
                     t = t0 + s
-                    for d in range(nd):
+                    for d in range(LANES):
                         dtb[s, d] = dt_in[b, t, d0 + d]
                         dtu[s, d] = dtb[s, d] * u[b, t, d0 + d]
                     for n in range(N):
                         Bn = Bm[b, t, n]
-                        for d in range(DB):
-                            j = n * DB + d
+                        for d in range(LANES):
+                            j = n * LANES + d
                             a = _exp(dtb[s, d] * At[j], coef, con)
                             abuf[s, j] = a
                             hbuf[s + 1, j] = a * hbuf[s, j] + dtu[s, d] * Bn
@@ -349,25 +329,24 @@ def _backward(u, pre, dt_in, A, Bm, Cm, Dv, z, has_z, softplus, ck, y0, dy, dhT,
                     t = t0 + s
                     # through the gate y = y0 ⊙ z σ(z): dy0 = dy z σ(z), dz = dy y0 silu'(z)
                     if has_z:
-                        _sigmoid_lanes(z, b, t, d0, nd, sz, coef, con)
-                        for d in range(nd):
+                        _sigmoid_lanes(z, b, t, d0, sg, coef, con)
+                        for d in range(LANES):
                             dyv = dy[b, t, d0 + d]
                             zv = z[b, t, d0 + d]
-                            sg = sz[d]
-                            dy0[d] = dyv * (zv * sg)
-                            dsilu = sg * (one + zv * (one - sg))
+                            dy0[d] = dyv * (zv * sg[d])
+                            dsilu = sg[d] * (one + zv * (one - sg[d]))
                             dz[b, t, d0 + d] = dyv * y0[b, t, d0 + d] * dsilu
                     else:
-                        for d in range(nd):
+                        for d in range(LANES):
                             dy0[d] = dy[b, t, d0 + d]
-                    for d in range(DB):
+                    for d in range(LANES):
                         gB[d] = 0
                         ddt[d] = 0
                     for n in range(N):
                         Bn = Bm[b, t, n]
                         Cn = Cm[b, t, n]
-                        for d in range(DB):
-                            j = n * DB + d
+                        for d in range(LANES):
+                            j = n * LANES + d
                             gv = g[j] + dy0[d] * Cn                 # ∂L/∂h_t
                             pB[j] = gv * dtu[s, d]
                             a = abuf[s, j]
@@ -376,29 +355,29 @@ def _backward(u, pre, dt_in, A, Bm, Cm, Dv, z, has_z, softplus, ck, y0, dy, dhT,
                             ddt[d] += dlog * At[j]
                             gB[d] += gv * Bn
                             g[j] = a * gv                           # ∂L/∂h_{t−1}
-                        for d in range(DB):
-                            pC[n * DB + d] = dy0[d] * hbuf[s + 1, n * DB + d]
-                    for n in range(N):                  # dB_t = Σ_d g_t Δ u, dC_t = Σ_d dy0 h_t
-                        dB_part[grp, b, t, n] += _lane_sum(pB, n * DB)
-                        dC_part[grp, b, t, n] += _lane_sum(pC, n * DB)
-                    # du = gB Δ + D dy0,  dpre = (ddt + gB u) σ(pre) or (ddt + gB u)
-                    for d in range(nd):
+                        for d in range(LANES):  # a loop of its own: one more array
+                            pC[n * LANES + d] = dy0[d] * hbuf[s + 1, n * LANES + d]
+                    for n in range(N):          # dB_t = Σ_d g_t Δ u, dC_t = Σ_d dy0 h_t
+                        dB_part[grp, b, t, n] += _lane_sum(pB, n * LANES)
+                        dC_part[grp, b, t, n] += _lane_sum(pC, n * LANES)
+                    # du = gB Δ + D dy0,  dΔ = ddt + gB u,  dpre = dΔ σ(pre) or dΔ
+                    for d in range(LANES):
                         uv = u[b, t, d0 + d]
                         du[b, t, d0 + d] = gB[d] * dtb[s, d] + Dv[d0 + d] * dy0[d]
                         ddt[d] = ddt[d] + gB[d] * uv
                         dDl[d] += dy0[d] * uv
                     if softplus:
-                        _sigmoid_lanes(pre, b, t, d0, nd, sp, coef, con)
-                        for d in range(nd):
-                            dpre[b, t, d0 + d] = ddt[d] * sp[d]
+                        _sigmoid_lanes(pre, b, t, d0, sg, coef, con)
+                        for d in range(LANES):
+                            dpre[b, t, d0 + d] = ddt[d] * sg[d]
                     else:
-                        for d in range(nd):
+                        for d in range(LANES):
                             dpre[b, t, d0 + d] = ddt[d]
             for n in range(N):
-                for d in range(nd):
-                    dh0[b, d0 + d, n] = g[n * DB + d]
-                    dA_part[b, d0 + d, n] = dA[n * DB + d]
-            for d in range(nd):
+                for d in range(LANES):
+                    dh0[b, d0 + d, n] = g[n * LANES + d]
+                    dA_part[b, d0 + d, n] = dA[n * LANES + d]
+            for d in range(LANES):
                 dD_part[b, d0 + d] = dDl[d]
 
 
@@ -406,68 +385,83 @@ def _backward(u, pre, dt_in, A, Bm, Cm, Dv, z, has_z, softplus, ck, y0, dy, dhT,
 # wrappers
 # ---------------------------------------------------------------------------
 
-def _c(x, dtype):
-    """C-contiguous in ``dtype``; a read-only array is copied, so that numba
-    compiles one (mutable-array) specialisation per dtype, not two."""
+def _c(x, dtype, D=None, axis=-1):
+    """C-contiguous in ``dtype``, zero-padded to ``D`` along ``axis`` when
+    given. A read-only array is copied, so that numba compiles one
+    (mutable-array) specialisation per dtype, not two."""
     x = np.ascontiguousarray(x, dtype=dtype)
+    if D is not None and x.shape[axis] != D:
+        pad = [(0, 0)] * x.ndim
+        pad[axis] = (0, D - x.shape[axis])
+        return np.pad(x, pad)
     return x if x.flags.writeable else x.copy()
+
+
+def _padded(D):
+    """Channels rounded up to whole lane blocks (the pad lanes stay 0)."""
+    return -(-D // LANES) * LANES
 
 
 def forward(u, pre, A, B, C, D, z, softplus, h0, chunk=CHUNK):
     """Fused forward in ``u``'s dtype. ``D``/``z`` may be ``None``. Returns
     ``y, y0, Δ (B, T, D)``, ``h_T (B, D, N)`` and the checkpoints
-    ``(B, ⌈T/chunk⌉, D, N)``."""
+    ``(B, ⌈T/chunk⌉, D', N)``, ``D'`` = D rounded up to whole lane blocks."""
     dtype = u.dtype
     Bsz, T, Dch = u.shape
     N = A.shape[1]
+    Dp = _padded(Dch)
     coef, con = exp_constants(dtype)
     lcoef = log1p_constants(dtype)
-    Dv = np.zeros(Dch, dtype) if D is None else _c(D, dtype)
-    zz = np.zeros((1, 1, 1), dtype) if z is None else _c(z, dtype)
-    y = np.empty((Bsz, T, Dch), dtype)
-    y0 = np.empty((Bsz, T, Dch), dtype)
-    dt = np.empty((Bsz, T, Dch), dtype)
-    hT = np.empty((Bsz, Dch, N), dtype)
-    ck = np.empty((Bsz, (T + chunk - 1) // chunk, Dch, N), dtype)
-    _forward(_c(u, dtype), _c(pre, dtype), _c(A, dtype), _c(B, dtype), _c(C, dtype), Dv, zz,
-             z is not None, bool(softplus), _c(h0, dtype), int(chunk), coef, lcoef, con,
-             y, y0, dt, hT, ck)
+    Dv = np.zeros(Dp, dtype) if D is None else _c(D, dtype, Dp)
+    zz = np.zeros((1, 1, 1), dtype) if z is None else _c(z, dtype, Dp)
+    y = np.empty((Bsz, T, Dp), dtype)
+    y0 = np.empty((Bsz, T, Dp), dtype)
+    dt = np.empty((Bsz, T, Dp), dtype)
+    hT = np.empty((Bsz, Dp, N), dtype)
+    ck = np.empty((Bsz, (T + chunk - 1) // chunk, Dp, N), dtype)
+    _forward(_c(u, dtype, Dp), _c(pre, dtype, Dp), _c(A, dtype, Dp, 0), _c(B, dtype),
+             _c(C, dtype), Dv, zz, z is not None, bool(softplus), _c(h0, dtype, Dp, 1),
+             int(chunk), coef, lcoef, con, y, y0, dt, hT, ck)
+    if Dp != Dch:
+        y, y0, dt = (np.ascontiguousarray(v[..., :Dch]) for v in (y, y0, dt))
+        hT = np.ascontiguousarray(hT[:, :Dch])
     return y, y0, dt, hT, ck
 
 
 def backward(u, pre, dt, A, B, C, D, z, softplus, ck, y0, dy, dh_T, chunk=CHUNK):
     """Fused reverse pass from :func:`forward`'s ``Δ``, checkpoints and ``y0``
-    (same ``chunk``). Returns ``{"u", "pre", "A", "B", "C", "D",
-    "z", "initial_state"}`` (``"D"``, ``"z"`` only when given), ``"pre"`` being
+    (same ``chunk``). Returns ``{"u", "pre", "A", "B", "C", "D", "z",
+    "initial_state"}`` (``"D"``, ``"z"`` only when given), ``"pre"`` being
     ∂L/∂(delta + delta_bias)."""
     dtype = u.dtype
     Bsz, T, Dch = u.shape
     N = A.shape[1]
-    if ck.shape != (Bsz, (T + chunk - 1) // chunk, Dch, N):
-        raise ValueError(f"checkpoints: expected shape {(Bsz, (T + chunk - 1) // chunk, Dch, N)} "
+    Dp = _padded(Dch)
+    if ck.shape != (Bsz, (T + chunk - 1) // chunk, Dp, N):
+        raise ValueError(f"checkpoints: expected shape {(Bsz, (T + chunk - 1) // chunk, Dp, N)} "
                          f"(chunk={chunk}), got {ck.shape}")
     coef, con = exp_constants(dtype)
-    nblk = (Dch + LANES - 1) // LANES
-    G = max(1, min(nblk, numba.get_num_threads()))   # one partial dB/dC slice per group
-    Dv = np.zeros(Dch, dtype) if D is None else _c(D, dtype)
-    zz = np.zeros((1, 1, 1), dtype) if z is None else _c(z, dtype)
-    du = np.empty((Bsz, T, Dch), dtype)
-    dpre = np.empty((Bsz, T, Dch), dtype)
-    dz = np.empty((Bsz, T, Dch) if z is not None else (1, 1, 1), dtype)
-    dA_part = np.empty((Bsz, Dch, N), dtype)
+    G = max(1, min(Dp // LANES, numba.get_num_threads()))   # one dB/dC slice per group
+    Dv = np.zeros(Dp, dtype) if D is None else _c(D, dtype, Dp)
+    zz = np.zeros((1, 1, 1), dtype) if z is None else _c(z, dtype, Dp)
+    du = np.empty((Bsz, T, Dp), dtype)
+    dpre = np.empty((Bsz, T, Dp), dtype)
+    dz = np.empty((Bsz, T, Dp) if z is not None else (1, 1, 1), dtype)
+    dA_part = np.empty((Bsz, Dp, N), dtype)
     dB_part = np.zeros((G, Bsz, T, N), dtype)
     dC_part = np.zeros((G, Bsz, T, N), dtype)
-    dD_part = np.empty((Bsz, Dch), dtype)
-    dh0 = np.empty((Bsz, Dch, N), dtype)
-    _backward(_c(u, dtype), _c(pre, dtype), _c(dt, dtype), _c(A, dtype), _c(B, dtype),
-              _c(C, dtype), Dv, zz, z is not None, bool(softplus), _c(ck, dtype), _c(y0, dtype),
-              _c(dy, dtype), _c(dh_T, dtype),
-              int(chunk), G, coef, con, du, dpre, dz, dA_part, dB_part,
-              dC_part, dD_part, dh0)
-    grads = {"u": du, "pre": dpre, "A": dA_part.sum(axis=0),
-             "B": dB_part.sum(axis=0), "C": dC_part.sum(axis=0), "initial_state": dh0}
+    dD_part = np.empty((Bsz, Dp), dtype)
+    dh0 = np.empty((Bsz, Dp, N), dtype)
+    _backward(_c(u, dtype, Dp), _c(pre, dtype, Dp), _c(dt, dtype, Dp), _c(A, dtype, Dp, 0),
+              _c(B, dtype), _c(C, dtype), Dv, zz, z is not None, bool(softplus), _c(ck, dtype),
+              _c(y0, dtype, Dp), _c(dy, dtype, Dp), _c(dh_T, dtype, Dp, 1), int(chunk), G, coef,
+              con, du, dpre, dz, dA_part, dB_part, dC_part, dD_part, dh0)
+    cut = (lambda v: v) if Dp == Dch else (lambda v: np.ascontiguousarray(v[..., :Dch]))
+    grads = {"u": cut(du), "pre": cut(dpre), "A": dA_part[:, :Dch].sum(axis=0),
+             "B": dB_part.sum(axis=0), "C": dC_part.sum(axis=0),
+             "initial_state": np.ascontiguousarray(dh0[:, :Dch])}
     if D is not None:
-        grads["D"] = dD_part.sum(axis=0)
+        grads["D"] = dD_part[:, :Dch].sum(axis=0)
     if z is not None:
-        grads["z"] = dz
+        grads["z"] = cut(dz)
     return grads
