@@ -64,9 +64,9 @@ kernels of :mod:`minirec.kernels.numba.selective_scan` — per (batch row,
 block of channels) the state ``h`` lives in a small local array, ``Δ``,
 ``exp(Δ A)``, the update, ``y0`` and the gate are computed in one pass over
 time, and no ``(B, T, D, N)`` array is made. The forward keeps the state
-entering every chunk of 64 steps (the cache's ``checkpoints``) and the fused
+entering every chunk of 32 steps (the cache's ``checkpoints``) and the fused
 reverse loop recomputes each chunk's states from its checkpoint (memory
-``T/64`` states instead of ``T``, for one extra multiply-add per element,
+``T/32`` states instead of ``T``, for one extra multiply-add per element,
 since ``ā`` is recomputed either way). ``chunked`` builds ``ā, b̄`` in NumPy
 as above and runs :func:`minirec.scan.linear.forward`'s numba chunked kernel.
 """
@@ -124,9 +124,9 @@ class SelectiveScanCache(NamedTuple):
     ``delta_softplus``; ``has_delta_bias``; ``method``; ``chunk_size``;
     ``backend``; ``scan_cache`` (the :mod:`minirec.scan.linear` cache for the
     parallel methods, ``None`` for ``recurrent``); ``checkpoints`` (numba
-    ``recurrent`` only: ``(B, ⌈T/64⌉, D, N)`` the state entering every chunk
-    of 64 steps; there ``a`` and ``h`` are ``None``, the kernel recomputes
-    them).
+    ``recurrent`` only: ``(B, ⌈T/32⌉, D', N)`` the state entering every chunk
+    of 32 steps, ``D'`` = D rounded up to the kernel's 32-channel blocks;
+    there ``a`` and ``h`` are ``None``, the kernel recomputes them).
     """
 
     u: np.ndarray
