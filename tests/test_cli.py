@@ -127,9 +127,6 @@ def test_bad_arguments_exit_2():
 
 
 def test_train_parity_returns_a_loss_history_and_saves_the_plot(tmp_path):
-    pytest.importorskip("minirec.cells.lstm")
-    pytest.importorskip("minirec.nn.optim")
-    pytest.importorskip("minirec.tasks")
     result = cli.train_parity(seconds=60.0, max_steps=15, T=6, batch=8, hidden=8,
                               progress=False)
     assert result.steps == len(result.losses) == 15
