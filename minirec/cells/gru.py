@@ -148,17 +148,18 @@ def forward(params: dict, x: np.ndarray, state0: np.ndarray | None = None, *,
     dtype = _check(params, x, state0)
     h0 = zero_state(params, x.shape[0], dtype) if state0 is None else state0
     if backend == "numba":  # GEMM for x W_ih^T over all T, then the fused time loop
-        kern = _backend.kernels("classic", backend)
-        p = {k: v.astype(dtype, copy=False) for k, v in params.items()}
-        xp = common.project(x.astype(dtype, copy=False), p["W_ih"], p["b_ih"])
-        B, T, G = xp.shape
-        hs = np.empty((B, T, G // GATES), dtype)
-        gates = np.empty((B, T, (GATES + 1) * (G // GATES)), dtype)
-        h0c = np.ascontiguousarray(h0, dtype=dtype)
-        kern.gru_forward(xp, np.ascontiguousarray(p["W_hh"].T), p["b_hh"], h0c, hs, gates)
-        cache = {"x": x, "hs": hs, "gates": gates, "state0": h0c, "method": method,
-                 "backend": backend}
-        return hs, hs[:, -1].copy(), cache
+        with _backend.blas_single_thread():  # see _backend: BLAS vs numba threads
+            kern = _backend.kernels("classic", backend)
+            p = {k: v.astype(dtype, copy=False) for k, v in params.items()}
+            xp = common.project(x.astype(dtype, copy=False), p["W_ih"], p["b_ih"])
+            B, T, G = xp.shape
+            hs = np.empty((B, T, G // GATES), dtype)
+            gates = np.empty((B, T, (GATES + 1) * (G // GATES)), dtype)
+            h0c = np.ascontiguousarray(h0, dtype=dtype)
+            kern.gru_forward(xp, np.ascontiguousarray(p["W_hh"].T), p["b_hh"], h0c, hs, gates)
+            cache = {"x": x, "hs": hs, "gates": gates, "state0": h0c, "method": method,
+                     "backend": backend}
+            return hs, hs[:, -1].copy(), cache
     y, h, cache = bptt.sequence_forward(step_forward, params, x, h0)
     cache.update(method=method, backend=backend)
     return y, h, cache
@@ -170,20 +171,21 @@ def backward(params: dict, cache: dict, dy: np.ndarray | None,
     ``"state0" (B, H)``. ``dy (B, T, H)`` and ``dstate (B, H)`` may be ``None``."""
     V.grad_like("dstate", dstate, cache["state0"], "the state")
     if cache["backend"] == "numba":
-        kern = _backend.kernels("classic", "numba")
-        hs, h0, x = cache["hs"], cache["state0"], cache["x"]
-        dt = hs.dtype
-        dy = np.zeros_like(hs) if dy is None else np.ascontiguousarray(V.grad_like(
-            "dy", dy, hs, "y"), dtype=dt)
-        dh_T = np.zeros_like(h0) if dstate is None else np.ascontiguousarray(dstate, dtype=dt)
-        B, T, H = hs.shape
-        dxp = np.empty((B, T, GATES * H), dt)
-        dhp = np.empty((B, T, GATES * H), dt)
-        dh0 = np.empty_like(h0)
-        kern.gru_backward(hs, h0, cache["gates"], np.ascontiguousarray(params["W_hh"], dtype=dt),
-                          dy, dh_T, dxp, dhp, dh0)
-        grads = common.dense_grads(x.astype(dt, copy=False), common.previous_states(h0, hs),
-                                   dxp, dhp, params["W_ih"].astype(dt, copy=False))
-        grads["state0"] = dh0
-        return grads
+        with _backend.blas_single_thread():  # see _backend: BLAS vs numba threads
+            kern = _backend.kernels("classic", "numba")
+            hs, h0, x = cache["hs"], cache["state0"], cache["x"]
+            dt = hs.dtype
+            dy = np.zeros_like(hs) if dy is None else np.ascontiguousarray(V.grad_like(
+                "dy", dy, hs, "y"), dtype=dt)
+            dh_T = np.zeros_like(h0) if dstate is None else np.ascontiguousarray(dstate, dtype=dt)
+            B, T, H = hs.shape
+            dxp = np.empty((B, T, GATES * H), dt)
+            dhp = np.empty((B, T, GATES * H), dt)
+            dh0 = np.empty_like(h0)
+            W_hh = np.ascontiguousarray(params["W_hh"], dtype=dt)
+            kern.gru_backward(hs, h0, cache["gates"], W_hh, dy, dh_T, dxp, dhp, dh0)
+            grads = common.dense_grads(x.astype(dt, copy=False), common.previous_states(h0, hs),
+                                       dxp, dhp, params["W_ih"].astype(dt, copy=False))
+            grads["state0"] = dh0
+            return grads
     return bptt.sequence_backward(step_backward, params, cache, dy, dstate)

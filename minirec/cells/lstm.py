@@ -156,18 +156,19 @@ def forward(params: dict, x: np.ndarray, state0: tuple | None = None, *,
     dtype = _check(params, x, state0)
     s0 = zero_state(params, x.shape[0], dtype) if state0 is None else tuple(state0)
     if backend == "numba":  # GEMM for x W_ih^T over all T, then the fused time loop
-        kern = _backend.kernels("classic", backend)
-        p = {k: v.astype(dtype, copy=False) for k, v in params.items()}
-        xp = common.project(x.astype(dtype, copy=False), p["W_ih"], p["b_ih"] + p["b_hh"])
-        B, T, G = xp.shape
-        hs = np.empty((B, T, G // GATES), dtype)
-        cs = np.empty_like(hs)
-        gates = np.empty_like(xp)
-        h0, c0 = (np.ascontiguousarray(v, dtype=dtype) for v in s0)
-        kern.lstm_forward(xp, np.ascontiguousarray(p["W_hh"].T), h0, c0, hs, cs, gates)
-        cache = {"x": x, "hs": hs, "cs": cs, "gates": gates, "state0": (h0, c0),
-                 "method": method, "backend": backend}
-        return hs, (hs[:, -1].copy(), cs[:, -1].copy()), cache
+        with _backend.blas_single_thread():  # see _backend: BLAS vs numba threads
+            kern = _backend.kernels("classic", backend)
+            p = {k: v.astype(dtype, copy=False) for k, v in params.items()}
+            xp = common.project(x.astype(dtype, copy=False), p["W_ih"], p["b_ih"] + p["b_hh"])
+            B, T, G = xp.shape
+            hs = np.empty((B, T, G // GATES), dtype)
+            cs = np.empty_like(hs)
+            gates = np.empty_like(xp)
+            h0, c0 = (np.ascontiguousarray(v, dtype=dtype) for v in s0)
+            kern.lstm_forward(xp, np.ascontiguousarray(p["W_hh"].T), h0, c0, hs, cs, gates)
+            cache = {"x": x, "hs": hs, "cs": cs, "gates": gates, "state0": (h0, c0),
+                     "method": method, "backend": backend}
+            return hs, (hs[:, -1].copy(), cs[:, -1].copy()), cache
     y, state, cache = bptt.sequence_forward(step_forward, params, x, s0)
     cache.update(method=method, backend=backend)
     return y, state, cache
@@ -189,19 +190,20 @@ def backward(params: dict, cache: dict, dy: np.ndarray | None,
         dstate = tuple(np.zeros_like(s) if d is None else V.grad_like(n, d, s, "the state")
                        for n, d, s in zip(("dstate[0]", "dstate[1]"), dstate, (h0, c0)))
     if cache["backend"] == "numba":
-        kern = _backend.kernels("classic", "numba")
-        hs, cs, x = cache["hs"], cache["cs"], cache["x"]
-        dt = hs.dtype
-        dy = np.zeros_like(hs) if dy is None else np.ascontiguousarray(V.grad_like(
-            "dy", dy, hs, "y"), dtype=dt)
-        dh_T, dc_T = ((np.zeros_like(h0), np.zeros_like(c0)) if dstate is None else
-                      (np.ascontiguousarray(d, dtype=dt) for d in dstate))
-        da = np.empty_like(cache["gates"])
-        dh0, dc0 = np.empty_like(h0), np.empty_like(c0)
-        kern.lstm_backward(cs, c0, cache["gates"], np.ascontiguousarray(params["W_hh"], dtype=dt),
-                           dy, dh_T, dc_T, da, dh0, dc0)
-        grads = common.dense_grads(x.astype(dt, copy=False), common.previous_states(h0, hs),
-                                   da, da, params["W_ih"].astype(dt, copy=False))
-        grads["state0"] = (dh0, dc0)
-        return grads
+        with _backend.blas_single_thread():  # see _backend: BLAS vs numba threads
+            kern = _backend.kernels("classic", "numba")
+            hs, cs, x = cache["hs"], cache["cs"], cache["x"]
+            dt = hs.dtype
+            dy = np.zeros_like(hs) if dy is None else np.ascontiguousarray(V.grad_like(
+                "dy", dy, hs, "y"), dtype=dt)
+            dh_T, dc_T = ((np.zeros_like(h0), np.zeros_like(c0)) if dstate is None else
+                          (np.ascontiguousarray(d, dtype=dt) for d in dstate))
+            da = np.empty_like(cache["gates"])
+            dh0, dc0 = np.empty_like(h0), np.empty_like(c0)
+            W_hh = np.ascontiguousarray(params["W_hh"], dtype=dt)
+            kern.lstm_backward(cs, c0, cache["gates"], W_hh, dy, dh_T, dc_T, da, dh0, dc0)
+            grads = common.dense_grads(x.astype(dt, copy=False), common.previous_states(h0, hs),
+                                       da, da, params["W_ih"].astype(dt, copy=False))
+            grads["state0"] = (dh0, dc0)
+            return grads
     return bptt.sequence_backward(step_backward, params, cache, dy, dstate)

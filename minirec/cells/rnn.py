@@ -100,15 +100,16 @@ def forward(params: dict, x: np.ndarray, state0: np.ndarray | None = None, *,
     dtype = _check(params, x, state0)
     h0 = zero_state(params, x.shape[0], dtype) if state0 is None else state0
     if backend == "numba":
-        kern = _backend.kernels("classic", backend)
-        p = {k: v.astype(dtype, copy=False) for k, v in params.items()}
-        xp = common.project(x.astype(dtype, copy=False), p["W_ih"], p["b_ih"] + p["b_hh"])
-        hs = np.empty(xp.shape, dtype)
-        h0c = np.ascontiguousarray(h0, dtype=dtype)
-        kern.rnn_forward(xp, np.ascontiguousarray(p["W_hh"].T), h0c, nonlinearity == "relu", hs)
-        cache = {"x": x, "hs": hs, "state0": h0c, "nonlinearity": nonlinearity,
-                 "method": method, "backend": backend}
-        return hs, hs[:, -1].copy(), cache
+        with _backend.blas_single_thread():  # see _backend: BLAS vs numba threads
+            kern = _backend.kernels("classic", backend)
+            p = {k: v.astype(dtype, copy=False) for k, v in params.items()}
+            xp = common.project(x.astype(dtype, copy=False), p["W_ih"], p["b_ih"] + p["b_hh"])
+            hs = np.empty(xp.shape, dtype)
+            h0c = np.ascontiguousarray(h0, dtype=dtype)
+            kern.rnn_forward(xp, np.ascontiguousarray(p["W_hh"].T), h0c, nonlinearity == "relu", hs)
+            cache = {"x": x, "hs": hs, "state0": h0c, "nonlinearity": nonlinearity,
+                     "method": method, "backend": backend}
+            return hs, hs[:, -1].copy(), cache
     y, h, cache = bptt.sequence_forward(step_forward, params, x, h0, nonlinearity=nonlinearity)
     cache.update(method=method, backend=backend)
     return y, h, cache
@@ -118,18 +119,20 @@ def backward(params: dict, cache: dict, dy: np.ndarray | None,
              dstate: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """BPTT: gradients for ``W_ih, W_hh, b_ih, b_hh``, ``"x" (B, T, D)`` and ``"state0" (B, H)``."""
     if cache["backend"] == "numba":
-        kern = _backend.kernels("classic", "numba")
-        hs, h0, x = cache["hs"], cache["state0"], cache["x"]
-        dy = np.zeros_like(hs) if dy is None else np.ascontiguousarray(dy, dtype=hs.dtype)
-        dh_T = np.zeros_like(h0) if dstate is None else np.ascontiguousarray(dstate, hs.dtype)
-        V.grad_like("dy", dy, hs, "y")
-        V.grad_like("dstate", dh_T, h0, "state")
-        da = np.empty_like(hs)
-        dh0 = np.empty_like(h0)
-        W_hh = np.ascontiguousarray(params["W_hh"], dtype=hs.dtype)
-        kern.rnn_backward(hs, W_hh, dy, dh_T, cache["nonlinearity"] == "relu", da, dh0)
-        grads = common.dense_grads(x.astype(hs.dtype, copy=False), common.previous_states(h0, hs),
-                                   da, da, params["W_ih"].astype(hs.dtype, copy=False))
-        grads["state0"] = dh0
-        return grads
+        with _backend.blas_single_thread():  # see _backend: BLAS vs numba threads
+            kern = _backend.kernels("classic", "numba")
+            hs, h0, x = cache["hs"], cache["state0"], cache["x"]
+            dy = np.zeros_like(hs) if dy is None else np.ascontiguousarray(dy, dtype=hs.dtype)
+            dh_T = np.zeros_like(h0) if dstate is None else np.ascontiguousarray(dstate, hs.dtype)
+            V.grad_like("dy", dy, hs, "y")
+            V.grad_like("dstate", dh_T, h0, "state")
+            da = np.empty_like(hs)
+            dh0 = np.empty_like(h0)
+            W_hh = np.ascontiguousarray(params["W_hh"], dtype=hs.dtype)
+            kern.rnn_backward(hs, W_hh, dy, dh_T, cache["nonlinearity"] == "relu", da, dh0)
+            h_prev = common.previous_states(h0, hs)
+            grads = common.dense_grads(x.astype(hs.dtype, copy=False), h_prev, da, da,
+                                       params["W_ih"].astype(hs.dtype, copy=False))
+            grads["state0"] = dh0
+            return grads
     return bptt.sequence_backward(step_backward, params, cache, dy, dstate)
