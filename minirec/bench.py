@@ -15,7 +15,13 @@
 5. PyTorch CPU at the same shapes and thread count, timed in a separate
    process (sharing a process with OpenBLAS distorts both), when installed.
 
-It writes ``RESULTS.md`` and PNG plots to ``--out`` (default ``benchmarks/``).
+6. forward+backward time against T (64 … 16384) for every method and backend
+   of ``scan.linear`` (B·D = 32, where chunking over time is meant to pay) and
+   ``rnn``.
+
+It writes ``RESULTS.md`` (with ``analysis.md`` from ``--out`` appended, the
+hand-written reading of the numbers), ``results.json`` and PNG plots to
+``--out`` (default ``benchmarks/``).
 Timings are never asserted anywhere in the tests.
 """
 
@@ -132,6 +138,36 @@ def bench_case(entry, method: str, backend: str, dims: tuple, dtype, repeats: in
     return {"name": entry.name, "method": method, "backend": backend, "dims": list(dims),
             "dtype": np.dtype(dtype).name, "first_call_s": first, "fwd_s": t_f,
             "fwd_bwd_s": t_fb, "fwd_GBps": moved / t_f / 1e9}
+
+
+# ---------------------------------------------------------------------------
+# time against T
+# ---------------------------------------------------------------------------
+
+SWEEP_TS = (64, 256, 1024, 4096, 16384)
+# (entry, B, D, H): scan.linear with little independent work (B·D = 32), where the
+# chunked scan's prange over chunks is meant to pay; rnn with a small hidden size
+SWEEPS = (("scan.linear", 1, 32, 32), ("rnn", 4, 32, 32))
+
+
+def t_sweep(repeats: int, budget_s: float, dtype=np.float32) -> list[dict]:
+    """Forward+backward time against T for every (method, backend) of the sweep
+    entries, at fixed B and D (the rows of :func:`bench_case` with ``sweep=True``)."""
+    from minirec import _backend, registry
+
+    rows = []
+    for name, B, D, H in SWEEPS:
+        entry = registry.get(name)
+        for m, b in entry.pairs:
+            if not _backend.available(b):
+                continue
+            for T in SWEEP_TS:
+                if b == "numpy" and m == "recurrent" and T > 4096 and entry.kind == "cell":
+                    continue  # minutes of Python loop; the trend is clear by then
+                row = bench_case(entry, m, b, (B, T, D, H), dtype, repeats, budget_s)
+                row["sweep"] = True
+                rows.append(row)
+    return rows
 
 
 # ---------------------------------------------------------------------------
@@ -310,7 +346,8 @@ def _fmt_t(s: float) -> str:
 
 def write_report(out_dir: Path, env: dict, limits: dict, rows: list[dict], torch_rows: list[dict],
                  command: str, targets: list[dict] | None = None,
-                 compile_info: dict | None = None) -> Path:
+                 compile_info: dict | None = None, sweep_rows: list[dict] | None = None,
+                 analysis: str | None = None) -> Path:
     """Write ``RESULTS.md`` and plots into ``out_dir``; returns the markdown path."""
     import matplotlib
     matplotlib.use("Agg")
@@ -393,11 +430,43 @@ def write_report(out_dir: Path, env: dict, limits: dict, rows: list[dict], torch
     fig.savefig(out_dir / "efficiency.png", dpi=120)
     plt.close(fig)
     lines += ["", "![achieved bandwidth](efficiency.png)", ""]
+    sweep = [r for r in sweep_rows or []]
+    if sweep:
+        names = sorted({r["name"] for r in sweep})
+        fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 4.5), squeeze=False)
+        for ax, name in zip(axes[0], names):
+            mine = [r for r in sweep if r["name"] == name]
+            for key in sorted({(r["method"], r["backend"]) for r in mine}):
+                pts = sorted((r["dims"][1], r["fwd_bwd_s"]) for r in mine
+                             if (r["method"], r["backend"]) == key)
+                ax.loglog(*zip(*pts), "o-", label=f"{key[0]} / {key[1]}")
+            B, _, D, _ = mine[0]["dims"]
+            ax.set_title(f"{name}: forward+backward, B={B}, D={D}, {mine[0]['dtype']}")
+            ax.set_xlabel("T")
+            ax.set_ylabel("seconds")
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out_dir / "time_vs_T.png", dpi=120)
+        plt.close(fig)
+        lines += ["## Time against T", "", "| entry | method | backend | "
+                  + " | ".join(f"T={T}" for T in SWEEP_TS) + " |",
+                  "|---|---|---|" + "---|" * len(SWEEP_TS)]
+        for name in names:
+            for key in sorted({(r["method"], r["backend"]) for r in sweep if r["name"] == name}):
+                by_T = {r["dims"][1]: r["fwd_bwd_s"] for r in sweep
+                        if r["name"] == name and (r["method"], r["backend"]) == key}
+                lines.append(f"| {name} | {key[0]} | {key[1]} | "
+                             + " | ".join(_fmt_t(by_T[T]) if T in by_T else "—"
+                                          for T in SWEEP_TS) + " |")
+        lines += ["", "![time against T](time_vs_T.png)", ""]
+    if analysis:
+        lines += ["", analysis.rstrip(), ""]
     path = out_dir / "RESULTS.md"
     path.write_text("\n".join(lines) + "\n")
     (out_dir / "results.json").write_text(json.dumps(
         {"env": env, "limits": limits, "rows": rows, "torch": torch_rows,
-         "targets": targets, "compile": compile_info}, indent=1, default=str))
+         "targets": targets, "compile": compile_info, "sweep": sweep_rows}, indent=1,
+        default=str))
     return path
 
 
@@ -415,6 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=float, default=3.0, help="seconds per timing at most")
     p.add_argument("--out", default="benchmarks")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    p.add_argument("--no-sweep", action="store_true", help="skip the time-against-T sweep")
     p.add_argument("--no-targets", action="store_true",
                    help="skip issue 4's target shapes and the compile-time runs")
     args = p.parse_args(argv)
@@ -460,8 +530,14 @@ def main(argv: list[str] | None = None) -> int:
                         "reference": tr["fwd_bwd_s"], "ratio": ratio,
                         "target": "≤ 1.5× torch" if lstm else "≤ 0.5× torch (2× faster)",
                         "met": ratio <= (1.5 if lstm else 0.5), "note": ""})
+    sweep_rows = []
+    if not args.no_sweep:
+        print("time against T ...")
+        sweep_rows = t_sweep(args.repeats, args.budget, dtype)
+    analysis_file = Path(args.out) / "analysis.md"
+    analysis = analysis_file.read_text() if analysis_file.exists() else None
     path = write_report(Path(args.out), env, limits, rows, torch_rows,
                         "minirec bench " + " ".join(argv if argv is not None else sys.argv[2:]),
-                        targets, compile_info)
+                        targets, compile_info, sweep_rows, analysis)
     print(f"wrote {path}")
     return 0
