@@ -8,7 +8,9 @@ trailing axes, C-contiguous, so the inner loop runs over the contiguous ``R``
 axis (the bandwidth-bound layout: one read of a and b and one write of h per
 element, 12 bytes/element in float32).
 
-* ``recurrent``: one fused pass over time per batch row.
+* ``recurrent``: one fused pass over time per batch row, ``prange`` over the
+  batch rows (measured at (8, 4096, 1024) float32: 51 ms on one thread with
+  indexed loads, 22 ms with ``prange``, against a 16 ms bandwidth bound).
 * ``chunked``: reduce-then-scan with ``prange`` over chunks (pass 1: local
   scans and products inside every chunk; pass 2: the short carry scan; pass
   3: the correction), worth it only when ``B·R`` is small and ``T`` long.
@@ -26,15 +28,20 @@ import numpy as np
 from numba import njit, prange
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def _forward_recurrent(a, b, h0, h):
+    # prange over batch rows (independent); the state is carried in a local
+    # row and each step is one vectorisable loop over the contiguous R axis
     B, T, R = b.shape
-    for i in range(B):
-        for r in range(R):
-            h[i, 0, r] = a[i, 0, r] * h0[i, r] + b[i, 0, r]
-        for t in range(1, T):
+    for i in prange(B):
+        state = h0[i].copy()
+        for t in range(T):
+            at = a[i, t]
+            bt = b[i, t]
+            ht = h[i, t]
             for r in range(R):
-                h[i, t, r] = a[i, t, r] * h[i, t - 1, r] + b[i, t, r]
+                state[r] = at[r] * state[r] + bt[r]
+                ht[r] = state[r]
 
 
 @njit(cache=True, parallel=True)
@@ -74,25 +81,32 @@ def _forward_chunked(a, b, h0, h, prod, C):
                 h[i, t, r] = h[i, t, r] + prod[i, t, r] * carry
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def _backward(a, h, h0, dh, dh_T, da, db, dh0):
     B, T, R = h.shape
-    g = np.empty(R, db.dtype)
-    for i in range(B):
+    for i in prange(B):
+        g = np.empty(R, db.dtype)
         for r in range(R):
             g[r] = dh_T[i, r]
         # one reverse pass: g_t = dh_t + conj(a_{t+1}) g_{t+1}, then db_t, da_t
         for t in range(T - 1, -1, -1):
+            dht = dh[i, t]
+            dbt = db[i, t]
+            dat = da[i, t]
+            hp = h[i, t - 1] if t > 0 else h0[i]
+            if t < T - 1:
+                an = a[i, t + 1]
+                for r in range(R):
+                    g[r] = dht[r] + np.conj(an[r]) * g[r]
+            else:
+                for r in range(R):
+                    g[r] = dht[r] + g[r]
             for r in range(R):
-                if t < T - 1:
-                    g[r] = dh[i, t, r] + np.conj(a[i, t + 1, r]) * g[r]
-                else:
-                    g[r] = dh[i, t, r] + g[r]
-                db[i, t, r] = g[r]
-                hp = h[i, t - 1, r] if t > 0 else h0[i, r]
-                da[i, t, r] = g[r] * np.conj(hp)
+                dbt[r] = g[r]
+                dat[r] = g[r] * np.conj(hp[r])
+        a0 = a[i, 0]
         for r in range(R):
-            dh0[i, r] = np.conj(a[i, 0, r]) * g[r]
+            dh0[i, r] = np.conj(a0[r]) * g[r]
 
 
 def _flat(x, B, T, R):
