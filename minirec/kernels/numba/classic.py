@@ -45,6 +45,17 @@ def _sigmoid(x):
     return e / (1.0 + e)
 
 
+@njit(cache=True, inline="always")
+def _add_row_combination(out, coef, M):
+    """``out += coef @ M`` written as a sum of rows, ``out[j] += coef[k] M[k, j]``:
+    the inner loop runs over the contiguous ``j`` and vectorises without fastmath.
+    Used for both ``h_{t-1} W_hh^T`` (M = W_hh^T) and ``da W_hh`` (M = W_hh)."""
+    for k in range(coef.shape[0]):
+        c = coef[k]
+        for j in range(out.shape[0]):
+            out[j] += c * M[k, j]
+
+
 # ---------------------------------------------------------------------------
 # Elman RNN: h_t = φ(xp_t + h_{t-1} W_hh^T)
 # ---------------------------------------------------------------------------
@@ -59,10 +70,7 @@ def rnn_forward(xp, W_hhT, h0, relu, hs):
         for t in range(T):
             for j in range(H):
                 a[j] = xp[b, t, j]
-            for k in range(H):
-                hk = h0[b, k] if t == 0 else hs[b, t - 1, k]
-                for j in range(H):
-                    a[j] += hk * W_hhT[k, j]
+            _add_row_combination(a, h0[b] if t == 0 else hs[b, t - 1], W_hhT)
             for j in range(H):
                 if relu:
                     hs[b, t, j] = a[j] if a[j] > 0 else 0.0
@@ -88,10 +96,7 @@ def rnn_backward(hs, W_hh, dy, dh_T, relu, da, dh0):
                     da[b, t, j] = g * (1.0 - h * h)
             for j in range(H):
                 dh[j] = 0.0
-            for i in range(H):
-                d = da[b, t, i]
-                for j in range(H):
-                    dh[j] += d * W_hh[i, j]
+            _add_row_combination(dh, da[b, t], W_hh)
         for j in range(H):
             dh0[b, j] = dh[j]
 
@@ -111,10 +116,7 @@ def gru_forward(xp, W_hhT, b_hh, h0, hs, gates):
         for t in range(T):
             for j in range(G):
                 hp[j] = b_hh[j]
-            for k in range(H):
-                hk = h0[b, k] if t == 0 else hs[b, t - 1, k]
-                for j in range(G):
-                    hp[j] += hk * W_hhT[k, j]
+            _add_row_combination(hp, h0[b] if t == 0 else hs[b, t - 1], W_hhT)
             for j in range(H):
                 hprev = h0[b, j] if t == 0 else hs[b, t - 1, j]
                 r = _sigmoid(xp[b, t, j] + hp[j])
@@ -132,7 +134,6 @@ def gru_backward(hs, h0, gates, W_hh, dy, dh_T, dxp, dhp, dh0):
     """Writes ``dxp (B, T, 3H)`` = ∂L/∂(x W_ih^T + b_ih), ``dhp (B, T, 3H)`` =
     ∂L/∂(h W_hh^T + b_hh), and ``dh0 (B, H)``."""
     B, T, H = hs.shape
-    G = 3 * H
     for b in prange(B):
         dh = np.empty(H, hs.dtype)
         for j in range(H):
@@ -155,10 +156,7 @@ def gru_backward(hs, h0, gates, W_hh, dy, dh_T, dxp, dhp, dh0):
                 dhp[b, t, H + j] = daz
                 dhp[b, t, 2 * H + j] = dan * r
                 dh[j] = g * z                              # the direct path z ⊙ h_{t-1}
-            for i in range(G):
-                d = dhp[b, t, i]
-                for j in range(H):
-                    dh[j] += d * W_hh[i, j]
+            _add_row_combination(dh, dhp[b, t], W_hh)
         for j in range(H):
             dh0[b, j] = dh[j]
 
@@ -178,10 +176,7 @@ def lstm_forward(xp, W_hhT, h0, c0, hs, cs, gates):
         for t in range(T):
             for j in range(G):
                 a[j] = xp[b, t, j]
-            for k in range(H):
-                hk = h0[b, k] if t == 0 else hs[b, t - 1, k]
-                for j in range(G):
-                    a[j] += hk * W_hhT[k, j]
+            _add_row_combination(a, h0[b] if t == 0 else hs[b, t - 1], W_hhT)
             for j in range(H):
                 cprev = c0[b, j] if t == 0 else cs[b, t - 1, j]
                 i = _sigmoid(a[j])
@@ -201,7 +196,6 @@ def lstm_forward(xp, W_hhT, h0, c0, hs, cs, gates):
 def lstm_backward(cs, c0, gates, W_hh, dy, dh_T, dc_T, da, dh0, dc0):
     """Writes ``da (B, T, 4H)`` = ∂L/∂(pre-activations) and ``dh0, dc0 (B, H)``."""
     B, T, H = cs.shape
-    G = 4 * H
     for b in prange(B):
         dh = np.empty(H, cs.dtype)
         dc = np.empty(H, cs.dtype)
@@ -224,10 +218,7 @@ def lstm_backward(cs, c0, gates, W_hh, dy, dh_T, dc_T, da, dh0, dc0):
                 da[b, t, 3 * H + j] = gh * tc * o * (1.0 - o)
                 dc[j] = dct * f
                 dh[j] = 0.0
-            for k in range(G):
-                d = da[b, t, k]
-                for j in range(H):
-                    dh[j] += d * W_hh[k, j]
+            _add_row_combination(dh, da[b, t], W_hh)
         for j in range(H):
             dh0[b, j] = dh[j]
             dc0[b, j] = dc[j]
