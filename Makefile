@@ -40,7 +40,7 @@ docs: $(BIN)/python
 	$(BIN)/mkdocs build --strict
 
 bench: $(BIN)/python
-	$(PIP) -e ".[bench]"
+	$(PIP) -e .
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(BIN)/minirec bench
 
 # re-execute every tutorial in place and merge its progress-bar output (commit the result)
