@@ -40,6 +40,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+from scipy.special import expit as _sigmoid  # σ, without overflow
 
 from minirec import _backend, bptt
 from minirec import _validate as V
@@ -91,13 +92,6 @@ def _check(params, x, state0):
         raise ValueError(f"lstm: W_hh: expected shape (4H, H) = ({GATES * s['H']}, {s['H']}) "
                          f"(gates i, f, g, o stacked on axis 0), got {params['W_hh'].shape}")
     return dtype
-
-
-def _sigmoid(a):
-    """σ(a) = 1 / (1 + e^{−a}), as e^{−|a|} / (1 + e^{−|a|}) for a < 0: exp never overflows."""
-    e = np.exp(-np.abs(a))
-    r = 1 / (1 + e)
-    return np.where(a >= 0, r, e * r)
 
 
 def step_forward(params: dict, x_t: np.ndarray,
