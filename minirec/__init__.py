@@ -5,10 +5,12 @@ Every recurrence has a readable definition with a hand-derived backward pass
 kernels. Importing minirec imports neither Numba nor CuPy.
 
 Public names: the subpackages ``scan``, ``cells``, ``ops``, ``nn``, ``tasks``
-and the modules ``registry``, ``gradcheck``, ``bptt``.
+and the modules ``registry``, ``gradcheck``, ``bptt``; :class:`check_finite`,
+the library's one switch for the NaN/inf check of every array argument.
 """
 
 from minirec import bptt, gradcheck, registry
+from minirec._validate import check_finite
 
 __version__ = "0.1.0"
-__all__ = ["bptt", "gradcheck", "registry", "__version__"]
+__all__ = ["bptt", "check_finite", "gradcheck", "registry", "__version__"]

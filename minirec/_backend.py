@@ -23,19 +23,29 @@ _INSTALL_HINT = {
 _PACKAGE = {"numba": "numba", "cupy": "cupy"}
 
 
-def resolve(backend: str, supported: Iterable[str], *, what: str = "this function") -> str:
+def resolve(backend: str, supported: Iterable[str], *, what: str = "this function",
+            method: str | None = None, backend_methods: dict | None = None) -> str:
     """Validate ``backend`` against the backends ``what`` supports and return it.
+
+    With ``method`` and ``backend_methods`` (a module's ``BACKEND_METHODS``) it
+    also checks that the backend has a kernel for that method
+    (:func:`check_method`).
 
     Raises ``ValueError`` for an unknown or unsupported backend, ``ImportError``
     (with the pip command to run) when its package is not installed.
     """
     supported = tuple(supported)
+    if not isinstance(backend, str):
+        raise TypeError(f"backend: expected a string, one of {BACKENDS}, got "
+                        f"{type(backend).__name__}")
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
     if backend not in supported:
         raise ValueError(
             f"backend: {what} supports {supported}, got {backend!r}"
         )
+    if method is not None and backend_methods is not None:
+        check_method(method, backend, backend_methods, what=what)
     if backend != "numpy":
         available(backend, raise_error=True)
     return backend

@@ -12,12 +12,14 @@ on first use inside one :class:`Shapes` instance, so ``x (B, T, D)`` and
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_OPTIONS = {"check_finite": os.environ.get("MINIREC_CHECK_FINITE", "") not in ("", "0")}
 COMPLEX_DTYPES = (np.dtype(np.complex64), np.dtype(np.complex128))
 SUPPORTED_DTYPES = FLOAT_DTYPES + COMPLEX_DTYPES
 
@@ -35,7 +37,8 @@ def array(name: str, x: Any, *, allow_complex: bool = True, ndim: int | None = N
     casting them would hide a caller's mistake (an int array of gates, say).
     """
     if not _is_array(x):
-        raise TypeError(f"{name}: expected an ndarray, got {type(x).__name__}")
+        raise TypeError(f"{name}: expected an ndarray, got {type(x).__name__}"
+                        + (" (convert it with np.asarray)" if isinstance(x, (list, tuple)) else ""))
     dt = np.dtype(x.dtype)
     allowed = SUPPORTED_DTYPES if allow_complex else FLOAT_DTYPES
     if dt not in allowed:
@@ -48,7 +51,41 @@ def array(name: str, x: Any, *, allow_complex: bool = True, ndim: int | None = N
         raise ValueError(
             f"{name}: expected at least {min_ndim} dimensions, got shape {tuple(x.shape)}"
         )
+    if _OPTIONS["check_finite"]:
+        finite(name, x)
     return x
+
+
+class check_finite:
+    """The library's one switch for the NaN/inf check of every array argument.
+
+    Off by default (NaN and inf then propagate causally, the same way in every
+    method and backend). On, every array a forward or backward receives
+    (inputs, parameters, initial states, upstream gradients) is checked and the
+    first non-finite entry is reported::
+
+        minirec.check_finite(True)            # on from now on
+        with minirec.check_finite():          # on inside the block only
+            rnn.forward(params, x)            # ValueError: x: expected finite
+                                              # values, got nan at index (0, 3, 1)
+
+    The environment variable ``MINIREC_CHECK_FINITE=1`` turns it on at import.
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        self._previous = _OPTIONS["check_finite"]
+        _OPTIONS["check_finite"] = bool(enabled)
+
+    def __enter__(self) -> check_finite:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        _OPTIONS["check_finite"] = self._previous
+
+    @staticmethod
+    def enabled() -> bool:
+        """Whether the check is on."""
+        return _OPTIONS["check_finite"]
 
 
 class Shapes:
@@ -148,19 +185,106 @@ def positive_int(name: str, value: Any, *, allow_none: bool = False) -> int | No
 
 
 def finite(name: str, x: Any) -> None:
-    """Raise ``ValueError`` if ``x`` holds NaN or inf (used where callers ask for it)."""
-    if not np.all(np.isfinite(x)):
-        bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
-        raise ValueError(f"{name}: expected finite values, got {bad} NaN/inf entries")
+    """Raise ``ValueError`` naming the first NaN/inf entry of ``x`` (its index and
+    value) and how many there are."""
+    ok = np.isfinite(x)
+    if hasattr(ok, "get") and not isinstance(ok, np.ndarray):  # CuPy: look on the host
+        ok = ok.get()
+        x = x.get()
+    if not np.all(ok):
+        bad = np.argwhere(~np.asarray(ok))
+        first = tuple(int(i) for i in bad[0])
+        raise ValueError(f"{name}: expected finite values, got {np.asarray(x)[first]} at index "
+                         f"{first} ({len(bad)} non-finite entries; minirec.check_finite is on)")
 
 
-def grad_like(name: str, g: Any, like: Any, like_name: str) -> Any:
-    """Check an upstream gradient: ``None`` or an array of ``like``'s shape."""
+def time_steps(name: str, x: Any) -> int:
+    """``T = x.shape[1]``; a ``ValueError`` unless ``T ≥ 1`` (time is axis 1)."""
+    if x.ndim < 2 or x.shape[1] < 1:
+        raise ValueError(f"{name}: expected T >= 1 along axis 1 (time), got shape "
+                         f"{tuple(x.shape)}")
+    return int(x.shape[1])
+
+
+def grad_like(name: str, g: Any, like: Any, like_name: str, *, fill: bool = False) -> Any:
+    """Check an upstream gradient against the output ``like`` it belongs to.
+
+    ``g`` is ``None`` or a float/complex array of ``like``'s shape; a complex
+    gradient of a real output is refused (its imaginary part would be dropped
+    silently). Either precision is accepted. With ``fill=True`` the result is
+    ready for a kernel: ``None`` becomes zeros, and the array is cast to
+    ``like``'s dtype (a new array when a cast is needed; never written to).
+    """
     if g is None:
-        return None
+        return np.zeros(like.shape, like.dtype) if fill else None
     array(name, g)
     same_shape(name, g, like_name, like)
+    if np.dtype(g.dtype).kind == "c" and np.dtype(like.dtype).kind != "c":
+        raise TypeError(f"{name}: expected a real gradient ({like_name} is {like.dtype}), "
+                        f"got {g.dtype}")
+    if fill:
+        return g.astype(like.dtype, copy=False)
     return g
+
+
+def grad_state(name: str, dstate: Any, state: Any, *, fill: bool = False) -> Any:
+    """Check the gradient of a returned final state against that state.
+
+    ``state`` is an array or a tuple of arrays (``(h, c)``); ``dstate`` is
+    ``None`` or the same structure, each part ``None`` or an array of that
+    part's shape (checked by :func:`grad_like`). With ``fill=True`` every
+    ``None`` becomes zeros and parts are cast to the state's dtypes.
+    """
+    if not isinstance(state, (tuple, list)):
+        if isinstance(dstate, (tuple, list)):
+            raise TypeError(f"{name}: expected an array of shape {tuple(state.shape)} (the "
+                            f"state's), got a {type(dstate).__name__} of length {len(dstate)}")
+        return grad_like(name, dstate, state, "the state", fill=fill)
+    if dstate is None:
+        return tuple(np.zeros(s.shape, s.dtype) for s in state) if fill else None
+    if not isinstance(dstate, (tuple, list)) or len(dstate) != len(state):
+        shapes = ", ".join(str(tuple(s.shape)) for s in state)
+        got = (f"a {type(dstate).__name__} of length {len(dstate)}"
+               if isinstance(dstate, (tuple, list)) else type(dstate).__name__)
+        raise TypeError(f"{name}: expected a tuple of {len(state)} arrays ({shapes}, the "
+                        f"state's structure), got {got}")
+    return tuple(grad_like(f"{name}[{i}]", d, s, f"state[{i}]", fill=fill)
+                 for i, (d, s) in enumerate(zip(dstate, state)))
+
+
+def cache(where: str, c: Any, cls: type) -> Any:
+    """Check that ``c`` is a cache made by ``where``'s forward (an instance of
+    its cache class ``cls``), not a cache of another op or a hand-made dict."""
+    if not isinstance(c, cls):
+        got = type(c).__name__
+        if isinstance(c, tuple) and hasattr(c, "_fields"):
+            got += f" (from {type(c).__module__})"
+        raise TypeError(f"{where}: cache: expected the cache returned by {where}'s forward "
+                        f"({cls.__name__}), got {got}")
+    return c
+
+
+def params_match(where: str, p: Any, shapes: dict[str, tuple]) -> None:
+    """Check that ``p`` has the keys and shapes of the parameters a forward ran
+    with (``shapes`` = ``{name: shape}`` recorded in its cache)."""
+    if not isinstance(p, dict):
+        raise TypeError(f"{where}: params: expected a dict, got {type(p).__name__}")
+    missing = [k for k in shapes if k not in p]
+    extra = [k for k in p if k not in shapes]
+    if missing or extra:
+        raise ValueError(f"{where}: params: expected the keys of the forward's params "
+                         f"{sorted(shapes)}, got {sorted(p)} (missing {missing}, "
+                         f"unexpected {extra})")
+    for k, shape in shapes.items():
+        array(f"{where}: params[{k!r}]", p[k])
+        if tuple(p[k].shape) != tuple(shape):
+            raise ValueError(f"{where}: params[{k!r}]: expected shape {tuple(shape)} (as in the "
+                             f"forward that made this cache), got {tuple(p[k].shape)}")
+
+
+def param_shapes(p: dict) -> dict[str, tuple]:
+    """``{name: shape}`` of a parameter dict, for a cache (see :func:`params_match`)."""
+    return {k: tuple(v.shape) for k, v in p.items()}
 
 
 def params(where: str, p: Any, spec: dict[str, Sequence[str | int]], shapes: Shapes) -> None:
@@ -210,8 +334,7 @@ def cell_inputs(where: str, p: Any, spec: dict[str, Sequence[str | int]], x: Any
         array(f"{where}: {k}", v, allow_complex=False)
     array("x", x, ndim=3, allow_complex=False)
     shapes.check("x", x, ("B", "T", "D"))
-    if x.shape[1] < 1:
-        raise ValueError(f"x: expected T >= 1 along axis 1, got shape {tuple(x.shape)}")
+    time_steps("x", x)
     dtype = common_dtype(x=x, **p)
     if state0 is not None:
         specs = state_spec if isinstance(state_spec, list) else [state_spec]

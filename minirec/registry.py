@@ -30,10 +30,12 @@ from minirec import gradcheck as _gc
 F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
 C64, C128 = np.dtype(np.complex64), np.dtype(np.complex128)
 
-# (B, T, D, H): "small" for gradient checks (every entry of every array is
+# Named dimensions: "small" for gradient checks (every entry of every array is
 # perturbed), "medium" for agreement tests (T = 37 is prime: never a multiple
-# of a chunk size).
-SIZES = {"small": (2, 5, 3, 4), "medium": (3, 37, 8, 16)}
+# of a chunk size). B is the batch axis (0) and T the time axis (1) of every
+# input an entry lists in ``time_inputs``, and of its outputs.
+SIZES = {"small": {"B": 2, "T": 5, "D": 3, "H": 4},
+         "medium": {"B": 3, "T": 37, "D": 8, "H": 16}}
 
 
 def dims(size: str | tuple, table: dict | None = None) -> tuple[int, int, int, int]:
@@ -46,7 +48,8 @@ def dims(size: str | tuple, table: dict | None = None) -> tuple[int, int, int, i
     table = SIZES if table is None else table
     if size not in table:
         raise ValueError(f"size: expected one of {sorted(table)} or (B, T, D, H), got {size!r}")
-    return table[size]
+    t = table[size]
+    return tuple(t.values())[:4] if isinstance(t, dict) else tuple(t)
 
 
 @dataclass(frozen=True)
@@ -58,9 +61,10 @@ class Entry:
         kind: ``"scan"``, ``"cell"`` or ``"op"``.
         module_path: the module with ``forward``/``backward``/``METHODS``/``BACKENDS``.
         summary: the recurrence in one line.
-        make_inputs: ``(rng, dtype, size, method) -> dict``; for ops the
-            forward's array arguments by name, for cells
-            ``{"params", "x", "state0"}``.
+        maker: ``(rng, dtype, d, method) -> dict`` with ``d`` the named
+            dimensions (``{"B": 2, "T": 5, ...}``); for ops the forward's array
+            arguments by name, for cells ``{"params", "x", "state0"}``. Call it
+            through :meth:`Entry.make_inputs`, which resolves ``d``.
         dtypes: dtypes the entry supports.
         forward_kwargs: fixed keyword arguments (e.g. ``nonlinearity="relu"``).
         chunk_size: used by checks for methods that take one.
@@ -69,18 +73,62 @@ class Entry:
         build: for entries whose "module" is an object made at run time (the
             :mod:`minirec.cells.compose` wrappers): a factory returning it;
             ``module_path`` then names the module that defines it.
+        dim_names: the names of the four dimensions an explicit
+            ``(·, ·, ·, ·)`` size gives, in order (the benchmarks' tuples).
+        sizes: ``{"small": {...}, "medium": {...}}`` named dimensions; by
+            default :data:`SIZES` with its values renamed to ``dim_names``.
+        time_inputs: the inputs with batch axis 0 and time axis 1 (``("x",)``
+            for cells). The initial state has batch axis 0 in every part; the
+            output has batch axis 0 and time axis 1. This is what makes
+            split-resume, ``T = 1`` and ``B = 0`` generic (the contract tests).
     """
 
     name: str
     kind: str
     module_path: str
     summary: str
-    make_inputs: Callable[..., dict]
+    maker: Callable[..., dict]
     dtypes: tuple = (F32, F64)
     forward_kwargs: dict = field(default_factory=dict)
     chunk_size: int | None = 4
     excluded_methods: tuple = ()
     build: Callable[[], Any] | None = None
+    dim_names: tuple = ("B", "T", "D", "H")
+    sizes: dict | None = None
+    time_inputs: tuple = ("x",)
+
+    @property
+    def state_name(self) -> str:
+        """``"state0"`` for cells, ``"initial_state"`` for scans and ops."""
+        return "state0" if self.kind == "cell" else "initial_state"
+
+    def size(self, size: str | tuple | dict = "small", **overrides: int) -> dict[str, int]:
+        """Named dimensions for a size name, an explicit tuple (``dim_names``
+        order) or a dict, with ``overrides`` (``T=1``, ``B=0``) applied."""
+        table = self.sizes or {k: dict(zip(self.dim_names, v.values())) for k, v in SIZES.items()}
+        if isinstance(size, dict):
+            d = dict(size)
+        elif isinstance(size, (tuple, list)):
+            if len(size) != len(self.dim_names):
+                raise ValueError(f"size: expected a name or a tuple {self.dim_names}, "
+                                 f"got {size!r}")
+            d = dict(table["small"])
+            d.update(zip(self.dim_names, (int(v) for v in size)))
+        elif size in table:
+            d = dict(table[size])
+        else:
+            raise ValueError(f"size: expected one of {sorted(table)}, a tuple {self.dim_names} "
+                             f"or a dict, got {size!r}")
+        unknown = sorted(set(overrides) - set(d))
+        if unknown:
+            raise ValueError(f"size: {self.name} has dimensions {sorted(d)}, got {unknown}")
+        d.update(overrides)
+        return d
+
+    def make_inputs(self, rng: np.random.Generator, dtype, size: str | tuple | dict = "small",
+                    method: str | None = None, **overrides: int) -> dict:
+        """Example inputs in ``dtype`` (see :meth:`size` for ``size``/``overrides``)."""
+        return self.maker(rng, np.dtype(dtype), self.size(size, **overrides), method)
 
     @property
     def module(self) -> ModuleType | Any:
@@ -118,10 +166,9 @@ def _randn(rng, shape, dtype):
     return x.astype(dtype)
 
 
-def _linear_scan_inputs(rng, dtype, size="small", method=None):
-    B, T, D, _ = dims(size)
+def _linear_scan_inputs(rng, dtype, d, method=None):
+    B, T, D = d["B"], d["T"], d["D"]
     shape = (B, T, D)
-    dtype = np.dtype(dtype)
     if method == "log":  # the log-space scan needs a > 0
         a = rng.uniform(0.3, 1.0, shape)
     else:  # negative eigenvalues included
@@ -133,8 +180,8 @@ def _linear_scan_inputs(rng, dtype, size="small", method=None):
 
 
 def _cell_inputs(module_path, state="h"):
-    def make(rng, dtype, size="small", method=None):
-        B, T, D, H = dims(size)
+    def make(rng, dtype, d, method=None):
+        B, T, D, H = d["B"], d["T"], d["D"], d["H"]
         mod = importlib.import_module(module_path)
         params = mod.init_params(rng, D, H, dtype=dtype)
         x = _randn(rng, (B, T, D), dtype)
@@ -164,7 +211,7 @@ def register(entry: Entry) -> Entry:
 # --- scans -----------------------------------------------------------------
 register(Entry("scan.linear", "scan", "minirec.scan.linear",
                "h_t = a_t ⊙ h_{t-1} + b_t", _linear_scan_inputs,
-               dtypes=(F32, F64, C64, C128)))
+               dtypes=(F32, F64, C64, C128), time_inputs=("a", "b")))
 
 # --- classic cells -----------------------------------------------------------
 register(Entry("rnn", "cell", "minirec.cells.rnn",
@@ -184,8 +231,8 @@ register(Entry("gru", "cell", "minirec.cells.gru",
 
 
 def _composed_inputs(build):
-    def make(rng, dtype, size="small", method=None):
-        B, T, D, H = dims(size)
+    def make(rng, dtype, d, method=None):
+        B, T, D, H = d["B"], d["T"], d["D"], d["H"]
         net = build()
         params = net.init_params(rng, D, H, dtype=dtype)
         state0 = tuple(_randn(rng, s.shape, dtype) for s in net.zero_state(params, B, dtype))
@@ -211,11 +258,10 @@ register(Entry("gru_bidirectional", "cell", "minirec.cells.compose",
                         _composed_inputs(_gru_bidirectional), build=_gru_bidirectional))
 
 # --- scan.matrix ---
-def _matrix_scan_inputs(rng, dtype, size="small", method=None):
+def _matrix_scan_inputs(rng, dtype, dd, method=None):
     """A_t = s_t Q_t with Q_t random orthogonal (unitary if complex), s_t ~ U(0.5, 1):
     spectral norm ≤ 1, so long products neither overflow nor all vanish."""
-    B, T, d, _ = dims(size)
-    dtype = np.dtype(dtype)
+    B, T, d = dd["B"], dd["T"], dd["D"]
     Z = rng.standard_normal((B, T, d, d))
     if dtype.kind == "c":
         Z = Z + 1j * rng.standard_normal((B, T, d, d))
@@ -228,7 +274,7 @@ def _matrix_scan_inputs(rng, dtype, size="small", method=None):
 
 register(Entry("scan.matrix", "scan", "minirec.scan.matrix",
                "h_t = A_t h_{t-1} + b_t", _matrix_scan_inputs,
-               dtypes=(F32, F64, C64, C128)))
+               dtypes=(F32, F64, C64, C128), time_inputs=("A", "b")))
 
 # --- mingru, minlstm ---
 register(Entry("mingru", "cell", "minirec.cells.mingru",
@@ -245,9 +291,9 @@ register(Entry("minlstm", "cell", "minirec.cells.minlstm",
                _cell_inputs("minirec.cells.minlstm")))
 
 # --- hgrn ---
-def _hgrn_inputs(rng, dtype, size="small", method=None):
+def _hgrn_inputs(rng, dtype, d, method=None):
     """g ~ −U(0, 1.5) with the first step's gates exactly 0 (a = 1, log a = 0)."""
-    B, T, D, _ = dims(size)
+    B, T, D = d["B"], d["T"], d["D"]
     g = -rng.uniform(0.0, 1.5, (B, T, D))
     g[:, 0] = 0.0
     return {"x": _randn(rng, (B, T, D), dtype), "g": g.astype(dtype),
@@ -255,21 +301,21 @@ def _hgrn_inputs(rng, dtype, size="small", method=None):
 
 
 register(Entry("hgrn", "op", "minirec.ops.hgrn", "h_t = exp(g_t) ⊙ h_{t-1} + x_t",
-               _hgrn_inputs))
+               _hgrn_inputs, time_inputs=("x", "g")))
 
 # --- lru, ssm ---
-def _lru_inputs(rng, dtype, size="small", method=None):
+def _lru_inputs(rng, dtype, d, method=None):
     from minirec.cells import lru
-    B, T, D, N = dims(size)
+    B, T, D, N = d["B"], d["T"], d["D"], d["N"]
     # |λ| on [0.3, 1): the log method takes log λ (any λ ≠ 0 works; this keeps margin)
     params = lru.init_params(rng, D, N, dtype=dtype, r_min=0.3)
     return {"params": params, "x": _randn(rng, (B, T, D), dtype),
             "state0": _randn(rng, (B, N), np.result_type(dtype, np.complex64))}
 
 
-def _ssm_inputs(rng, dtype, size="small", method=None):
+def _ssm_inputs(rng, dtype, d, method=None):
     from minirec.cells import ssm
-    B, T, D, N = dims(size)
+    B, T, D, N = d["B"], d["T"], d["D"], d["N"]
     params = ssm.init_params(rng, D, N, dtype=dtype)
     for k in ("B_re", "B_im"):  # S4D's B = 1 is too special for a check
         params[k] = params[k] + (0.1 * rng.standard_normal(params[k].shape)).astype(dtype)
@@ -278,20 +324,21 @@ def _ssm_inputs(rng, dtype, size="small", method=None):
 
 
 register(Entry("lru", "cell", "minirec.cells.lru",
-               "h_t = λ ⊙ h_{t-1} + γ ⊙ (B x_t), y_t = Re(C h_t) + D ⊙ x_t", _lru_inputs))
+               "h_t = λ ⊙ h_{t-1} + γ ⊙ (B x_t), y_t = Re(C h_t) + D ⊙ x_t", _lru_inputs,
+               dim_names=("B", "T", "D", "N")))
 register(Entry("ssm", "cell", "minirec.cells.ssm",
                "S4D, zoh: h_t = Ā ⊙ h_{t-1} + B̄ x_t, y_t = 2 Re(Σ_n C h_t) + D x_t",
-               _ssm_inputs))
+               _ssm_inputs, dim_names=("B", "T", "D", "N")))
 register(Entry("ssm_bilinear", "cell", "minirec.cells.ssm",
                "S4D, bilinear: h_t = Ā ⊙ h_{t-1} + B̄ x_t, y_t = 2 Re(Σ_n C h_t) + D x_t",
-               _ssm_inputs, forward_kwargs={"discretization": "bilinear"}))
+               _ssm_inputs, forward_kwargs={"discretization": "bilinear"},
+               dim_names=("B", "T", "D", "N")))
 
 # --- selective_scan, mamba ---
-def _selective_scan_inputs(rng, dtype, size="small", method=None):
+def _selective_scan_inputs(rng, dtype, d, method=None):
     """Every optional array given (D, z, delta_bias, initial_state); A ∈ [−2, −0.5]
     and Δ = softplus(delta + delta_bias) = O(1), so exp(Δ A) stays well above 0."""
-    B, T, D, N = dims(size)
-    dtype = np.dtype(dtype)
+    B, T, D, N = d["B"], d["T"], d["D"], d["N"]
     return {"u": _randn(rng, (B, T, D), dtype),
             "delta": (0.5 * rng.standard_normal((B, T, D))).astype(dtype),
             "A": (-rng.uniform(0.5, 2.0, (D, N))).astype(dtype),
@@ -301,11 +348,11 @@ def _selective_scan_inputs(rng, dtype, size="small", method=None):
             "initial_state": _randn(rng, (B, D, N), dtype)}
 
 
-def _mamba_inputs(rng, dtype, size="small", method=None):
+def _mamba_inputs(rng, dtype, d, method=None):
     """Mamba's init with dt_proj_bias ~ U(−1, 1) (Δ = O(1), so every gradient is
     O(1) for the check), random A_log and D; a random (conv_state, ssm_state)."""
     from minirec.cells import mamba
-    B, T, M, N = dims(size, {"small": (2, 5, 4, 3), "medium": (3, 37, 8, 8)})
+    B, T, M, N = d["B"], d["T"], d["M"], d["N"]
     p = mamba.init_params(rng, M, N, dtype=np.float64)
     I, K = p["conv1d_weight"].shape
     p["dt_proj_bias"] = rng.uniform(-1.0, 1.0, I)
@@ -318,10 +365,13 @@ def _mamba_inputs(rng, dtype, size="small", method=None):
 
 register(Entry("selective_scan", "op", "minirec.ops.selective_scan",
                "h_t = exp(Δ_t A) ⊙ h_{t-1} + Δ_t B_t u_t; y_t = (C_t·h_t + D u_t) ⊙ silu(z_t)",
-               _selective_scan_inputs, forward_kwargs={"delta_softplus": True}))
+               _selective_scan_inputs, forward_kwargs={"delta_softplus": True},
+               dim_names=("B", "T", "D", "N"), time_inputs=("u", "delta", "B", "C", "z")))
 register(Entry("mamba", "cell", "minirec.cells.mamba",
                "Mamba-1 block: in_proj, causal conv1d, SiLU, selective scan, SiLU(z) gate, "
-               "out_proj", _mamba_inputs))
+               "out_proj", _mamba_inputs, dim_names=("B", "T", "M", "N"),
+               sizes={"small": {"B": 2, "T": 5, "M": 4, "N": 3},
+                      "medium": {"B": 3, "T": 37, "M": 8, "N": 8}}))
 
 # --- softmax_scan, aaren ---
 def _softmax_triple(rng, B, heads, Vd, dtype):
@@ -331,29 +381,33 @@ def _softmax_triple(rng, B, heads, Vd, dtype):
             _randn(rng, (B, heads, Vd), dtype))
 
 
-def _softmax_scan_inputs(rng, dtype, size="small", method=None):
-    """Two heads; scores ~ N(0, 4), so the running max moves and the initial
-    state's m is the overall max for some (b, h)."""
-    B, T, D, _ = dims(size)
-    return {"s": (2 * _randn(rng, (B, T, 2), dtype)).astype(dtype),
-            "v": _randn(rng, (B, T, 2, D), dtype),
-            "initial_state": _softmax_triple(rng, B, 2, D, dtype)}
+def _softmax_scan_inputs(rng, dtype, d, method=None):
+    """``heads`` heads (2); scores ~ N(0, 4), so the running max moves and the
+    initial state's m is the overall max for some (b, h)."""
+    B, T, V, nh = d["B"], d["T"], d["V"], d["heads"]
+    return {"s": (2 * _randn(rng, (B, T, nh), dtype)).astype(dtype),
+            "v": _randn(rng, (B, T, nh, V), dtype),
+            "initial_state": _softmax_triple(rng, B, nh, V, dtype)}
 
 
-def _aaren_inputs(rng, dtype, size="small", method=None):
+def _aaren_inputs(rng, dtype, d, method=None):
     from minirec.cells import aaren
-    B, T, D, H = dims(size)
-    params = aaren.init_params(rng, D, H, num_heads=2, dtype=dtype)
+    B, T, D, H, nh = d["B"], d["T"], d["D"], d["H"], d["heads"]
+    params = aaren.init_params(rng, D, H, num_heads=nh, dtype=dtype)
     return {"params": params, "x": _randn(rng, (B, T, D), dtype),
-            "state0": _softmax_triple(rng, B, 2, H // 2, dtype)}
+            "state0": _softmax_triple(rng, B, nh, H // nh, dtype)}
 
 
 register(Entry("softmax_scan", "op", "minirec.ops.softmax_scan",
                "o_t = Σ_{i≤t} e^{s_i} v_i / Σ_{i≤t} e^{s_i}, state (max, denominator, numerator)",
-               _softmax_scan_inputs))
+               _softmax_scan_inputs, dim_names=("B", "T", "V", "H"), time_inputs=("s", "v"),
+               sizes={"small": {"B": 2, "T": 5, "V": 3, "H": 4, "heads": 2},
+                      "medium": {"B": 3, "T": 37, "V": 8, "H": 16, "heads": 2}}))
 register(Entry("aaren", "cell", "minirec.cells.aaren",
                "Aaren: s_t = q·(W_k x_t)/√K, o_t = softmax_scan(s, W_v x), y_t = W_o o_t + b_o",
-               _aaren_inputs))
+               _aaren_inputs,
+               sizes={"small": {"B": 2, "T": 5, "D": 3, "H": 4, "heads": 2},
+                      "medium": {"B": 3, "T": 37, "D": 8, "H": 16, "heads": 2}}))
 
 
 # ---------------------------------------------------------------------------
