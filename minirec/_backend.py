@@ -9,9 +9,8 @@ nothing. When a backend's package is missing the error says what to install.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from types import ModuleType
 
 BACKENDS = ("numpy", "numba", "cupy")
@@ -104,27 +103,7 @@ def xp_of(x) -> ModuleType:
     return importlib.import_module("numpy")
 
 
-_BLAS = None
-
-
-@contextlib.contextmanager
-def blas_single_thread() -> Iterator[None]:
-    """Run the enclosed NumPy GEMMs on one BLAS thread.
-
-    The ``numba`` fast paths interleave BLAS GEMMs (projections, weight
-    gradients) with Numba ``prange`` kernels. OpenBLAS' worker threads keep
-    spinning after a call and Numba's OpenMP threads do the same, so on a
-    2-core machine each starves the other: measured here, an RNN step pair at
-    (B, T, D, H) = (8, 512, 32, 32) took 8.0 ms with both threaded and 3.3 ms with
-    BLAS on one thread. The limit costs ~25 µs per use (threadpoolctl).
-    """
-    global _BLAS
-    try:
-        if _BLAS is None:
-            from threadpoolctl import ThreadpoolController
-            _BLAS = ThreadpoolController()
-        ctx = _BLAS.limit(limits=1, user_api="blas")
-    except Exception:  # threadpoolctl missing or unable to see the BLAS: run as is
-        ctx = contextlib.nullcontext()
-    with ctx:
-        yield
+def blas_single_thread():
+    """Transitional alias of :func:`minirec.kernels.numba._blas.blas_single_thread`."""
+    from minirec.kernels.numba._blas import blas_single_thread as limit
+    return limit()

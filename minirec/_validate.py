@@ -24,6 +24,12 @@ COMPLEX_DTYPES = (np.dtype(np.complex64), np.dtype(np.complex128))
 SUPPORTED_DTYPES = FLOAT_DTYPES + COMPLEX_DTYPES
 
 
+def complex_dtype(dtype: Any) -> np.dtype:
+    """The complex dtype of the same precision: float32 → complex64, float64 →
+    complex128 (complex dtypes are returned as they are)."""
+    return np.result_type(dtype, np.complex64)
+
+
 def _is_array(x: Any) -> bool:
     return hasattr(x, "shape") and hasattr(x, "dtype") and hasattr(x, "ndim")
 

@@ -81,6 +81,12 @@ class Entry:
             for cells). The initial state has batch axis 0 in every part; the
             output has batch axis 0 and time axis 1. This is what makes
             split-resume, ``T = 1`` and ``B = 0`` generic (the contract tests).
+        empty_state: the fill value of each part of the state that
+            ``initial_state=None`` stands for, where it is not zeros (the
+            softmax scans' empty prefix ``(−inf, 0, 0)``).
+        causal: whether output ``t`` depends on inputs up to ``t`` only (not a
+            bidirectional wrapper): split-resume and the NaN-causality checks
+            apply.
     """
 
     name: str
@@ -96,6 +102,8 @@ class Entry:
     dim_names: tuple = ("B", "T", "D", "H")
     sizes: dict | None = None
     time_inputs: tuple = ("x",)
+    empty_state: tuple | None = None
+    causal: bool = True
 
     @property
     def state_name(self) -> str:
@@ -255,7 +263,8 @@ register(Entry("lstm_stack2", "cell", "minirec.cells.compose",
                         _composed_inputs(_lstm_stack2), build=_lstm_stack2))
 register(Entry("gru_bidirectional", "cell", "minirec.cells.compose",
                         "bidirectional(gru): y_t = [h→_t | h←_t], reverse run on flip_t(x)",
-                        _composed_inputs(_gru_bidirectional), build=_gru_bidirectional))
+                        _composed_inputs(_gru_bidirectional), build=_gru_bidirectional,
+                        causal=False))
 
 # --- scan.matrix ---
 def _matrix_scan_inputs(rng, dtype, dd, method=None):
@@ -402,12 +411,14 @@ register(Entry("softmax_scan", "op", "minirec.ops.softmax_scan",
                "o_t = Σ_{i≤t} e^{s_i} v_i / Σ_{i≤t} e^{s_i}, state (max, denominator, numerator)",
                _softmax_scan_inputs, dim_names=("B", "T", "V", "H"), time_inputs=("s", "v"),
                sizes={"small": {"B": 2, "T": 5, "V": 3, "H": 4, "heads": 2},
-                      "medium": {"B": 3, "T": 37, "V": 8, "H": 16, "heads": 2}}))
+                      "medium": {"B": 3, "T": 37, "V": 8, "H": 16, "heads": 2}},
+               empty_state=(-np.inf, 0.0, 0.0)))
 register(Entry("aaren", "cell", "minirec.cells.aaren",
                "Aaren: s_t = q·(W_k x_t)/√K, o_t = softmax_scan(s, W_v x), y_t = W_o o_t + b_o",
                _aaren_inputs,
                sizes={"small": {"B": 2, "T": 5, "D": 3, "H": 4, "heads": 2},
-                      "medium": {"B": 3, "T": 37, "D": 8, "H": 16, "heads": 2}}))
+                      "medium": {"B": 3, "T": 37, "D": 8, "H": 16, "heads": 2}},
+               empty_state=(-np.inf, 0.0, 0.0)))
 
 
 # ---------------------------------------------------------------------------
