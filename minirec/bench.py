@@ -171,7 +171,7 @@ def t_sweep(repeats: int, budget_s: float, dtype=np.float32) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------
-# issue 4's targets, at the shapes it names
+# performance targets, each at the shape it is stated for
 # ---------------------------------------------------------------------------
 
 # (B, T, H) for the classic cells; D = H
@@ -378,7 +378,7 @@ def write_report(out_dir: Path, env: dict, limits: dict, rows: list[dict], torch
             f"| {r['fwd_GBps']:.2f} | {100 * r['fwd_GBps'] / limits['copy_GBps']:.0f}% "
             f"| {speed:.2f}× |")
     if targets:
-        lines += ["", "## Issue 4's targets", "",
+        lines += ["", "## Performance targets", "",
                   "| what | shape | measured | reference | ratio | target | met |",
                   "|---|---|---|---|---|---|---|"]
         for t in targets:
@@ -470,37 +470,94 @@ def write_report(out_dir: Path, env: dict, limits: dict, rows: list[dict], torch
     return path
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The ``minirec bench`` argument parser; every option's help states its default."""
+    from minirec.cli import folder_path_arg, positive_float_arg, positive_int_arg
+
+    p = argparse.ArgumentParser(
+        prog="minirec bench", description=__doc__.splitlines()[0],
+        epilog="Exit status 2 (and RESULTS.md left as it was) when the selection has "
+               "nothing to time.")
+    p.add_argument("names", nargs="*", metavar="NAME",
+                   help="registry entries (see `minirec list`) or glob patterns such as "
+                        "'scan.*' (default: every entry)")
+    p.add_argument("--sizes", type=_size_names, default=",".join(BENCH_SIZES),
+                   help="comma-separated sizes, each (B, T, D, H): "
+                        + ", ".join(f"{k} {v}" for k, v in BENCH_SIZES.items())
+                        + " (default: %(default)s)")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="dtype of every timed case (default: %(default)s)")
+    p.add_argument("--repeats", type=positive_int_arg, default=7,
+                   help="timed calls per case; the median is reported (default: %(default)s)")
+    p.add_argument("--budget", type=positive_float_arg, default=3.0,
+                   help="seconds per timing at most, once 3 calls are done "
+                        "(default: %(default)s)")
+    p.add_argument("--out", type=folder_path_arg, default="benchmarks",
+                   help="folder for RESULTS.md, results.json and the plots; its analysis.md, "
+                        "if any, is appended to RESULTS.md (default: %(default)s)")
+    p.add_argument("--no-torch", action="store_true",
+                   help="skip the PyTorch comparison (default: run it when PyTorch is "
+                        "installed)")
+    p.add_argument("--no-sweep", action="store_true",
+                   help="skip the time-against-T sweep (default: run it)")
+    p.add_argument("--no-targets", action="store_true",
+                   help="skip the performance targets (scan bandwidth, numba speed-ups, "
+                        "classic cells vs PyTorch at their stated shapes) and the "
+                        "compile-time runs (default: run them when Numba is installed)")
+    return p
+
+
+def _size_names(text: str) -> list[str]:
+    """``--sizes``: comma-separated names of :data:`BENCH_SIZES`, each once, in order."""
+    names = [s.strip() for s in text.split(",")]
+    bad = [s for s in names if s not in BENCH_SIZES]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated sizes from {', '.join(BENCH_SIZES)}, got {text!r}")
+    return list(dict.fromkeys(names))
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``minirec bench``."""
+    """Entry point of ``minirec bench``.
+
+    Returns:
+        0 when the report was written; 2 when the selection has no case to
+        time (nothing is measured and nothing is written). Bad options exit 2
+        through argparse's ``SystemExit``.
+    """
+    from minirec import _backend, registry
+    from minirec.cli import select_entries
+
+    p = build_parser()
+    args = p.parse_args(argv)
+    try:
+        entries = select_entries(args.names)
+    except ValueError as exc:
+        p.error(str(exc))
+    names = [e.name for e in entries]
+    sizes = [BENCH_SIZES[s] for s in args.sizes]
+    dtype = np.dtype(args.dtype)
+    jobs = [(e, m, b, dims) for e in entries if dtype in e.dtypes for m, b in e.pairs
+            if _backend.available(b) for dims in sizes]
+    if not jobs:
+        have = "; ".join(f"{e.name}: {', '.join(np.dtype(d).name for d in e.dtypes)}"
+                         for e in entries)
+        print(f"minirec bench: nothing to time: --dtype: expected a dtype that a selected "
+              f"entry runs on a backend available here ({have}), got {dtype.name!r}; "
+              f"{args.out / 'RESULTS.md'} was not written", file=sys.stderr)
+        return 2
+
     from tqdm.auto import tqdm
 
-    from minirec import _backend, registry
-
-    p = argparse.ArgumentParser(prog="minirec bench", description=__doc__.splitlines()[0])
-    p.add_argument("names", nargs="*", help="registry entries (default: all)")
-    p.add_argument("--sizes", default="small,medium,long")
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--budget", type=float, default=3.0, help="seconds per timing at most")
-    p.add_argument("--out", default="benchmarks")
-    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
-    p.add_argument("--no-sweep", action="store_true", help="skip the time-against-T sweep")
-    p.add_argument("--no-targets", action="store_true",
-                   help="skip issue 4's target shapes and the compile-time runs")
-    args = p.parse_args(argv)
-    names = args.names or list(registry.ENTRIES)
-    sizes = [BENCH_SIZES[s] for s in args.sizes.split(",")]
-    dtype = np.dtype(args.dtype)
     env = environment()
     limits = machine_limits()
-    jobs = [(registry.get(n), m, b, dims) for n in names for m, b in registry.get(n).pairs
-            for dims in sizes if _backend.available(b) and dtype in registry.get(n).dtypes]
     rows = []
     for entry, m, b, dims in tqdm(jobs, desc="bench", unit="case"):
         rows.append(bench_case(entry, m, b, dims, dtype, args.repeats, args.budget))
     targets, compile_info = [], {}
     if not args.no_targets and _backend.available("numba"):
-        print("issue 4 targets: scan bandwidth, numba speed-ups, classic cells vs PyTorch ...")
+        print("performance targets: scan bandwidth, numba speed-ups, classic cells vs "
+              "PyTorch ...")
         targets = scan_bandwidth_target(limits, args.repeats, args.budget)
         targets += speedup_targets(args.repeats, args.budget)
         for (B, T, H) in CELL_TARGET_SHAPES:

@@ -1,4 +1,4 @@
-"""The ``minirec`` command: ``list``, ``check``, ``tour``.
+"""The ``minirec`` command: ``list``, ``check``, ``tour``, ``bench``.
 
 ``minirec list``
     every registry entry (name, kind, methods, backends, dtypes, recurrence);
@@ -10,11 +10,19 @@
     agreement with the float64 recurrent definition
     (:func:`minirec.registry.agreement`, relative RMS ≤ 1e-10 in float64,
     ≤ 1e-4 in float32); one row each with the worst error and PASS/FAIL.
-    Exit status 1 when anything fails, 2 for an unknown NAME.
+    Exit status 1 when anything fails; 2 for an unknown NAME, or a
+    ``--backend`` that cannot run here or that no selected entry has.
 ``minirec tour``
     ``check`` over everything with a progress bar, then a small LSTM trained
-    on streaming parity for a few seconds (:func:`train_parity`), its loss
-    curve saved as a PNG (:func:`save_loss_plot`).
+    on streaming parity for a few seconds, its loss curve saved as a PNG
+    (:func:`minirec.demo.train_parity`, :func:`minirec.demo.save_loss_plot`).
+``minirec bench``
+    the benchmarks (:mod:`minirec.bench`, which parses its own options).
+
+This module only parses arguments and prints; the work is done by
+:mod:`minirec.registry`, :mod:`minirec.demo` and :mod:`minirec.bench`.
+Bad arguments are rejected by the parser (a message naming the option, and
+exit status 2) before anything runs.
 
 Importing this module is cheap: Numba, tqdm and matplotlib are imported only
 by the commands that use them.
@@ -25,14 +33,13 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import sys
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from minirec import registry
+from minirec import _backend, registry
 
 #: Agreement thresholds (relative RMS against the float64 recurrent definition),
 #: by precision; complex128 counts as float64 and complex64 as float32.
@@ -155,8 +162,9 @@ def select_entries(names: Sequence[str] | None) -> list[registry.Entry]:
     for pat in names:
         hits = [n for n in registry.ENTRIES if fnmatch.fnmatchcase(n, pat)]
         if not hits:
-            raise ValueError(f"unknown registry entry {pat!r}; known entries: "
-                             f"{', '.join(registry.ENTRIES)}")
+            raise ValueError(f"NAME: expected a registry entry or a glob pattern matching "
+                             f"one (see `minirec list`: {', '.join(registry.ENTRIES)}), "
+                             f"got {pat!r}")
         chosen += [h for h in hits if h not in chosen]
     return [registry.ENTRIES[n] for n in registry.ENTRIES if n in chosen]
 
@@ -167,8 +175,11 @@ def plan_checks(entries: Sequence[registry.Entry], backends: Sequence[str] | Non
 
     Each entry contributes its supported ``(method, backend)`` pairs
     (:attr:`minirec.registry.Entry.pairs`: NumPy runs every method, a kernel
-    backend the methods it implements). A backend whose package is not
-    installed (or CuPy without a GPU) is skipped, with a note saying so.
+    backend the methods it implements). Without ``backends``, a backend whose
+    package is not installed (or CuPy without a GPU) is skipped, with a note
+    saying so. A backend the caller names in ``backends`` is never skipped
+    silently: it must be known, declared by at least one of ``entries`` and
+    usable here.
 
     Args:
         entries: registry entries.
@@ -177,22 +188,41 @@ def plan_checks(entries: Sequence[registry.Entry], backends: Sequence[str] | Non
 
     Returns:
         ``(tasks, notes)``.
-    """
-    from minirec import _backend
 
+    Raises:
+        ValueError: a requested backend is unknown, no entry has it, or its
+            package (or device) is missing; the message says which and why.
+    """
     usable: dict[str, bool] = {}
     notes: list[str] = []
+
+    def probe(b: str) -> str | None:  # None when usable, else the reason
+        try:
+            usable[b] = _backend.available(b, raise_error=True)
+        except ImportError as exc:
+            usable[b] = False
+            return str(exc)
+        return None if usable[b] else f"backend={b!r} is not available"
+
+    for b in dict.fromkeys(backends or ()):
+        if b not in _backend.BACKENDS:
+            raise ValueError(f"backend: expected one of {_backend.BACKENDS}, got {b!r}")
+        if not any(b in e.backends for e in entries):
+            have = tuple(dict.fromkeys(x for e in entries for x in e.backends))
+            raise ValueError(f"backend: expected one of the selected entries' backends "
+                             f"{have}, got {b!r}")
+        reason = probe(b)
+        if reason is not None:
+            raise ValueError(f"backend {b!r} cannot run here: {reason}")
     tasks = []
     for e in entries:
         for m, b in e.pairs:
             if backends and b not in backends:
                 continue
             if b not in usable:
-                try:
-                    usable[b] = _backend.available(b, raise_error=True)
-                except ImportError as exc:
-                    usable[b] = False
-                    notes.append(f"skipped backend {b!r}: {exc}")
+                reason = probe(b)
+                if reason is not None:
+                    notes.append(f"skipped backend {b!r}: {reason}")
             if usable[b]:
                 tasks.append((e, m, b))
     return tasks, notes
@@ -320,12 +350,17 @@ def _cmd_check(args: argparse.Namespace) -> int:
         print(f"minirec check: {exc}", file=sys.stderr)
         return 2
     precisions = _precisions(args.dtype)
-    tasks, notes = plan_checks(entries, args.backend)
+    try:
+        tasks, notes = plan_checks(entries, args.backend)
+    except ValueError as exc:
+        print(f"minirec check: {exc}", file=sys.stderr)
+        return 2
     for n in notes:
         print(n)
-    if not tasks:
-        print("nothing to check")
-        return 0
+    if not tasks:  # every backend of every selected entry is missing: not a success
+        print("minirec check: nothing can be checked here (every backend of the selected "
+              "entries was skipped, see above)", file=sys.stderr)
+        return 2
     header = check_header(precisions)
     widths = [max(len(h), 10) for h in header]
     widths[0] = max([len(header[0])] + [len(e.name) for e, _, _ in tasks])
@@ -347,148 +382,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------
-# tour: train a small LSTM on streaming parity
+# tour: check everything, then the training demo of minirec.demo
 # ---------------------------------------------------------------------------
-
-@dataclass
-class TrainResult:
-    """What :func:`train_parity` returns.
-
-    Attributes:
-        losses: training loss (mean cross-entropy per position) at every step.
-        accuracy: accuracy over every position of held-out sequences.
-        last_accuracy: accuracy at the last position only (the parity of the
-            whole sequence, the hardest target).
-        steps: optimisation steps taken.
-        seconds: wall-clock time spent training.
-    """
-
-    losses: list[float]
-    accuracy: float
-    last_accuracy: float
-    steps: int
-    seconds: float
-
-
-def _split(flat: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
-    return {k[len(prefix) + 1:]: v for k, v in flat.items() if k.startswith(prefix + ".")}
-
-
-def _parity_model(params: dict[str, np.ndarray], x: np.ndarray):
-    """Logits (B, T, 2) of the LSTM + linear read-out, and what backward needs."""
-    from minirec.cells import lstm
-    from minirec.nn import linear
-
-    y, _, lstm_cache = lstm.forward(_split(params, "lstm"), x)
-    logits, lin_cache = linear.forward(_split(params, "out"), y)
-    return logits, (lstm_cache, lin_cache)
-
-
-def train_parity(*, seconds: float = 8.0, max_steps: int = 3000, T: int = 16,
-                 batch: int = 32, hidden: int = 16, lr: float = 1e-2, clip: float = 1.0,
-                 target_loss: float | None = 0.01, seed: int = 0,
-                 progress: bool = True) -> TrainResult:
-    """Train an LSTM with a linear read-out on streaming parity.
-
-    The input is a bit stream ``x (B, T, 1)``; the target at step ``t`` is the
-    parity of ``x_0 … x_t`` (:func:`minirec.tasks.parity`), so the network has
-    to flip a bit of memory at every 1 it reads. The model is
-    ``logits_t = W · LSTM(x)_t + b`` (:mod:`minirec.cells.lstm`,
-    :mod:`minirec.nn.linear`), trained with softmax cross-entropy averaged over
-    every position, Adam, and gradient clipping by global norm.
-
-    Args:
-        seconds: stop after this much wall-clock time ...
-        max_steps: ... or after this many steps ...
-        target_loss: ... or once the mean loss of the last 20 steps is below
-            this (``None``: never), whichever comes first.
-        T: sequence length.
-        batch: sequences per step (a fresh batch each step).
-        hidden: LSTM hidden size.
-        lr: Adam learning rate.
-        clip: maximum global gradient norm.
-        seed: seeds the initial parameters and the data.
-        progress: show a tqdm progress bar with the current loss.
-
-    Returns:
-        A :class:`TrainResult` with the loss history and the held-out accuracy.
-    """
-    from minirec import tasks
-    from minirec.cells import lstm
-    from minirec.nn import linear, loss, optim
-
-    rng = np.random.default_rng(seed)
-    params = {f"lstm.{k}": v for k, v in lstm.init_params(rng, 1, hidden).items()}
-    params.update({f"out.{k}": v for k, v in linear.init(rng, hidden, 2).items()})
-    state = optim.adam_init(params)
-
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=max_steps, desc="train LSTM on parity", unit="step", file=sys.stdout)
-    losses: list[float] = []
-    start = time.perf_counter()
-    while len(losses) < max_steps and (not losses or time.perf_counter() - start < seconds):
-        x, y = tasks.parity(rng, batch, T)
-        x = np.asarray(x, dtype=np.float64)
-        logits, (lstm_cache, lin_cache) = _parity_model(params, x)
-        value, dlogits = loss.softmax_cross_entropy(logits, y)
-        dy, g_out = linear.backward(_split(params, "out"), lin_cache, dlogits)
-        g_lstm = lstm.backward(_split(params, "lstm"), lstm_cache, dy)
-        grads = {f"lstm.{k}": g_lstm[k] for k in _split(params, "lstm")}
-        grads.update({f"out.{k}": g_out[k] for k in _split(params, "out")})
-        grads, _ = optim.clip_by_global_norm(grads, clip)
-        params, state = optim.adam_update(params, grads, state, lr=lr)
-        losses.append(float(value))
-        if bar is not None:
-            bar.update()
-            bar.set_postfix(loss=f"{value:.3f}", refresh=False)
-        if target_loss is not None and len(losses) >= 20 and np.mean(losses[-20:]) < target_loss:
-            break
-    elapsed = time.perf_counter() - start
-    if bar is not None:
-        bar.close()
-
-    x, y = tasks.parity(np.random.default_rng(seed + 1), 512, T)
-    logits, _ = _parity_model(params, np.asarray(x, dtype=np.float64))
-    pred = np.argmax(logits, axis=-1)
-    return TrainResult(losses=losses, accuracy=float(np.mean(pred == y)),
-                       last_accuracy=float(np.mean(pred[:, -1] == y[:, -1])),
-                       steps=len(losses), seconds=elapsed)
-
-
-def save_loss_plot(losses: Sequence[float], path: str | Path, *,
-                   title: str = "LSTM on streaming parity") -> Path:
-    """Save the loss curve as a PNG (matplotlib's Agg canvas; no window opens).
-
-    Args:
-        losses: loss per training step.
-        path: where to write the PNG; parent folders are created.
-        title: the plot's title.
-
-    Returns:
-        The absolute path written.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    path = Path(path).expanduser().resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig = Figure(figsize=(6, 3.5), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    steps = np.arange(1, len(losses) + 1)
-    ax.plot(steps, losses, lw=1, alpha=0.5, label="loss per step")
-    if len(losses) >= 10:
-        k = max(1, len(losses) // 20)
-        smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
-        ax.plot(steps[k - 1:], smooth, lw=2, label=f"mean of {k} steps")
-    ax.axhline(np.log(2), color="gray", ls="--", lw=1, label="chance (ln 2)")
-    ax.set(xlabel="step", ylabel="cross-entropy (nats)", title=title)
-    ax.legend()
-    fig.savefig(path, dpi=100)
-    return path
-
 
 def _cmd_tour(args: argparse.Namespace) -> int:
     print("minirec tour, 1/2: checking every registry entry (gradients in float64, "
@@ -506,13 +401,15 @@ def _cmd_tour(args: argparse.Namespace) -> int:
     print(f"\nminirec tour, 2/2: training an LSTM (hidden {args.hidden}) on streaming parity, "
           f"T = {args.T}, for up to {args.seconds:g} s or {args.steps} steps "
           "(stopping early once the loss is below 0.01)")
-    result = train_parity(seconds=args.seconds, max_steps=args.steps, T=args.T,
-                          hidden=args.hidden, seed=args.seed)
+    from minirec import demo
+
+    result = demo.train_parity(seconds=args.seconds, max_steps=args.steps, T=args.T,
+                               hidden=args.hidden, seed=args.seed)
     print(f"{result.steps} steps in {result.seconds:.1f} s; loss {result.losses[0]:.3f} → "
           f"{np.mean(result.losses[-10:]):.3f} (chance: ln 2 = {np.log(2):.3f})")
     print(f"held-out accuracy: {result.accuracy:.3f} over all positions, "
           f"{result.last_accuracy:.3f} at the last one (chance: 0.5)")
-    path = save_loss_plot(result.losses, args.out)
+    path = demo.save_loss_plot(result.losses, args.out)
     print(f"loss curve saved to {path}")
     if failed:
         print(f"{len(failed)} check(s) FAILED; see the table above", file=sys.stderr)
@@ -523,9 +420,67 @@ def _cmd_tour(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------
 # argument parsing
 # ---------------------------------------------------------------------------
+# argparse `type=` functions: the parser calls them on the option's text and
+# reports an ArgumentTypeError as "argument --steps: expected ..., got ...",
+# exit status 2, before any work starts. minirec.bench uses them too.
+
+def positive_int_arg(text: str) -> int:
+    """An option's text as an integer ≥ 1 (``argparse.ArgumentTypeError`` otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def nonnegative_int_arg(text: str) -> int:
+    """An option's text as an integer ≥ 0 (``argparse.ArgumentTypeError`` otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {text!r}")
+    return value
+
+
+def positive_float_arg(text: str) -> float:
+    """An option's text as a finite number > 0 (``argparse.ArgumentTypeError`` otherwise)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (np.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+def file_path_arg(text: str) -> Path:
+    """An option's text as a path to write a file to: not an existing folder."""
+    path = Path(text).expanduser()
+    if not text or path.is_dir():
+        raise argparse.ArgumentTypeError(f"expected a file path, got {text!r}"
+                                         + (" (a folder)" if text else ""))
+    return path
+
+
+def folder_path_arg(text: str) -> Path:
+    """An option's text as a folder to write into: not an existing file."""
+    path = Path(text).expanduser()
+    if not text or (path.exists() and not path.is_dir()):
+        raise argparse.ArgumentTypeError(f"expected a folder, got {text!r}"
+                                         + (" (an existing file)" if text else ""))
+    return path
+
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``minirec`` argument parser (sub-commands ``list``, ``check``, ``tour``, ``bench``)."""
+    """The ``minirec`` argument parser (sub-commands ``list``, ``check``, ``tour``, ``bench``).
+
+    Every option's help states its default; ``--backend`` offers the backends
+    of :data:`minirec._backend.BACKENDS`.
+    """
     from minirec import __version__
 
     p = argparse.ArgumentParser(
@@ -535,9 +490,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"minirec {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    pl = sub.add_parser("list", help="list every scan, cell and op in the registry")
+    pl = sub.add_parser("list", help="list every scan, cell and op in the registry",
+                        description="List every scan, cell and op in the registry.")
     pl.add_argument("--markdown", action="store_true",
-                    help="print the README/docs feature table (Markdown)")
+                    help="print the README/docs feature table (Markdown) instead of the "
+                         "plain-text table (default: plain text)")
     pl.set_defaults(func=_cmd_list)
 
     pc = sub.add_parser(
@@ -545,30 +502,43 @@ def build_parser() -> argparse.ArgumentParser:
                       "with the recurrent definition",
         description="For each entry × method × backend: the float64 gradient check "
                     f"(relative error < {GRADCHECK_TOL:.0e}) and the agreement with the "
-                    "float64 recurrent definition (relative RMS ≤ 1e-10 in float64, "
-                    "≤ 1e-4 in float32). Exit status 1 if anything fails.")
+                    f"float64 recurrent definition (relative RMS ≤ {AGREEMENT_TOL['float64']:.0e}"
+                    f" in float64, ≤ {AGREEMENT_TOL['float32']:.0e} in float32). Exit status "
+                    "1 if anything fails, 2 if a NAME is unknown or a requested --backend "
+                    "cannot run here or is not a backend of any selected entry.")
     pc.add_argument("names", nargs="*", metavar="NAME",
                     help="registry entries (see `minirec list`) or glob patterns such as "
-                         "'scan.*'; default: all")
+                         "'scan.*' (default: every entry)")
     pc.add_argument("--dtype", choices=("float64", "float32", "all"), default="all",
                     help="precision of the agreement checks (complex128/complex64 count as "
-                         "float64/float32); default: all")
-    pc.add_argument("--backend", action="append", choices=("numpy", "numba", "cupy"),
-                    help="only this backend (repeat for several; default: every backend, "
-                         "skipping those whose package is missing)")
+                         "float64/float32) (default: %(default)s)")
+    pc.add_argument("--backend", action="append", choices=_backend.BACKENDS,
+                    help="only this backend; repeat for several. A backend asked for here "
+                         "must be installed and usable (default: every backend of each "
+                         "entry, skipping with a note those whose package or device is "
+                         "missing)")
     pc.set_defaults(func=_cmd_check)
 
-    pt = sub.add_parser("tour", help="check everything, then train a small LSTM on parity "
-                                     "and save its loss curve")
-    pt.add_argument("--seconds", type=float, default=8.0,
-                    help="training time budget in seconds (default 8)")
-    pt.add_argument("--steps", type=int, default=3000,
-                    help="training step budget (default 3000); stops at whichever comes first")
-    pt.add_argument("--T", type=int, default=16, help="sequence length (default 16)")
-    pt.add_argument("--hidden", type=int, default=16, help="LSTM hidden size (default 16)")
-    pt.add_argument("--seed", type=int, default=0)
-    pt.add_argument("--out", default="minirec_tour_loss.png",
-                    help="where to save the loss curve (default ./minirec_tour_loss.png)")
+    pt = sub.add_parser(
+        "tour", help="check everything, then train a small LSTM on parity and save its "
+                     "loss curve",
+        description="Run `minirec check` over every entry, then train a small LSTM on "
+                    "streaming parity (minirec.demo) and save its loss curve as a PNG. "
+                    "Training stops at the time budget, the step budget or a loss below "
+                    "0.01, whichever comes first. Exit status 1 if a check fails.")
+    pt.add_argument("--seconds", type=positive_float_arg, default=8.0,
+                    help="training time budget in seconds (default: %(default)s)")
+    pt.add_argument("--steps", type=positive_int_arg, default=3000,
+                    help="training step budget (default: %(default)s)")
+    pt.add_argument("--T", type=positive_int_arg, default=16,
+                    help="sequence length (default: %(default)s)")
+    pt.add_argument("--hidden", type=positive_int_arg, default=16,
+                    help="LSTM hidden size (default: %(default)s)")
+    pt.add_argument("--seed", type=nonnegative_int_arg, default=0,
+                    help="seed of the initial weights and of the data (default: %(default)s)")
+    pt.add_argument("--out", type=file_path_arg, default="minirec_tour_loss.png",
+                    help="where to save the loss curve, a PNG; parent folders are created "
+                         "(default: ./%(default)s)")
     pt.set_defaults(func=_cmd_tour)
 
     # `minirec bench ...` is handed to minirec.bench.main before parsing (its own

@@ -1,6 +1,10 @@
-"""The `minirec` command: list, check (passes, fails, unknown names), tour's training."""
+"""The `minirec` command: list, check (passes, fails, unknown names, backends that
+cannot run), argument validation and help, tour and its training demo."""
 
+import argparse
 import dataclasses
+import inspect
+import re
 import subprocess
 import sys
 import types
@@ -8,7 +12,7 @@ import types
 import numpy as np
 import pytest
 
-from minirec import cli, registry
+from minirec import _backend, bench, cli, demo, registry
 from minirec.scan import linear
 
 
@@ -120,21 +124,164 @@ def test_plan_follows_backend_methods_and_the_backend_filter(monkeypatch):
     assert notes == []
 
 
-def test_bad_arguments_exit_2():
+def _no_backend(name):
+    """A stand-in for `_backend.available` under which `name` is not installed."""
+    real = _backend.available
+
+    def available(backend, *, raise_error=False):
+        if backend != name:
+            return real(backend, raise_error=raise_error)
+        if raise_error:
+            raise ImportError(f"{name} is not installed")
+        return False
+    return available
+
+
+def test_check_with_a_backend_no_entry_has_or_that_is_missing_exits_2(monkeypatch, capsys):
+    """`minirec check rnn --backend cupy` on a machine without CuPy used to print
+    "nothing to check" and exit 0: a check the user asked for that cannot run."""
+    monkeypatch.setattr(_backend, "available", _no_backend("cupy"))
+    assert cli.main(["check", "rnn", "--backend", "cupy"]) == 2
+    captured = capsys.readouterr()
+    assert "'cupy'" in captured.err, captured.err
+    assert "passed" not in captured.out and "nothing to check" not in captured.out
+
+
+def test_check_with_a_requested_backend_that_is_not_installed_exits_2(monkeypatch, capsys):
+    monkeypatch.setattr(_backend, "available", _no_backend("numba"))
+    assert cli.main(["check", "scan.linear", "--backend", "numpy", "--backend", "numba"]) == 2
+    captured = capsys.readouterr()
+    assert "'numba' cannot run here" in captured.err and "not installed" in captured.err
+    assert "passed" not in captured.out  # nothing ran: no partial success reported
+
+
+def test_check_with_a_backend_no_selected_entry_has_exits_2(monkeypatch, capsys):
+    monkeypatch.setattr(_backend, "available", lambda backend, *, raise_error=False: True)
+    entry = dataclasses.replace(registry.get("scan.linear"), name="numpy.only",
+                                module_path="fake.numpy_only")
+    monkeypatch.setitem(sys.modules, "fake.numpy_only", types.SimpleNamespace(
+        METHODS=("recurrent",), BACKENDS=("numpy",)))
+    monkeypatch.setitem(registry.ENTRIES, "numpy.only", entry)
+    assert cli.main(["check", "numpy.only", "--backend", "numba"]) == 2
+    err = capsys.readouterr().err
+    assert "expected one of the selected entries' backends ('numpy',), got 'numba'" in err
+
+
+def test_check_where_every_backend_is_skipped_exits_2(monkeypatch, capsys):
+    monkeypatch.setattr(_backend, "available", _no_backend("numba"))
+    entry = dataclasses.replace(registry.get("scan.linear"), name="numba.only",
+                                module_path="fake.numba_only")
+    monkeypatch.setitem(sys.modules, "fake.numba_only", types.SimpleNamespace(
+        METHODS=("recurrent",), BACKENDS=("numba",)))
+    monkeypatch.setitem(registry.ENTRIES, "numba.only", entry)
+    assert cli.main(["check", "numba.only"]) == 2
+    captured = capsys.readouterr()
+    assert "skipped backend 'numba'" in captured.out
+    assert "nothing can be checked" in captured.err
+
+
+def test_check_over_an_available_requested_backend_still_runs(capsys):
+    assert cli.main(["check", "scan.linear", "--backend", "numpy", "--dtype", "float64"]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(linear.METHODS)}/{len(linear.METHODS)} passed" in out
+
+
+def test_backend_choices_come_from_the_backend_module(monkeypatch):
+    monkeypatch.setattr(_backend, "BACKENDS", _backend.BACKENDS + ("future",))
+    args = cli.build_parser().parse_args(["check", "--backend", "future"])
+    assert args.backend == ["future"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["check", "--dtype", "float16"], "argument --dtype: invalid choice: 'float16'"),
+    (["check", "--backend", "gpu"], "argument --backend: invalid choice: 'gpu'"),
+    (["tour", "--steps", "0"], "argument --steps: expected a positive integer, got '0'"),
+    (["tour", "--steps", "2.5"], "argument --steps: expected a positive integer, got '2.5'"),
+    (["tour", "--T", "-3"], "argument --T: expected a positive integer, got '-3'"),
+    (["tour", "--hidden", "x"], "argument --hidden: expected a positive integer, got 'x'"),
+    (["tour", "--seed", "-1"], "argument --seed: expected an integer ≥ 0, got '-1'"),
+    (["tour", "--seconds", "0"], "argument --seconds: expected a finite number > 0, got '0'"),
+    (["tour", "--seconds", "nan"], "argument --seconds: expected a finite number > 0"),
+    (["tour", "--seconds", "inf"], "argument --seconds: expected a finite number > 0"),
+    (["tour", "--out", "."], "argument --out: expected a file path, got '.' (a folder)"),
+])
+def test_bad_arguments_exit_2_with_a_message(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
-        cli.main(["check", "--dtype", "float16"])
+        cli.main(argv)
     assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def _parsers():
+    """(title, parser) for `minirec`, each of its sub-commands and `minirec bench`."""
+    root = cli.build_parser()
+    yield "minirec", root
+    for action in root._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, parser in action.choices.items():
+                yield f"minirec {name}", parser
+    yield "minirec bench (own parser)", bench.build_parser()
+
+
+def test_every_option_states_its_default():
+    seen = 0
+    for title, parser in _parsers():
+        for action in parser._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._VersionAction,
+                                   argparse._SubParsersAction)):
+                continue
+            seen += 1
+            assert action.help and "default" in action.help, (title, action.dest)
+    assert seen >= 15  # list 1, check 3, tour 6, bench 9
+
+
+def test_nothing_a_user_sees_mentions_the_issue_tracker():
+    tracker = re.compile(r"\bissues?\s*(\d+|N)\b|targets of issue", re.IGNORECASE)
+    for title, parser in _parsers():
+        assert not tracker.search(parser.format_help()), title
+    for module in (cli, bench, demo):
+        found = tracker.findall(inspect.getsource(module))
+        assert not found, (module.__name__, found)
 
 
 def test_train_parity_returns_a_loss_history_and_saves_the_plot(tmp_path):
-    result = cli.train_parity(seconds=60.0, max_steps=15, T=6, batch=8, hidden=8,
-                              progress=False)
+    result = demo.train_parity(seconds=60.0, max_steps=15, T=6, batch=8, hidden=8,
+                               progress=False)
     assert result.steps == len(result.losses) == 15
     assert all(np.isfinite(result.losses))
     assert 0.0 <= result.accuracy <= 1.0 and 0.0 <= result.last_accuracy <= 1.0
-    path = cli.save_loss_plot(result.losses, tmp_path / "sub" / "loss.png")
+    path = demo.save_loss_plot(result.losses, tmp_path / "sub" / "loss.png")
     assert path == (tmp_path / "sub" / "loss.png").resolve()
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("arg", ["max_steps", "T", "batch", "hidden"])
+def test_train_parity_rejects_a_non_positive_size(arg):
+    with pytest.raises(ValueError, match=f"{arg}: expected a positive integer, got 0"):
+        demo.train_parity(**{arg: 0}, progress=False)
+
+
+def test_the_cli_holds_no_training_code():
+    """The training demo lives in minirec.demo; the CLI only parses and prints."""
+    for name in ("train_parity", "save_loss_plot", "_parity_model", "_split", "TrainResult"):
+        assert not hasattr(cli, name), name
+
+
+def _only_scan_linear(monkeypatch):
+    monkeypatch.setattr(registry, "ENTRIES", {"scan.linear": registry.get("scan.linear")})
+
+
+def test_tour_checks_then_trains_and_saves_the_loss_curve(monkeypatch, capsys, tmp_path):
+    _only_scan_linear(monkeypatch)  # a full check of every entry takes minutes
+    out = tmp_path / "plots" / "loss.png"
+    rc = cli.main(["tour", "--seconds", "60", "--steps", "4", "--T", "4", "--hidden", "4",
+                   "--out", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    n = len(cli.plan_checks([registry.get("scan.linear")])[0])
+    assert f"{n}/{n} checks passed" in text
+    assert "4 steps in" in text and f"loss curve saved to {out.resolve()}" in text
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_importing_the_cli_imports_neither_numba_nor_matplotlib():
