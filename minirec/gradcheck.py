@@ -16,9 +16,10 @@ relative error
 
     err = max|num − ana| / max(1e-8, max|num| + max|ana|).
 
-A check passes when every error is below ``tol`` (default 1e-6). Central
-differences have truncation error O(ε²) and rounding error O(1e-16/ε); with
-ε = 1e-6 the errors of a correct backward are typically 1e-9 to 1e-11.
+A check passes when at least one array was checked and every error is below
+``tol`` (default 1e-6). Central differences have truncation error O(ε²) and
+rounding error O(1e-16/ε); with ε = 1e-6 the errors of a correct backward are
+typically 1e-9 to 1e-11.
 
 ``check_op(op, inputs, **kwargs)`` needs an object with
 ``forward(**inputs, **kwargs) -> (out, final_state, cache)`` and
@@ -26,6 +27,10 @@ differences have truncation error O(ε²) and rounding error O(1e-16/ε); with
 x, state0, **kwargs)`` needs ``forward(params, x, state0, **kwargs) -> (y,
 state, cache)`` and ``backward(params, cache, dy, dstate) -> dict``. Modules of
 minirec have both; :mod:`minirec.bptt` makes them from your step functions.
+
+Every array handed to a checker is differentiated, so it must be floating or
+complex; anything else the forward needs (integer indices, masks, flags) goes
+in as a keyword argument, which is passed to ``forward`` unchanged.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from minirec import _validate as V
 
 DEFAULT_TOL = 1e-6
 DEFAULT_EPS = 1e-6
@@ -57,8 +64,9 @@ class GradcheckReport:
 
     ``errors`` maps each checked name (``"x"``, ``"W_hh"``, ``"initial_state"``,
     ``"state0[1]"`` for the second array of a tuple state) to its relative error;
-    ``passed`` is True when every error is below ``tol``; ``missing`` lists
-    names the backward did not return (a failure).
+    ``passed`` is True when at least one array was checked and every error is
+    below ``tol``; ``missing`` lists names the backward did not return (a
+    failure). A report with nothing checked has not passed.
     """
 
     errors: dict[str, float] = field(default_factory=dict)
@@ -68,7 +76,8 @@ class GradcheckReport:
 
     @property
     def passed(self) -> bool:
-        return not self.missing and all(e < self.tol for e in self.errors.values())
+        return (bool(self.errors) and not self.missing
+                and all(e < self.tol for e in self.errors.values()))
 
     def __bool__(self) -> bool:
         return self.passed
@@ -76,6 +85,8 @@ class GradcheckReport:
     def __str__(self) -> str:
         width = max([len(k) for k in self.errors] + [len(k) for k in self.missing] + [4])
         lines = [f"{self.title}: {'PASSED' if self.passed else 'FAILED'} (tol {self.tol:.0e})"]
+        if not self.errors and not self.missing:
+            lines[0] += ": nothing was checked"
         for k, e in self.errors.items():
             mark = "ok" if e < self.tol else "FAIL"
             lines.append(f"  {k:<{width}}  {e:9.2e}  {mark}")
@@ -84,6 +95,35 @@ class GradcheckReport:
         return "\n".join(lines)
 
     __repr__ = __str__
+
+
+def _positive_finite(name: str, value: Any) -> float:
+    """``eps`` and ``tol``: a number ``> 0`` and finite."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: expected a positive finite number, got "
+                        f"{type(value).__name__} {value!r}")
+    if not (np.isfinite(value) and value > 0):
+        raise ValueError(f"{name}: expected a positive finite number, got {value!r}")
+    return float(value)
+
+
+def _check_options(eps: Any, tol: Any, max_elements: Any) -> None:
+    _positive_finite("eps", eps)
+    _positive_finite("tol", tol)
+    V.positive_int("max_elements", max_elements, allow_none=True)
+
+
+def _check_differentiable(arrays: Mapping[str, Any], skip: tuple[str, ...], where: str,
+                          how: str) -> None:
+    """Every array to check is floating or complex (a ``TypeError`` otherwise: an
+    integer array has no central difference and used to be passed over silently)."""
+    for name, value in arrays.items():
+        if name in skip or value is None:
+            continue
+        for label, arr, _ in _leaves(name, value):
+            if not (np.issubdtype(arr.dtype, np.floating) or np.iscomplexobj(arr)):
+                raise TypeError(f"{where}: {label}: expected a floating or complex array to "
+                                f"differentiate, got dtype {arr.dtype}; {how}")
 
 
 def _as_tuple(s):
@@ -118,7 +158,7 @@ def _pairing(outs, ups) -> float:
     return float(sum(np.sum((np.conj(u) * o).real) for o, u in zip(outs, ups)))
 
 
-def _leaves(name: str, value) -> list[tuple[str, np.ndarray, tuple]]:
+def _leaves(name: str, value) -> list[tuple[str, Any, tuple]]:
     """(label, array, path) for an array or a tuple of arrays."""
     if isinstance(value, (tuple, list)):
         return [(f"{name}[{i}]", v, (i,)) for i, v in enumerate(value) if v is not None]
@@ -159,6 +199,9 @@ def _run_check(title, run, arrays: dict, grads_fn, *, rng, eps, tol, max_element
     R_out = tuple(_like(rng, o) for o in outs)
     R_state = tuple(_like(rng, s) for s in states)
     analytic = grads_fn(cache, R_out, R_state)
+    if not isinstance(analytic, Mapping):
+        raise TypeError(f"{title}: backward: expected a dict of gradients keyed by input "
+                        f"name, got {type(analytic).__name__}")
 
     def loss() -> float:
         o, s, _ = run()
@@ -172,8 +215,6 @@ def _run_check(title, run, arrays: dict, grads_fn, *, rng, eps, tol, max_element
             report.missing.append(name)
             continue
         for label, arr, path in _leaves(name, value):
-            if not (np.issubdtype(arr.dtype, np.floating) or np.iscomplexobj(arr)):
-                continue
             ana = analytic[name]
             for p in path:
                 ana = ana[p]
@@ -200,17 +241,37 @@ def check_op(op: Any, inputs: Mapping[str, Any], *, seed: int = 0, eps: float = 
         seed: for the random upstream gradients (and the sampled entries).
         eps: finite-difference step.
         tol: pass threshold on the relative error.
-        max_elements: check at most this many random entries per array
-            (``None``: all of them).
-        skip: input names not to check (e.g. integer indices).
-        **forward_kwargs: passed to ``forward`` (``method``, ``chunk_size``, …).
+        max_elements: check at most this many random entries per array, at
+            least 1 (``None``: all of them).
+        skip: input names not to check (passed to ``forward`` but not
+            differentiated); a single name may be given as a string.
+        **forward_kwargs: passed to ``forward`` unchanged and not checked
+            (``method``, ``chunk_size``, integer indices, masks, …).
 
     Returns:
         A :class:`GradcheckReport` with one error per input array (the
         ``initial_state`` included).
+
+    Raises:
+        TypeError: an input not in ``skip`` is not floating or complex (an
+            integer, bool or object array): pass it as a keyword argument.
+        ValueError: ``eps`` or ``tol`` not a positive finite number,
+            ``max_elements < 1``, a name in ``skip`` that is not an input.
     """
+    _check_options(eps, tol, max_elements)
+    if not isinstance(inputs, Mapping):
+        raise TypeError(f"inputs: expected a dict of the forward's array arguments by name, "
+                        f"got {type(inputs).__name__}")
+    skip = (skip,) if isinstance(skip, str) else tuple(skip)
+    unknown = [k for k in skip if k not in inputs]
+    if unknown:
+        raise ValueError(f"skip: expected names of inputs {list(inputs)}, got {unknown}")
     rng = np.random.default_rng(seed)
     arrays = {k: _to64(v) for k, v in inputs.items()}
+    _check_differentiable(arrays, skip, "check_op",
+                          "pass non-differentiable arguments as keyword arguments, "
+                          "check_op(op, inputs, name=value), which go to forward unchanged "
+                          "(or name the input in skip)")
 
     def run():
         out, state, cache = op.forward(**arrays, **forward_kwargs)
@@ -247,29 +308,52 @@ def check_cell(cell: Any, params: Mapping[str, np.ndarray], x: np.ndarray, state
         params: the parameter dict; every key is checked.
         x: ``(B, T, D)`` input.
         state0: initial state (array or tuple of arrays); ``None`` is checked
-            as the cell's ``zero_state(params, B)`` when it has one, else as
-            zeros shaped like the final state.
+            as the cell's ``zero_state(params, B, float64)`` when it has one;
+            a cell without the attribute runs ``forward`` with ``None`` and is
+            checked from zeros shaped like the final state; a cell whose
+            ``zero_state`` is ``None`` (``bptt.make_cell`` without one) needs
+            ``state0`` (a ``ValueError`` otherwise).
         seed: as in :func:`check_op`.
         eps: as in :func:`check_op`.
         tol: as in :func:`check_op`.
         max_elements: as in :func:`check_op`.
+        **forward_kwargs: passed to ``forward`` unchanged and not checked.
 
     Returns:
         A :class:`GradcheckReport` over every key of ``params``, ``"x"`` and
         ``"state0"``.
+
+    Raises:
+        TypeError: a parameter, ``x`` or ``state0`` is not floating or complex.
+        ValueError: as in :func:`check_op`; ``state0=None`` for a cell without
+            ``zero_state``.
     """
+    _check_options(eps, tol, max_elements)
+    if not isinstance(params, Mapping):
+        raise TypeError(f"params: expected a dict of arrays, got {type(params).__name__}")
+    title = f"check_cell({getattr(cell, '__name__', type(cell).__name__)})"
     rng = np.random.default_rng(seed)
     params64 = {k: _to64(v) for k, v in params.items()}
     x64 = _to64(x)
     holder = {"state0": _to64(state0)}
+    how = ("check_cell differentiates every parameter, x and state0; pass "
+           "non-differentiable arguments as keyword arguments, which go to forward unchanged")
+    _check_differentiable({**params64, "x": x64, "state0": holder["state0"]}, (), "check_cell",
+                          how)
+    V.array("x", x64)
 
     def run():
         y, state, cache = cell.forward(params64, x64, holder["state0"], **forward_kwargs)
         return _as_tuple(y), _as_tuple(state), cache
 
-    if holder["state0"] is None and hasattr(cell, "zero_state"):
+    zero_state = getattr(cell, "zero_state", None)
+    if holder["state0"] is None and callable(zero_state):
         # the cell's own empty state (for Aaren that is m = −inf, not 0)
-        holder["state0"] = _to64(cell.zero_state(params64, x64.shape[0]))
+        holder["state0"] = _to64(zero_state(params64, x64.shape[0], x64.dtype))
+    elif holder["state0"] is None and hasattr(cell, "zero_state"):
+        raise ValueError(f"state0: expected an initial state, got None: {title} needs state0 "
+                         f"because the cell has no zero_state (pass state0, or give "
+                         f"bptt.make_cell a zero_state(params, batch_size, dtype))")
     if holder["state0"] is None:
         _, states, _ = run()
         zeros = tuple(np.zeros_like(s) for s in states)
@@ -283,6 +367,5 @@ def check_cell(cell: Any, params: Mapping[str, np.ndarray], x: np.ndarray, state
     arrays = dict(params64)
     arrays["x"] = x64
     arrays["state0"] = holder["state0"]
-    title = f"check_cell({getattr(cell, '__name__', type(cell).__name__)})"
     return _run_check(title, run, arrays, grads, rng=rng, eps=eps, tol=tol,
                       max_elements=max_elements, skip=())
