@@ -35,12 +35,14 @@ def _is_array(x: Any) -> bool:
 
 
 def array(name: str, x: Any, *, allow_complex: bool = True, ndim: int | None = None,
-          min_ndim: int | None = None):
+          min_ndim: int | None = None, allow_neg_inf: bool = False):
     """Check that ``x`` is a floating (or complex) array and return it unchanged.
 
     Accepts NumPy arrays and any array with ``shape``/``dtype`` (CuPy).
     Python lists and integer arrays are rejected with a ``TypeError``: silently
     casting them would hide a caller's mistake (an int array of gates, say).
+    With :class:`check_finite` on, NaN/inf are refused (``−inf`` too, unless
+    ``allow_neg_inf``: a running max of an empty prefix, a log gate of 0).
     """
     if not _is_array(x):
         raise TypeError(f"{name}: expected an ndarray, got {type(x).__name__}"
@@ -58,7 +60,7 @@ def array(name: str, x: Any, *, allow_complex: bool = True, ndim: int | None = N
             f"{name}: expected at least {min_ndim} dimensions, got shape {tuple(x.shape)}"
         )
     if _OPTIONS["check_finite"]:
-        finite(name, x)
+        finite(name, x, allow_neg_inf=allow_neg_inf)
     return x
 
 
@@ -190,10 +192,22 @@ def positive_int(name: str, value: Any, *, allow_none: bool = False) -> int | No
     return int(value)
 
 
-def finite(name: str, x: Any) -> None:
+def positive_float(name: str, value: Any) -> float:
+    """Check a finite number ``> 0`` (a tolerance, a step size) and return it as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: expected a positive finite number, got "
+                        f"{type(value).__name__} {value!r}")
+    if not (np.isfinite(value) and value > 0):
+        raise ValueError(f"{name}: expected a positive finite number, got {value!r}")
+    return float(value)
+
+
+def finite(name: str, x: Any, *, allow_neg_inf: bool = False) -> None:
     """Raise ``ValueError`` naming the first NaN/inf entry of ``x`` (its index and
-    value) and how many there are."""
+    value) and how many there are (``−inf`` passes with ``allow_neg_inf``)."""
     ok = np.isfinite(x)
+    if allow_neg_inf:
+        ok = ok | (x == -np.inf)
     if hasattr(ok, "get") and not isinstance(ok, np.ndarray):  # CuPy: look on the host
         ok = ok.get()
         x = x.get()

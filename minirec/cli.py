@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from minirec import _backend, registry
+from minirec import _validate as V
 
 #: Agreement thresholds (relative RMS against the float64 recurrent definition),
 #: by precision; complex128 counts as float64 and complex64 as float32.
@@ -449,12 +450,9 @@ def nonnegative_int_arg(text: str) -> int:
 def positive_float_arg(text: str) -> float:
     """An option's text as a finite number > 0 (``argparse.ArgumentTypeError`` otherwise)."""
     try:
-        value = float(text)
+        return V.positive_float("value", float(text))
     except ValueError:
-        value = float("nan")
-    if not (np.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
-    return value
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}") from None
 
 
 def file_path_arg(text: str) -> Path:

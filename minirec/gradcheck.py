@@ -97,19 +97,9 @@ class GradcheckReport:
     __repr__ = __str__
 
 
-def _positive_finite(name: str, value: Any) -> float:
-    """``eps`` and ``tol``: a number ``> 0`` and finite."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name}: expected a positive finite number, got "
-                        f"{type(value).__name__} {value!r}")
-    if not (np.isfinite(value) and value > 0):
-        raise ValueError(f"{name}: expected a positive finite number, got {value!r}")
-    return float(value)
-
-
 def _check_options(eps: Any, tol: Any, max_elements: Any) -> None:
-    _positive_finite("eps", eps)
-    _positive_finite("tol", tol)
+    V.positive_float("eps", eps)
+    V.positive_float("tol", tol)
     V.positive_int("max_elements", max_elements, allow_none=True)
 
 
