@@ -491,3 +491,42 @@ def test_bad_backward_input_is_refused(name, backend, case):
     args = change(inputs, out, state, cache, dout, dstate)
     with pytest.raises((ValueError, TypeError), match=MESSAGE):
         _bwd(entry, *args)
+
+
+@pytest.mark.parametrize("name, backend", ENTRY_BACKENDS)
+def test_check_finite_names_the_array_and_the_first_bad_index(name, backend):
+    """With ``minirec.check_finite`` on, a NaN input or upstream gradient is a
+    ``ValueError`` naming the array and the index; off, it propagates."""
+    import minirec
+
+    _need(backend)
+    entry = ENTRIES[name]
+    method = _first_method(entry, backend)
+    inputs = _inputs(entry, method=method, T=9)
+    n = entry.time_inputs[0]
+    bad = inputs[n].copy()
+    bad[(1, 4) + (0,) * (bad.ndim - 2)] = np.nan
+    with minirec.check_finite():
+        out, state, cache = _fwd(entry, inputs, method, backend)  # finite: runs
+        dout, dstate = _upstream(np.random.default_rng(1), _host(out), _host(state))
+        with pytest.raises(ValueError, match=rf"{n}: expected finite values, got nan at index "
+                                             rf"\(1, 4"):
+            _fwd(entry, {**inputs, n: bad}, method, backend)
+        dout_bad = dout.copy()
+        dout_bad[(0, 2) + (0,) * (dout.ndim - 2)] = np.inf
+        with pytest.raises(ValueError, match=r"expected finite values, got inf at index \(0, 2"):
+            _bwd(entry, inputs, cache, dout_bad, dstate)
+    with np.errstate(all="ignore"):
+        _fwd(entry, {**inputs, n: bad}, method, backend)  # off again: no error
+
+
+def test_check_finite_is_off_by_default_and_restored():
+    import minirec
+
+    assert not minirec.check_finite.enabled()
+    with minirec.check_finite():
+        assert minirec.check_finite.enabled()
+        with minirec.check_finite(False):
+            assert not minirec.check_finite.enabled()
+        assert minirec.check_finite.enabled()
+    assert not minirec.check_finite.enabled()
