@@ -2,7 +2,10 @@
 
 Dimension key: B batch, T time, ``...`` any trailing shape (channels, heads,
 state size). ``a``, ``b``: ``(B, T, ...)``, real or complex; ``h_{-1}`` is
-``initial_state`` ``(B, ...)`` (zeros when ``None``).
+``initial_state`` ``(B, ...)`` (zeros when ``None``). Instead of ``a`` a
+caller may pass its logarithm, ``log_a`` (``a = exp(log_a)``: a log gate
+``g ≤ 0``, a ``log σ``, Mamba's ``Δ ⊙ A``); the gradient then comes back as
+``"log_a"``, and the ``log`` method uses it without ever forming ``a``.
 
 The definition (``method="recurrent"``)::
 
@@ -11,18 +14,20 @@ The definition (``method="recurrent"``)::
         h = a[:, t] * h + b[:, t]
         out[:, t] = h
 
-Backward (``dh`` = ∂L/∂h_t from outside, ``dh_T`` = ∂L/∂h_{T-1} through the
-returned final state; complex gradients are ``∂L/∂Re + i ∂L/∂Im``):
+Backward (``dh`` = ∂L/∂h_t from outside, ``dstate`` = ∂L/∂h_{T-1} through the
+returned final state; complex gradients are ``∂L/∂Re + i ∂L/∂Im``)::
 
-    g_{T-1} = dh_{T-1} + dh_T
-    g_t     = dh_t + conj(a_{t+1}) ⊙ g_{t+1}          (a reverse affine scan)
-    db_t    = g_t
-    da_t    = g_t ⊙ conj(h_{t-1})                      (real part if a is real)
-    dh0     = conj(a_0) ⊙ g_0
+    g_{T-1}  = dh_{T-1} + dstate
+    g_t      = dh_t + conj(a_{t+1}) ⊙ g_{t+1}         (a reverse affine scan)
+    db_t     = g_t
+    da_t     = g_t ⊙ conj(h_{t-1})                     (real part if a is real)
+    dh0      = conj(a_0) ⊙ g_0
+    dlog_a_t = da_t ⊙ conj(a_t)                        (a = exp(log_a), holomorphic)
 
 The reverse scan is the forward scan run on flipped inputs with coefficients
-``c_t = conj(a_{t+1})`` (``c_{T-1} = 1``) and initial state ``dh_T``, so every
-method's backward is its own parallel algorithm, not a call to the loop.
+``c_t = conj(a_{t+1})`` (``c_{T-1} = 1``; in log space ``log c_t =
+conj(log a_{t+1})``, ``log c_{T-1} = 0``) and initial state ``dstate``, so
+every method's backward is its own parallel algorithm, not a call to the loop.
 
 Methods, all equal to the loop (tested to 1e-10 relative RMS in float64):
 
@@ -39,8 +44,10 @@ Methods, all equal to the loop (tested to 1e-10 relative RMS in float64):
                    ``h_t = e^{A*_t} (h0 + Σ_{i≤t} b_i e^{−A*_i})`` with
                    ``A*_t = Σ_{i≤t} log a_i``, the sum taken by a stable
                    ``logaddexp`` prefix over the positive and negative parts of
-                   ``b`` (real and imaginary). Requires real ``a > 0``
-                   (complex ``a ≠ 0``).
+                   ``b`` (real and imaginary). It takes ``log a``: pass
+                   ``log_a`` directly (any finite real, or complex), or real
+                   ``a > 0`` (complex ``a ≠ 0``), whose log it takes — a gate
+                   whose ``exp`` underflowed to 0 can only come as ``log_a``.
 
 Backends: ``"numpy"`` runs every method; ``"numba"``
 (:mod:`minirec.kernels.numba.linear_scan`) has kernels for ``recurrent``
@@ -51,7 +58,7 @@ coefficients, like the NumPy path).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -66,24 +73,32 @@ BACKEND_METHODS = {"numba": ("recurrent", "chunked")}
 
 
 class LinearScanCache(NamedTuple):
-    """What :func:`backward` needs: the gates, all states, and how they were made.
+    """What :func:`backward` needs: the coefficients, all states, and how they were made.
 
-    Fields: ``a (B, T, ...)``; ``h (B, T, ...)`` every state; ``h0 (B, ...)``;
-    ``method``; ``chunk_size``; ``backend``; ``real`` — which of a, b, h0 were
-    real (their gradients are returned real).
+    Fields: ``a (B, T, ...)`` the coefficients (``exp(log_a)`` when the forward
+    was given ``log_a``); ``log_a (B, T, ...)`` as given, or ``None`` when the
+    forward was given ``a``; ``h (B, T, ...)`` every state; ``h0 (B, ...)``;
+    ``method``; ``chunk_size`` (resolved: the default filled in for
+    ``"chunked"``); ``backend``; ``real`` — for each gradient name (``"a"`` or
+    ``"log_a"``, ``"b"``, ``"initial_state"``), whether that input was real
+    (its gradient is returned real); ``kernel`` — what the backend's forward
+    kept for its backward (``None`` for NumPy).
     """
 
     a: np.ndarray
+    log_a: np.ndarray | None
     h: np.ndarray
     h0: np.ndarray
     method: str
     chunk_size: int | None
     backend: str
     real: dict
+    kernel: Any
 
 
 # ---------------------------------------------------------------------------
-# the forward algorithms, each f(a, b, h0, chunk_size) -> h  (new array)
+# the forward algorithms, each f(a, b, h0, chunk_size) -> h  (new array);
+# the log method takes log a in place of a
 # ---------------------------------------------------------------------------
 
 def _recurrent(a, b, h0, chunk_size=None):
@@ -147,10 +162,9 @@ def _chunked(a, b, h0, chunk_size=None):
     return h.reshape((B, n * C) + rest)[:, :T]
 
 
-def _log(a, b, h0, chunk_size=None):
-    dtype = np.result_type(a, b, h0)
-    complex_case = np.iscomplexobj(a) or np.iscomplexobj(b) or np.iscomplexobj(h0)
-    log_a = np.log(a.astype(np.result_type(a, np.float32)))
+def _log(log_a, b, h0, chunk_size=None):
+    dtype = np.result_type(log_a, b, h0)
+    complex_case = np.iscomplexobj(log_a) or np.iscomplexobj(b) or np.iscomplexobj(h0)
     A = np.cumsum(log_a, axis=1)  # A*_t = Σ_{i≤t} log a_i (complex if a is)
     R = A.real
     # prepend h0 as element -1 with A*_{-1} = 0
@@ -184,39 +198,59 @@ _FORWARD = {
 }
 
 
-def _check_log_gates(a):
-    if np.iscomplexobj(a):
+def _check_log_coefficients(a, log_a):
+    """``method="log"`` takes ``log a``: ``a`` must have one, ``log_a`` must be > −inf."""
+    other = "method='recurrent', 'blelloch' and 'chunked' take any a"
+    if log_a is not None:
+        bad = np.isneginf(log_a.real)
+        if np.any(bad):
+            raise ValueError(
+                f"log_a: method='log' expected log_a > -inf (a = exp(log_a) = 0 resets the "
+                f"state, which a log-space scan cannot represent), got -inf at index "
+                f"{tuple(int(i) for i in np.argwhere(bad)[0])} ({other})")
+    elif np.iscomplexobj(a):
         if np.any(a == 0):
-            raise ValueError("method='log' needs nonzero complex a; got a == 0 entries")
+            raise ValueError(
+                f"a: method='log' expected nonzero complex a (it takes log a), got a == 0 at "
+                f"index {tuple(int(i) for i in np.argwhere(a == 0)[0])}. If a is exp of "
+                f"something that underflowed, pass that exponent as log_a=... instead of a "
+                f"({other})")
     elif np.any(a <= 0):
         raise ValueError(
-            f"method='log' needs a > 0 (it takes log a); got min(a) = {float(np.min(a))!r}. "
-            "Use method='recurrent', 'blelloch' or 'chunked' for a <= 0."
-        )
-
-
-def _run(a, b, h0, method, chunk_size, backend):
-    if backend == "numpy":
-        return _FORWARD[method](a, b, h0, chunk_size)
-    return _backend.kernels("linear_scan", backend).forward(a, b, h0, method, chunk_size)
+            f"a: method='log' expected a > 0 (it takes log a), got min(a) = "
+            f"{float(np.min(a))!r}. If a is exp of a log gate (e.g. exp(g) that underflowed "
+            f"to 0), pass the log gate itself: forward(None, b, log_a=g, method='log') "
+            f"({other})")
 
 
 # ---------------------------------------------------------------------------
 # public API
 # ---------------------------------------------------------------------------
 
-def forward(a: np.ndarray, b: np.ndarray, initial_state: np.ndarray | None = None, *,
-            method: str = "recurrent", chunk_size: int | None = None,
+def forward(a: np.ndarray | None, b: np.ndarray, initial_state: np.ndarray | None = None, *,
+            log_a: np.ndarray | None = None, method: str = "recurrent",
+            chunk_size: int | None = None,
             backend: str = "numpy") -> tuple[np.ndarray, np.ndarray, LinearScanCache]:
     """Run ``h_t = a_t ⊙ h_{t-1} + b_t`` over axis 1.
 
+    Give the coefficients either as ``a`` or, keyword-only, as their log
+    ``log_a`` (then ``a`` is ``None``): ``forward(None, x, h0, log_a=g)`` runs
+    ``h_t = exp(g_t) ⊙ h_{t-1} + x_t`` and :func:`backward` returns
+    ``"log_a"`` in place of ``"a"``. Every method accepts either;
+    ``method="log"`` uses ``log_a`` as it is (never forming ``exp(log_a)`` in
+    the scan), so saturated gates whose ``exp`` underflows to 0 still run.
+
     Args:
-        a: ``(B, T, ...)`` multipliers, real or complex (``a ∈ [-1, 1]`` or any
-            value; ``method="log"`` needs ``a > 0``).
+        a: ``(B, T, ...)`` multipliers, real or complex, any values
+            (``method="log"`` needs real ``a > 0`` or complex ``a ≠ 0``); or
+            ``None`` when ``log_a`` is given.
         b: ``(B, T, ...)`` inputs, same shape as ``a``.
         initial_state: ``(B, ...)`` ``h_{-1}``; ``None`` means zeros.
+        log_a: ``(B, T, ...)`` ``log a``, real or complex (``a = exp(log_a)``;
+            ``method="log"`` needs ``log_a > -inf``); exclusive with ``a``.
         method: one of :data:`METHODS`.
-        chunk_size: chunk length for ``"chunked"`` (default ⌈√T⌉).
+        chunk_size: chunk length for ``"chunked"`` (default ⌈√T⌉); checked,
+            and unused, by the other methods.
         backend: one of :data:`BACKENDS`.
 
     Returns:
@@ -224,74 +258,102 @@ def forward(a: np.ndarray, b: np.ndarray, initial_state: np.ndarray | None = Non
         cache for :func:`backward`.
     """
     V.choice("method", method, METHODS)
-    _backend.resolve(backend, BACKENDS, what="scan.linear")
-    _backend.check_method(method, backend, BACKEND_METHODS, what="scan.linear")
-    V.array("a", a, min_ndim=2)
+    _backend.resolve(backend, BACKENDS, what="scan.linear", method=method,
+                     backend_methods=BACKEND_METHODS)
+    if (a is None) == (log_a is None):
+        raise TypeError("scan.linear.forward: expected the coefficients as exactly one of a "
+                        "and log_a, got " + ("neither" if a is None else "both"))
+    name, coef = ("a", a) if log_a is None else ("log_a", log_a)
+    V.array(name, coef, min_ndim=2)
     V.array("b", b, min_ndim=2)
-    V.same_shape("b", b, "a", a)
-    if a.shape[1] < 1:
-        raise ValueError(f"a: expected T >= 1 along axis 1, got shape {a.shape}")
-    state_shape = a.shape[:1] + a.shape[2:]
+    V.same_shape("b", b, name, coef)
+    T = V.time_steps(name, coef)
+    state_shape = coef.shape[:1] + coef.shape[2:]
     if initial_state is not None:
         V.array("initial_state", initial_state)
         if tuple(initial_state.shape) != state_shape:
-            raise ValueError(
-                f"initial_state: expected shape {state_shape} (B, ...), "
-                f"got {tuple(initial_state.shape)}"
-            )
+            raise ValueError(f"initial_state: expected shape {state_shape} (B, ...), "
+                             f"got {tuple(initial_state.shape)}")
     chunk_size = V.positive_int("chunk_size", chunk_size, allow_none=True)
-    dtype = V.common_dtype(a=a, b=b, initial_state=initial_state)
+    if method == "chunked" and chunk_size is None:
+        chunk_size = default_chunk_size(T)
+    dtype = V.common_dtype(**{name: coef}, b=b, initial_state=initial_state)
     if method == "log":
-        _check_log_gates(a)
+        _check_log_coefficients(a, log_a)
+    if log_a is not None:
+        a = np.exp(log_a)
     h0 = np.zeros(state_shape, dtype) if initial_state is None else initial_state
-    h = _run(a, b, h0, method, chunk_size, backend)
-    real = {"a": not np.iscomplexobj(a), "b": not np.iscomplexobj(b),
+    if backend != "numpy":
+        h, h_T, kernel = _backend.kernels("linear_scan", backend).forward(
+            a, b, h0, method=method, chunk_size=chunk_size)
+    else:
+        if method == "log":  # the log-space scan takes log a, never a
+            h = _log(np.log(a) if log_a is None else log_a, b, h0)
+        else:
+            h = _FORWARD[method](a, b, h0, chunk_size)
+        h_T, kernel = h[:, -1].copy(), None
+    real = {name: not np.iscomplexobj(coef), "b": not np.iscomplexobj(b),
             "initial_state": not np.iscomplexobj(h0)}
-    cache = LinearScanCache(a, h, h0, method, chunk_size, backend, real)
-    return h, h[:, -1].copy(), cache
+    cache = LinearScanCache(a, log_a, h, h0, method, chunk_size, backend, real, kernel)
+    return h, h_T, cache
 
 
 def backward(cache: LinearScanCache, dh: np.ndarray | None,
-             dh_T: np.ndarray | None = None) -> dict[str, np.ndarray]:
+             dstate: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Gradients of :func:`forward` by the reverse scan of the same method.
 
     Args:
         cache: from :func:`forward`.
         dh: ``(B, T, ...)`` ∂L/∂h (``None`` means zeros).
-        dh_T: ``(B, ...)`` ∂L/∂h_T through the final state (``None`` means zeros).
+        dstate: ``(B, ...)`` ∂L/∂h_T through the final state (``None`` means zeros).
 
     Returns:
-        ``{"a", "b", "initial_state"}`` with the shapes of the forward's inputs.
+        ``{"a", "b", "initial_state"}`` — ``{"log_a", "b", "initial_state"}``
+        when the forward was given ``log_a`` — with the shapes and dtypes of
+        the forward's inputs (real for a real input).
     """
+    V.cache("scan.linear", cache, LinearScanCache)
+    h = cache.h
+    dh = V.grad_like("dh", dh, h, "h", fill=True)
+    dstate = V.grad_state("dstate", dstate, h[:, -1], fill=True)
+    if cache.backend != "numpy":
+        grads = _backend.kernels("linear_scan", cache.backend).backward(
+            cache.a, h, cache.h0, cache.kernel, dh, dstate,
+            method=cache.method, chunk_size=cache.chunk_size)
+    else:
+        grads = _reverse(cache, dh, dstate)
+    if cache.log_a is not None:  # a = exp(log_a): ∂L/∂log_a = ∂L/∂a ⊙ conj(a)
+        grads = {"log_a": grads.pop("a") * np.conj(cache.a), **grads}
+    return _realify(grads, cache.real)
+
+
+def _reverse(cache, dh, dstate):
+    """The NumPy backward: ``g`` by the forward algorithm on the reversed scan."""
     a, h, h0 = cache.a, cache.h, cache.h0
-    V.grad_like("dh", dh, h, "h")
-    V.grad_like("dh_T", dh_T, h0, "h_T")
-    dtype = h.dtype
-    if dh is None:
-        dh = np.zeros(h.shape, dtype)
-    g0 = np.zeros(h0.shape, dtype) if dh_T is None else dh_T
-    if cache.backend != "numpy" and cache.method == "recurrent":  # one fused reverse pass
-        kern = _backend.kernels("linear_scan", cache.backend)
-        da, db, dh0 = kern.backward(a, h, h0, dh, g0)
-        grads = {"a": da, "b": db, "initial_state": dh0}
-        return _realify(grads, cache.real)
-    # coefficients of the reverse scan: c_t = conj(a_{t+1}), c_{T-1} = 1
-    c = np.empty(a.shape, a.dtype)
-    c[:, :-1] = np.conj(a[:, 1:])
-    c[:, -1] = 1
     flip = lambda x: np.flip(x, axis=1)
-    g = flip(_run(flip(c), flip(dh), g0, cache.method, cache.chunk_size, cache.backend))
-    h_prev = np.concatenate([h0.astype(dtype)[:, None], h[:, :-1]], axis=1)
-    grads = {
+    if cache.method == "log":  # log c_t = conj(log a_{t+1}), log c_{T-1} = 0
+        log_a = np.log(a) if cache.log_a is None else cache.log_a
+        log_c = np.zeros(log_a.shape, log_a.dtype)
+        log_c[:, :-1] = np.conj(log_a[:, 1:])
+        g = flip(_log(flip(log_c), flip(dh), dstate))
+    else:  # c_t = conj(a_{t+1}), c_{T-1} = 1
+        c = np.empty(a.shape, a.dtype)
+        c[:, :-1] = np.conj(a[:, 1:])
+        c[:, -1] = 1
+        g = flip(_FORWARD[cache.method](flip(c), flip(dh), dstate, cache.chunk_size))
+    h_prev = np.concatenate([h0.astype(h.dtype)[:, None], h[:, :-1]], axis=1)
+    return {
         "a": g * np.conj(h_prev),
         "b": np.ascontiguousarray(g),
         "initial_state": np.conj(a[:, 0]) * g[:, 0],
     }
-    return _realify(grads, cache.real)
 
 
-def _realify(grads, real):
-    """Gradients of real inputs are real: ∂L/∂x = Re(∂L/∂Re + i ∂L/∂Im)."""
+def _realify(grads: dict[str, np.ndarray], real: dict[str, bool]) -> dict[str, np.ndarray]:
+    """Gradients of real inputs are real: ∂L/∂x = Re(∂L/∂Re + i ∂L/∂Im).
+
+    Shared by :mod:`minirec.scan.matrix`.
+    """
     for name, is_real in real.items():
         if is_real and np.iscomplexobj(grads[name]):
             grads[name] = np.ascontiguousarray(grads[name].real)

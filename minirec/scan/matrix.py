@@ -14,18 +14,18 @@ The definition (``method="recurrent"``)::
         h = A[:, t] @ h + b[:, t]
         out[:, t] = h
 
-Backward (``dh`` = ∂L/∂h_t from outside, ``dh_T`` = ∂L/∂h_{T-1} through the
+Backward (``dh`` = ∂L/∂h_t from outside, ``dstate`` = ∂L/∂h_{T-1} through the
 returned final state; ``^H`` is the conjugate transpose, the plain transpose
 for real ``A``; complex gradients are ``∂L/∂Re + i ∂L/∂Im``)::
 
-    g_{T-1} = dh_{T-1} + dh_T
+    g_{T-1} = dh_{T-1} + dstate
     g_t     = dh_t + A_{t+1}^H g_{t+1}           (a reverse matrix scan)
     db_t    = g_t
     dA_t    = g_t h_{t-1}^H                      (outer product; real part if A is real)
     dh0     = A_0^H g_0
 
 The reverse scan is the forward scan run on flipped inputs with matrices
-``C_t = A_{t+1}^H`` (``C_{T-1} = I``) and initial state ``dh_T``, so each
+``C_t = A_{t+1}^H`` (``C_{T-1} = I``) and initial state ``dstate``, so each
 method's backward is its own algorithm, not a call to the loop.
 
 Methods, all equal to the loop (tested to 1e-10 relative RMS in float64):
@@ -53,13 +53,14 @@ computing ``g_t``, ``dA_t = g_t h_{t-1}^H`` and ``dh0`` together.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from minirec import _backend
 from minirec import _validate as V
 from minirec.scan import associative
+from minirec.scan.linear import _realify
 
 METHODS = ("recurrent", "hillis_steele", "blelloch")
 BACKENDS = ("numpy", "numba")
@@ -72,7 +73,8 @@ class MatrixScanCache(NamedTuple):
 
     Fields: ``A (B, T, d, d)``; ``h (B, T, d)`` every state; ``h0 (B, d)``;
     ``method``; ``backend``; ``real`` — which of A, b, h0 were real (their
-    gradients are returned real).
+    gradients are returned real); ``kernel`` — what the backend's forward
+    kept for its backward (``None`` for NumPy).
     """
 
     A: np.ndarray
@@ -81,6 +83,7 @@ class MatrixScanCache(NamedTuple):
     method: str
     backend: str
     real: dict
+    kernel: Any
 
 
 # ---------------------------------------------------------------------------
@@ -126,12 +129,6 @@ _FORWARD = {
 }
 
 
-def _run(A, b, h0, method, backend):
-    if backend == "numpy":
-        return _FORWARD[method](A, b, h0)
-    return _backend.kernels("matrix_scan", backend).forward(A, b, h0, method)
-
-
 def _herm(A):
     """Conjugate transpose of the last two axes (transpose for real A)."""
     return np.conj(np.swapaxes(A, -1, -2))
@@ -160,69 +157,62 @@ def forward(A: np.ndarray, b: np.ndarray, initial_state: np.ndarray | None = Non
         cache for :func:`backward`.
     """
     V.choice("method", method, METHODS)
-    _backend.resolve(backend, BACKENDS, what="scan.matrix")
-    _backend.check_method(method, backend, BACKEND_METHODS, what="scan.matrix")
+    _backend.resolve(backend, BACKENDS, what="scan.matrix", method=method,
+                     backend_methods=BACKEND_METHODS)
     V.array("A", A, ndim=4)
     V.array("b", b, ndim=3)
     s = V.Shapes()
     s.check("A", A, ("B", "T", "d", "d"))
     s.check("b", b, ("B", "T", "d"))
-    if s["T"] < 1:
-        raise ValueError(f"A: expected T >= 1 along axis 1, got shape {tuple(A.shape)}")
+    V.time_steps("A", A)
     if initial_state is not None:
         V.array("initial_state", initial_state)
         s.check("initial_state", initial_state, ("B", "d"))
     V.positive_int("chunk_size", chunk_size, allow_none=True)
     dtype = V.common_dtype(A=A, b=b, initial_state=initial_state)
     h0 = np.zeros((s["B"], s["d"]), dtype) if initial_state is None else initial_state
-    h = _run(A, b, h0, method, backend)
+    if backend != "numpy":
+        h, h_T, kernel = _backend.kernels("matrix_scan", backend).forward(A, b, h0, method=method)
+    else:
+        h = _FORWARD[method](A, b, h0)
+        h_T, kernel = h[:, -1].copy(), None
     real = {"A": not np.iscomplexobj(A), "b": not np.iscomplexobj(b),
             "initial_state": not np.iscomplexobj(h0)}
-    cache = MatrixScanCache(A, h, h0, method, backend, real)
-    return h, h[:, -1].copy(), cache
+    cache = MatrixScanCache(A, h, h0, method, backend, real, kernel)
+    return h, h_T, cache
 
 
 def backward(cache: MatrixScanCache, dh: np.ndarray | None,
-             dh_T: np.ndarray | None = None) -> dict[str, np.ndarray]:
+             dstate: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Gradients of :func:`forward` by the reverse scan of the same method.
 
     Args:
         cache: from :func:`forward`.
         dh: ``(B, T, d)`` ∂L/∂h (``None`` means zeros).
-        dh_T: ``(B, d)`` ∂L/∂h_T through the final state (``None`` means zeros).
+        dstate: ``(B, d)`` ∂L/∂h_T through the final state (``None`` means zeros).
 
     Returns:
-        ``{"A", "b", "initial_state"}`` with the shapes of the forward's inputs.
+        ``{"A", "b", "initial_state"}`` with the shapes and dtypes of the
+        forward's inputs (real for a real input).
     """
+    V.cache("scan.matrix", cache, MatrixScanCache)
     A, h, h0 = cache.A, cache.h, cache.h0
-    V.grad_like("dh", dh, h, "h")
-    V.grad_like("dh_T", dh_T, h0, "h_T")
-    dtype = h.dtype
-    if dh is None:
-        dh = np.zeros(h.shape, dtype)
-    if cache.backend != "numpy":  # one fused reverse pass
-        g0 = np.zeros(h0.shape, dtype) if dh_T is None else dh_T
-        dA, db, dh0 = _backend.kernels("matrix_scan", cache.backend).backward(A, h, h0, dh, g0)
-        return _realify({"A": dA, "b": db, "initial_state": dh0}, cache.real)
+    dh = V.grad_like("dh", dh, h, "h", fill=True)
+    dstate = V.grad_state("dstate", dstate, h[:, -1], fill=True)
+    if cache.backend != "numpy":
+        grads = _backend.kernels("matrix_scan", cache.backend).backward(
+            A, h, h0, cache.kernel, dh, dstate, method=cache.method)
+        return _realify(grads, cache.real)
     # matrices of the reverse scan: C_t = A_{t+1}^H, C_{T-1} = I
     C = np.empty(A.shape, A.dtype)
     C[:, :-1] = _herm(A[:, 1:])
     C[:, -1] = np.eye(A.shape[-1], dtype=A.dtype)
-    g0 = np.zeros(h0.shape, dtype) if dh_T is None else dh_T
     flip = lambda x: np.flip(x, axis=1)
-    g = flip(_run(flip(C), flip(dh), g0, cache.method, cache.backend))
-    h_prev = np.concatenate([h0.astype(dtype)[:, None], h[:, :-1]], axis=1)
+    g = flip(_FORWARD[cache.method](flip(C), flip(dh), dstate))
+    h_prev = np.concatenate([h0.astype(h.dtype)[:, None], h[:, :-1]], axis=1)
     grads = {
         "A": g[..., :, None] * np.conj(h_prev)[..., None, :],  # dA_t = g_t h_{t-1}^H
         "b": np.ascontiguousarray(g),
         "initial_state": _matvec(_herm(A[:, 0]), g[:, 0]),      # dh0 = A_0^H g_0
     }
     return _realify(grads, cache.real)
-
-
-def _realify(grads, real):
-    """Gradients of real inputs are real: ∂L/∂x = Re(∂L/∂Re + i ∂L/∂Im)."""
-    for name, is_real in real.items():
-        if is_real and np.iscomplexobj(grads[name]):
-            grads[name] = np.ascontiguousarray(grads[name].real)
-    return grads

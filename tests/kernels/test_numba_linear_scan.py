@@ -1,59 +1,79 @@
-"""Numba linear-scan kernels equal the NumPy reference (forward and backward)."""
+"""Numba linear-scan kernels equal the NumPy reference (forward and backward).
+
+The contract test compares every dtype at the registry's sizes; here: several
+trailing axes, chunk sizes that do not divide T, real gates with complex
+inputs, and ``log_a``.
+"""
 
 import numpy as np
 import pytest
 
+from minirec import registry
 from minirec.scan import linear
 from tests.conftest import TOL, assert_close
 
 pytest.importorskip("numba")
 
+ENTRY = registry.get("scan.linear")
 
-def _inputs(rng, shape, dtype):
-    a = rng.uniform(-1, 1, shape)
-    b = rng.standard_normal(shape)
-    h0 = rng.standard_normal(shape[:1] + shape[2:])
+
+def _randn(rng, shape, dtype):
+    x = rng.standard_normal(shape)
     if np.dtype(dtype).kind == "c":
-        a = a * np.exp(1j * rng.uniform(-np.pi, np.pi, shape))
-        b = b + 1j * rng.standard_normal(shape)
-        h0 = h0 + 1j * rng.standard_normal(h0.shape)
-    return a.astype(dtype), b.astype(dtype), h0.astype(dtype)
+        x = x + 1j * rng.standard_normal(shape)
+    return x.astype(dtype)
 
 
-@pytest.mark.parametrize("method", linear.BACKEND_METHODS["numba"])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex64, np.complex128])
-@pytest.mark.parametrize("shape", [(2, 1, 3), (2, 29, 3, 2), (1, 64, 5)])
-def test_numba_equals_numpy(method, dtype, shape, rng):
-    a, b, h0 = _inputs(rng, shape, dtype)
-    ref, ref_T, ref_cache = linear.forward(a, b, h0, method="recurrent")
-    dh = _inputs(rng, shape, dtype)[1]
-    dh_T = _inputs(rng, shape, dtype)[2]
-    ref_g = linear.backward(ref_cache, dh, dh_T)
-    for chunk in (None, 4, 7):
-        h, h_T, cache = linear.forward(a, b, h0, method=method, chunk_size=chunk, backend="numba")
-        g = linear.backward(cache, dh, dh_T)
-        tol = TOL[np.dtype(dtype)]
-        assert h.dtype == ref.dtype
-        assert_close(h, ref, tol, "h")
-        assert_close(h_T, ref_T, tol, "h_T")
-        for k in ref_g:
-            assert g[k].dtype == ref_g[k].dtype, k
-            assert_close(g[k], ref_g[k], tol, k)
+def _assert_numba_equals_numpy(rng, a, b, h0, chunks=(None,), **kw):
+    ref, ref_T, ref_cache = linear.forward(a, b, h0, **kw)
+    dh, dstate = _randn(rng, ref.shape, ref.dtype), _randn(rng, ref_T.shape, ref.dtype)
+    ref_g = linear.backward(ref_cache, dh, dstate)
+    tol = TOL[ref.dtype]
+    for method in linear.BACKEND_METHODS["numba"]:
+        for chunk in chunks:
+            h, h_T, cache = linear.forward(a, b, h0, method=method, chunk_size=chunk,
+                                           backend="numba", **kw)
+            g = linear.backward(cache, dh, dstate)
+            assert h.dtype == ref.dtype
+            assert_close(h, ref, tol, f"{method} h")
+            assert_close(h_T, ref_T, tol, f"{method} h_T")
+            assert set(g) == set(ref_g)
+            for k in ref_g:
+                assert g[k].dtype == ref_g[k].dtype, k
+                assert_close(g[k], ref_g[k], tol, f"{method} d{k}")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.complex128])
+@pytest.mark.parametrize("shape", [(2, 29, 3, 2), (1, 64, 5)])
+def test_numba_equals_numpy_trailing_axes_and_chunks(dtype, shape, rng):
+    d = ENTRY.make_inputs(rng, dtype, "small", T=shape[1], B=shape[0],
+                          D=int(np.prod(shape[2:])))
+    a, b, h0 = (d[k].reshape(shape if k != "initial_state" else shape[:1] + shape[2:])
+                for k in ("a", "b", "initial_state"))
+    _assert_numba_equals_numpy(rng, a, b, h0, chunks=(None, 4, 7))
 
 
 def test_real_gates_with_complex_inputs(rng):
     a = rng.uniform(-1, 1, (2, 9, 3))
-    b = rng.standard_normal((2, 9, 3)) + 1j * rng.standard_normal((2, 9, 3))
-    ref, _, rc = linear.forward(a, b)
-    h, _, c = linear.forward(a, b, backend="numba")
-    assert_close(h, ref, 1e-12)
-    dh = rng.standard_normal(h.shape) + 0j
-    g, rg = linear.backward(c, dh), linear.backward(rc, dh)
-    assert not np.iscomplexobj(g["a"])
-    assert_close(g["a"], rg["a"], 1e-12)
+    b = _randn(rng, (2, 9, 3), np.complex128)
+    h0 = rng.standard_normal((2, 3))  # real h0, complex h: dstate complex
+    _assert_numba_equals_numpy(rng, a, b, h0, chunks=(None, 4))
+    _, _, c = linear.forward(a, b, h0, backend="numba")
+    g = linear.backward(c, _randn(rng, b.shape, np.complex128))
+    assert g["a"].dtype == np.float64 and g["initial_state"].dtype == np.float64
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.complex128])
+def test_log_a(dtype, rng):
+    b = _randn(rng, (2, 11, 3), dtype)
+    h0 = _randn(rng, (2, 3), dtype)
+    log_a = -rng.uniform(0, 1.5, b.shape)
+    if np.dtype(dtype).kind == "c":
+        log_a = log_a + 1j * rng.uniform(-np.pi, np.pi, b.shape)
+    _assert_numba_equals_numpy(rng, None, b, h0, chunks=(None, 4), log_a=log_a.astype(dtype))
 
 
 def test_numba_refuses_methods_it_has_no_kernel_for(rng):
-    a, b, h0 = _inputs(rng, (1, 4, 2), np.float64)
+    d = ENTRY.make_inputs(rng, np.float64)
     with pytest.raises(ValueError, match="backend='numba' supports"):
-        linear.forward(a, b, method="blelloch", backend="numba")
+        linear.forward(d["a"], d["b"], method="blelloch", backend="numba")

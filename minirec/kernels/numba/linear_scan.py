@@ -15,9 +15,14 @@ element, 12 bytes/element in float32).
   scans and products inside every chunk; pass 2: the short carry scan; pass
   3: the correction), worth it only when ``B·R`` is small and ``T`` long.
 
-The backward is one fused reverse pass: ``g_t = dh_t + conj(a_{t+1}) g_{t+1}``,
-``db = g``, ``da = g ⊙ conj(h_{t-1})``, ``dh0 = conj(a_0) g_0``.
+The backward of ``recurrent`` is one fused reverse pass (``g_{T-1} =
+dh_{T-1} + dstate``, ``g_t = dh_t + conj(a_{t+1}) g_{t+1}``, ``db = g``,
+``da = g ⊙ conj(h_{t-1})``, ``dh0 = conj(a_0) g_0``); that of ``chunked`` is
+the chunked kernel on the reversed scan.
 
+:func:`forward` and :func:`backward` at the end are the wrappers
+:mod:`minirec.scan.linear` calls, with its argument names and return
+structure; they flatten, cast and allocate, the kernels only compute.
 ``fastmath`` is off so that results match the NumPy reference to rounding.
 This module imports nothing from the rest of minirec.
 """
@@ -82,18 +87,18 @@ def _forward_chunked(a, b, h0, h, prod, C):
 
 
 @njit(cache=True, parallel=True)
-def _backward(a, h, h0, dh, dh_T, da, db, dh0):
+def _backward(a, h, h0, dh, dstate, da, db, dh0):
     B, T, R = h.shape
     for i in prange(B):
         g = np.empty(R, db.dtype)
         for r in range(R):
-            g[r] = dh_T[i, r]
+            g[r] = dstate[i, r]
         # one reverse pass: g_t = dh_t + conj(a_{t+1}) g_{t+1}, then db_t, da_t
         for t in range(T - 1, -1, -1):
             dht = dh[i, t]
             dbt = db[i, t]
             dat = da[i, t]
-            hp = h[i, t - 1] if t > 0 else h0[i]
+            h_prev = h[i, t - 1] if t > 0 else h0[i]
             if t < T - 1:
                 an = a[i, t + 1]
                 for r in range(R):
@@ -103,48 +108,83 @@ def _backward(a, h, h0, dh, dh_T, da, db, dh0):
                     g[r] = dht[r] + g[r]
             for r in range(R):
                 dbt[r] = g[r]
-                dat[r] = g[r] * np.conj(hp[r])
+                dat[r] = g[r] * np.conj(h_prev[r])
         a0 = a[i, 0]
         for r in range(R):
             dh0[i, r] = np.conj(a0[r]) * g[r]
 
 
-def _flat(x, B, T, R):
-    return np.ascontiguousarray(x).reshape(B, T, R)
+def _flat(x, B, T, R, dtype=None):
+    """``x`` as a C-contiguous ``(B, T, R)`` array (cast to ``dtype`` if given)."""
+    return np.ascontiguousarray(x, dtype=dtype).reshape(B, T, R)
 
 
-def forward(a, b, h0, method, chunk_size):
-    """``h (B, T, ...)`` for ``method`` in ``("recurrent", "chunked")``."""
+def forward(a, b, initial_state, *, method, chunk_size):
+    """``(h, h_T, None)`` as :func:`minirec.scan.linear.forward` returns them
+    (``None``: the backward needs nothing beyond the definition's cache).
+
+    ``a``, ``b``: ``(B, T, ...)``; ``initial_state``: ``(B, ...)`` (an array);
+    ``method`` in ``("recurrent", "chunked")``; ``chunk_size``: the chunk length
+    for ``"chunked"`` (resolved by the caller). ``h`` has the common dtype of
+    the three; ``a`` keeps its own (a real ``a`` is not copied to complex).
+    """
     B, T = b.shape[:2]
     R = int(np.prod(b.shape[2:], dtype=np.int64))
-    dtype = np.result_type(a, b, h0)
+    dtype = np.result_type(a, b, initial_state)
     a3 = _flat(a, B, T, R)
-    b3 = _flat(b.astype(dtype, copy=False), B, T, R)
-    h03 = np.ascontiguousarray(h0.astype(dtype, copy=False)).reshape(B, R)
+    b3 = _flat(b, B, T, R, dtype)
+    h03 = np.ascontiguousarray(initial_state, dtype=dtype).reshape(B, R)
     h = np.empty((B, T, R), dtype)
     if method == "recurrent":
         _forward_recurrent(a3, b3, h03, h)
     elif method == "chunked":
-        C = int(chunk_size) if chunk_size else max(1, int(np.ceil(np.sqrt(T))))
         prod = np.empty((B, T, R), a3.dtype)
-        _forward_chunked(a3, b3, h03, h, prod, C)
+        _forward_chunked(a3, b3, h03, h, prod, int(chunk_size))
     else:
-        raise ValueError(f"numba linear scan: no kernel for method {method!r}")
-    return h.reshape(b.shape)
+        raise ValueError(f"method: the numba linear scan expected 'recurrent' or 'chunked', "
+                         f"got {method!r}")
+    h = h.reshape(b.shape)
+    return h, h[:, -1].copy(), None
 
 
-def backward(a, h, h0, dh, dh_T):
-    """``(da, db, dh0)`` as complex-or-real arrays in ``h``'s dtype."""
+def backward(a, h, initial_state, kernel, dh, dstate, *, method, chunk_size):
+    """``{"a", "b", "initial_state"}`` in ``h``'s dtype (complex when ``h`` is;
+    the caller takes the real part for real inputs).
+
+    ``a``, ``h``, ``initial_state`` from the forward; ``kernel``: what
+    :func:`forward` returned third (unused); ``dh (B, T, ...)``,
+    ``dstate (B, ...)`` the upstream gradients. ``recurrent``: one fused
+    reverse pass. ``chunked``: the chunked forward kernel on the reversed
+    scan ``g_t = dh_t + conj(a_{t+1}) g_{t+1}`` (``c_{T-1} = 1``), then
+    ``da = g ⊙ conj(h_{t-1})``, ``dh0 = conj(a_0) ⊙ g_0``.
+    """
     B, T = h.shape[:2]
     R = int(np.prod(h.shape[2:], dtype=np.int64))
     dtype = h.dtype
     a3 = _flat(a, B, T, R)
     h3 = _flat(h, B, T, R)
-    h03 = np.ascontiguousarray(h0.astype(dtype, copy=False)).reshape(B, R)
-    dh3 = _flat(dh.astype(dtype, copy=False), B, T, R)
-    dhT = np.ascontiguousarray(dh_T.astype(dtype, copy=False)).reshape(B, R)
-    da = np.empty((B, T, R), dtype)
-    db = np.empty((B, T, R), dtype)
-    dh0 = np.empty((B, R), dtype)
-    _backward(a3, h3, h03, dh3, dhT, da, db, dh0)
-    return da.reshape(h.shape), db.reshape(h.shape), dh0.reshape(h0.shape)
+    h03 = np.ascontiguousarray(initial_state, dtype=dtype).reshape(B, R)
+    dh3 = _flat(dh, B, T, R, dtype)
+    ds = np.ascontiguousarray(dstate, dtype=dtype).reshape(B, R)
+    if method == "recurrent":
+        da = np.empty((B, T, R), dtype)
+        db = np.empty((B, T, R), dtype)
+        dh0 = np.empty((B, R), dtype)
+        _backward(a3, h3, h03, dh3, ds, da, db, dh0)
+    elif method == "chunked":
+        c = np.empty((B, T, R), a3.dtype)
+        c[:, :-1] = np.conj(a3[:, 1:])
+        c[:, -1] = 1
+        g = np.empty((B, T, R), dtype)
+        prod = np.empty((B, T, R), a3.dtype)
+        _forward_chunked(np.ascontiguousarray(c[:, ::-1]), np.ascontiguousarray(dh3[:, ::-1]),
+                         ds, g, prod, int(chunk_size))
+        db = np.ascontiguousarray(g[:, ::-1])
+        h_prev = np.concatenate([h03[:, None], h3[:, :-1]], axis=1)
+        da = db * np.conj(h_prev)
+        dh0 = np.conj(a3[:, 0]) * db[:, 0]
+    else:
+        raise ValueError(f"method: the numba linear scan expected 'recurrent' or 'chunked', "
+                         f"got {method!r}")
+    return {"a": da.reshape(h.shape), "b": db.reshape(h.shape),
+            "initial_state": dh0.reshape(initial_state.shape)}

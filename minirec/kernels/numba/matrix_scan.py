@@ -12,13 +12,15 @@ it in order — fused with the update; ``prange`` runs over the batch rows
 
 The backward is one fused reverse pass (``^H`` the conjugate transpose):
 
-    g_{T−1} = dh_{T−1} + dh_T,     g_t = A_{t+1}^H g_{t+1} + dh_t
+    g_{T−1} = dh_{T−1} + dstate,     g_t = A_{t+1}^H g_{t+1} + dh_t
     db_t = g_t,    dA_t = g_t h_{t−1}^H,    dh0 = A_0^H g_0
 
 with ``(A^H g)[j] = Σ_i conj(A[i, j]) g[i]`` accumulated row by row of ``A``
 (contiguous inner loop over ``j``, written straight into ``db_t``: no
 temporaries). ``fastmath`` is off so that results match the NumPy reference to
-rounding. This module imports nothing from the rest of minirec.
+rounding. :func:`forward` and :func:`backward` at the end are the wrappers
+:mod:`minirec.scan.matrix` calls, with its argument names and return
+structure. This module imports nothing from the rest of minirec.
 """
 
 from __future__ import annotations
@@ -45,12 +47,12 @@ def _forward(A, b, h0, h):
 
 
 @njit(cache=True, parallel=True)
-def _backward(A, h, h0, dh, dh_T, dA, db, dh0):
+def _backward(A, h, h0, dh, dstate, dA, db, dh0):
     B, T, d = h.shape
     for n in prange(B):
-        # g_{T-1} = dh_{T-1} + dh_T; g_t = A_{t+1}^H g_{t+1} + dh_t   (stored in db)
+        # g_{T-1} = dh_{T-1} + dstate; g_t = A_{t+1}^H g_{t+1} + dh_t   (stored in db)
         for j in range(d):
-            db[n, T - 1, j] = dh_T[n, j] + dh[n, T - 1, j]
+            db[n, T - 1, j] = dstate[n, j] + dh[n, T - 1, j]
         for t in range(T - 2, -1, -1):
             for j in range(d):
                 db[n, t, j] = np.conj(A[n, t + 1, 0, j]) * db[n, t + 1, 0]
@@ -65,8 +67,8 @@ def _backward(A, h, h0, dh, dh_T, dA, db, dh0):
             for i in range(d):
                 g_i = db[n, t, i]
                 for j in range(d):
-                    hp = h0[n, j] if t == 0 else h[n, t - 1, j]
-                    dA[n, t, i, j] = g_i * np.conj(hp)
+                    h_prev = h0[n, j] if t == 0 else h[n, t - 1, j]
+                    dA[n, t, i, j] = g_i * np.conj(h_prev)
         # dh0 = A_0^H g_0
         for j in range(d):
             dh0[n, j] = np.conj(A[n, 0, 0, j]) * db[n, 0, 0]
@@ -76,26 +78,36 @@ def _backward(A, h, h0, dh, dh_T, dA, db, dh0):
                 dh0[n, j] += np.conj(A[n, 0, i, j]) * g_i
 
 
-def forward(A, b, h0, method):
-    """``h (B, T, d)`` in the common dtype of ``A``, ``b``, ``h0``; ``method`` must
-    be ``"recurrent"``. ``A`` keeps its own dtype (a real ``A`` is not copied to
-    complex when only ``b`` or ``h0`` is complex)."""
+def forward(A, b, initial_state, *, method):
+    """``(h, h_T, None)`` as :func:`minirec.scan.matrix.forward` returns them
+    (``None``: the backward needs nothing beyond the definition's cache).
+
+    ``h (B, T, d)`` has the common dtype of ``A``, ``b``, ``initial_state``;
+    ``A`` keeps its own (a real ``A`` is not copied to complex when only ``b``
+    or ``initial_state`` is complex). ``method`` must be ``"recurrent"``.
+    """
     if method != "recurrent":
-        raise ValueError(f"numba matrix scan: no kernel for method {method!r}")
-    dtype = np.result_type(A, b, h0)
+        raise ValueError(f"method: the numba matrix scan expected 'recurrent', got {method!r}")
+    dtype = np.result_type(A, b, initial_state)
     h = np.empty(b.shape, dtype)
     _forward(np.ascontiguousarray(A), np.ascontiguousarray(b, dtype=dtype),
-             np.ascontiguousarray(h0, dtype=dtype), h)
-    return h
+             np.ascontiguousarray(initial_state, dtype=dtype), h)
+    return h, h[:, -1].copy(), None
 
 
-def backward(A, h, h0, dh, dh_T):
-    """``(dA, db, dh0)`` in ``h``'s dtype (the caller takes the real part for real inputs)."""
+def backward(A, h, initial_state, kernel, dh, dstate, *, method):
+    """``{"A", "b", "initial_state"}`` in ``h``'s dtype (complex when ``h`` is; the
+    caller takes the real part for real inputs). ``kernel``: what :func:`forward`
+    returned third (unused); ``dh (B, T, d)``, ``dstate (B, d)`` the upstream
+    gradients; ``method`` must be ``"recurrent"``."""
+    if method != "recurrent":
+        raise ValueError(f"method: the numba matrix scan expected 'recurrent', got {method!r}")
     dtype = h.dtype
     dA = np.empty(A.shape, dtype)
     db = np.empty(h.shape, dtype)
-    dh0 = np.empty(h0.shape, dtype)
+    dh0 = np.empty(initial_state.shape, dtype)
     _backward(np.ascontiguousarray(A), np.ascontiguousarray(h),
-              np.ascontiguousarray(h0, dtype=dtype), np.ascontiguousarray(dh, dtype=dtype),
-              np.ascontiguousarray(dh_T, dtype=dtype), dA, db, dh0)
-    return dA, db, dh0
+              np.ascontiguousarray(initial_state, dtype=dtype),
+              np.ascontiguousarray(dh, dtype=dtype),
+              np.ascontiguousarray(dstate, dtype=dtype), dA, db, dh0)
+    return {"A": dA, "b": db, "initial_state": dh0}
