@@ -164,7 +164,8 @@ def test_dx_t_and_dstate_prev_of_the_wrong_shape_are_refused():
 
 def test_the_cache_is_a_sequence_cache_with_transitional_dict_access():
     params, x, h0 = make_rnn()
-    y, h, cache = rnn.forward(params, x, h0)
+    y, h, cache = bptt.sequence_forward(rnn.step_forward, params, x, h0)
+    cache.update(method="recurrent", backend="numpy")
     assert isinstance(cache, bptt.SequenceCache)
     assert cache["steps"] is cache.steps and len(cache.steps) == 5
     assert cache["state0"] is cache.state0

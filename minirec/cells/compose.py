@@ -43,8 +43,10 @@ flattened (an array is one entry, an LSTM's ``(h, c)`` two). For example
 of the final state may be ``None`` or a tuple with ``None`` entries.
 
 Keyword arguments of ``forward`` (``method``, ``chunk_size``, ``backend``,
-``nonlinearity``, …) go to every inner cell unchanged. A wrapper's ``METHODS``
-and ``BACKENDS`` are those shared by all its cells.
+``nonlinearity``, …) go to every inner cell unchanged; ``method``,
+``chunk_size`` and ``backend`` are checked by the wrapper first (and passed on
+only when given). A wrapper's ``METHODS`` and ``BACKENDS`` are those shared by
+all its cells.
 
 To split a given ``state0`` among the cells the wrapper asks each cell's
 ``zero_state(params, batch_size, dtype)`` for its structure; a cell without one
@@ -54,7 +56,7 @@ is run for a single step with ``state0=None`` instead.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -108,11 +110,17 @@ def _check_keys(where: str, params: Any, prefixes: Sequence[str]) -> None:
                          f"got unexpected keys {extra}")
 
 
-def _check_kwargs(where: str, kw: dict, methods: tuple, backends: tuple) -> None:
-    if "method" in kw:
-        V.choice("method", kw["method"], methods)
-    if "backend" in kw:
-        _backend.resolve(kw["backend"], backends, what=where)
+def _options(where: str, methods: tuple, backends: tuple, method: str | None,
+             chunk_size: int | None, backend: str | None, kw: dict) -> dict:
+    """Check the options every cell takes and return the keyword arguments for
+    the inner cells (the options given, and ``kw`` unchanged)."""
+    if method is not None:
+        V.choice("method", method, methods)
+    V.positive_int("chunk_size", chunk_size, allow_none=True)
+    if backend is not None:
+        _backend.resolve(backend, backends, what=where)
+    given = {"method": method, "chunk_size": chunk_size, "backend": backend}
+    return {**kw, **{k: v for k, v in given.items() if v is not None}}
 
 
 def _state_entries(name: str, state) -> tuple | None:
@@ -157,14 +165,57 @@ def _count(name: str, entries: tuple | None, used: int) -> None:
                          f"got {len(entries)}")
 
 
-def _grad_state(entries: tuple | None, pos: int, layout: tuple[int, bool], final) -> Any:
-    """One cell's part of the final-state gradient; ``None`` entries become zeros."""
-    if entries is None:
-        return None
-    n, is_tuple = layout
-    part = [np.zeros_like(f) if e is None else e
-            for e, f in zip(entries[pos:pos + n], _flat(final))]
-    return _unflat(part, is_tuple)
+class InnerCache(NamedTuple):
+    """One inner cell's part of a wrapper's cache."""
+
+    cache: Any                # the inner cell's own cache
+    layout: tuple[int, bool]  # its state: (number of arrays, is a tuple)
+    pos: int                  # where its arrays start in the flat state tuple
+    size: int                 # feature size of its output
+
+
+class ComposedCache(NamedTuple):
+    """What :meth:`Stack.backward` / :meth:`Bidirectional.backward` need from
+    their forward.
+
+    Fields:
+        wrapper: the wrapper's name (``"stack(lstm, lstm)"``): a cache made by
+            another wrapper is refused.
+        inner: one :class:`InnerCache` per layer (stack) or direction
+            (bidirectional), in order.
+        y_like: zeros shaped and typed like ``y`` (a read-only view that holds
+            no memory): what ``dy`` is checked against.
+        state_like: the same for every array of the flat final state.
+        param_shapes: ``{name: shape}`` of the flat params the forward ran with.
+    """
+
+    wrapper: str
+    inner: tuple
+    y_like: Any
+    state_like: tuple
+    param_shapes: dict
+
+
+def _zeros_view(a):
+    xp = _backend.xp_of(a)
+    return xp.broadcast_to(xp.zeros((), a.dtype), a.shape)
+
+
+def _make_cache(wrapper: str, inner: list, y, final: tuple, params: dict) -> ComposedCache:
+    return ComposedCache(wrapper, tuple(inner), _zeros_view(y),
+                         tuple(_zeros_view(s) for s in final), V.param_shapes(params))
+
+
+def _check_backward(where: str, params: Any, cache: Any, dy, dstate):
+    """The checks of both wrappers' ``backward``; returns ``dstate``'s entries
+    (a flat tuple, or ``None``)."""
+    V.cache(where, cache, ComposedCache)
+    if cache.wrapper != where:
+        raise TypeError(f"{where}: cache: expected the cache returned by {where}'s forward, "
+                        f"got one returned by {cache.wrapper}'s")
+    V.params_match(where, params, cache.param_shapes)
+    V.grad_like("dy", dy, cache.y_like, "y")
+    return V.grad_state("dstate", dstate, cache.state_like)
 
 
 def _call(where: str, fn: Callable, *args, **kw):
@@ -234,25 +285,30 @@ class Stack:
         return _zero_state([(c, _sub(params, p)) for p, c in zip(self.prefixes, self.cells)],
                            batch_size, dtype)
 
-    def forward(self, params: dict, x: np.ndarray, state0: tuple | None = None,
-                **kw) -> tuple[np.ndarray, tuple, dict]:
+    def forward(self, params: dict, x: np.ndarray, state0: tuple | None = None, *,
+                method: str | None = None, chunk_size: int | None = None,
+                backend: str | None = None, **kw) -> tuple[np.ndarray, tuple, ComposedCache]:
         """Run the layers over ``x (B, T, D)``.
 
         Args:
             params: flat dict with keys ``"l<k>.<name>"``.
             x: ``(B, T, D)``.
             state0: flat tuple of every layer's initial state, or ``None`` (zeros).
-            **kw: passed to every layer's ``forward`` (``method``, ``backend``, …).
+            method, chunk_size, backend: checked, then passed to every layer
+                (when given; otherwise each layer's default).
+            **kw: passed to every layer's ``forward`` (``nonlinearity``, …).
 
         Returns:
             ``y (B, T, H_out)`` of the last layer, the flat tuple of final
             states, and the cache for :meth:`backward`.
         """
-        _check_kwargs(self.__name__, kw, self.METHODS, self.BACKENDS)
+        kw = _options(self.__name__, self.METHODS, self.BACKENDS, method, chunk_size,
+                      backend, kw)
         _check_keys(self.__name__, params, self.prefixes)
         V.array("x", x, ndim=3)
+        V.time_steps("x", x)
         entries = _state_entries("state0", state0)
-        inp, pos, layers, final = x, 0, [], ()
+        inp, pos, inner, final = x, 0, [], ()
         for k, (prefix, cell) in enumerate(zip(self.prefixes, self.cells)):
             where = f"{self.__name__} layer {k} (params '{prefix}*')"
             p = _sub(params, prefix)
@@ -260,34 +316,30 @@ class Stack:
             s0 = _take("state0", entries, pos, layout, f"layer {k}")
             inp, s, cache = _call(where, cell.forward, p, inp, s0, **kw)
             layout = (len(s), True) if isinstance(s, (tuple, list)) else (1, False)
-            layers.append({"cache": cache, "layout": layout, "pos": len(final), "final": s})
+            inner.append(InnerCache(cache, layout, len(final), inp.shape[-1]))
             pos += layout[0]
             final += _flat(s)
         _count("state0", entries, pos)
-        return inp, final, {"layers": layers, "y": inp.shape}
+        return inp, final, _make_cache(self.__name__, inner, inp, final, params)
 
-    def backward(self, params: dict, cache: dict, dy: np.ndarray | None,
+    def backward(self, params: dict, cache: ComposedCache, dy: np.ndarray | None,
                  dstate: tuple | None = None) -> dict:
         """Back through the layers, last first.
 
-        Returns every ``"l<k>.<name>"`` gradient, ``"x" (B, T, D)`` and
-        ``"state0"`` (flat tuple like the state).
+        ``dy`` like ``y`` or ``None``; ``dstate`` a flat tuple like the final
+        state (``None`` entries mean zeros) or ``None``. Returns every
+        ``"l<k>.<name>"`` gradient, ``"x" (B, T, D)`` and ``"state0"`` (flat
+        tuple like the state).
         """
-        layers = cache["layers"]
-        entries = _state_entries("dstate", dstate)
-        _count("dstate", entries, sum(layer["layout"][0] for layer in layers))
-        if dy is not None:
-            V.array("dy", dy)
-            if tuple(dy.shape) != tuple(cache["y"]):
-                raise ValueError(f"dy: expected shape {tuple(cache['y'])} (the shape of y), "
-                                 f"got {tuple(dy.shape)}")
+        entries = _check_backward(self.__name__, params, cache, dy, dstate)
         grads: dict = {}
-        dstate0: list = [None] * len(layers)
+        dstate0: list = [()] * len(cache.inner)
         d = dy
-        for k in reversed(range(len(layers))):
-            layer, prefix = layers[k], self.prefixes[k]
-            ds = _grad_state(entries, layer["pos"], layer["layout"], layer["final"])
-            g = dict(self.cells[k].backward(_sub(params, prefix), layer["cache"], d, ds))
+        for k in reversed(range(len(cache.inner))):
+            inner, prefix = cache.inner[k], self.prefixes[k]
+            g = dict(_call(f"{self.__name__} layer {k} (params '{prefix}*')",
+                           self.cells[k].backward, _sub(params, prefix), inner.cache, d,
+                           _take("dstate", entries, inner.pos, inner.layout, f"layer {k}")))
             d = g.pop("x")
             dstate0[k] = _flat(g.pop("state0"))
             grads.update({prefix + name: v for name, v in g.items()})
@@ -344,8 +396,9 @@ class Bidirectional:
         return _zero_state([(self.cell, _sub(params, p)) for p in self.prefixes],
                            batch_size, dtype)
 
-    def forward(self, params: dict, x: np.ndarray, state0: tuple | None = None,
-                **kw) -> tuple[np.ndarray, tuple, dict]:
+    def forward(self, params: dict, x: np.ndarray, state0: tuple | None = None, *,
+                method: str | None = None, chunk_size: int | None = None,
+                backend: str | None = None, **kw) -> tuple[np.ndarray, tuple, ComposedCache]:
         """Run both directions over ``x (B, T, D)``.
 
         Args:
@@ -353,6 +406,8 @@ class Bidirectional:
             x: ``(B, T, D)``.
             state0: flat tuple (forward direction's state, then reverse's) or
                 ``None`` (zeros).
+            method, chunk_size, backend: checked, then passed to both
+                directions (when given; otherwise the cell's default).
             **kw: passed to both directions' ``forward``.
 
         Returns:
@@ -360,13 +415,15 @@ class Bidirectional:
             put back in time order), the flat tuple of final states (the
             reverse one after reading ``x[:, 0]``), and the cache.
         """
-        _check_kwargs(self.__name__, kw, self.METHODS, self.BACKENDS)
+        kw = _options(self.__name__, self.METHODS, self.BACKENDS, method, chunk_size,
+                      backend, kw)
         _check_keys(self.__name__, params, self.prefixes)
         V.array("x", x, ndim=3)
+        V.time_steps("x", x)
         xp = _backend.xp_of(x)
         entries = _state_entries("state0", state0)
         inputs = (x, xp.ascontiguousarray(x[:, ::-1]))
-        pos, parts, ys, final = 0, [], [], ()
+        pos, inner, ys, final = 0, [], [], ()
         for prefix, inp in zip(self.prefixes, inputs):
             where = f"{self.__name__} {prefix[:-1]} direction (params '{prefix}*')"
             p = _sub(params, prefix)
@@ -374,39 +431,35 @@ class Bidirectional:
             s0 = _take("state0", entries, pos, layout, f"the {prefix[:-1]} direction")
             y, s, cache = _call(where, self.cell.forward, p, inp, s0, **kw)
             layout = (len(s), True) if isinstance(s, (tuple, list)) else (1, False)
-            parts.append({"cache": cache, "layout": layout, "pos": len(final), "final": s,
-                          "H": y.shape[-1]})
+            inner.append(InnerCache(cache, layout, len(final), y.shape[-1]))
             ys.append(y)
             pos += layout[0]
             final += _flat(s)
         _count("state0", entries, pos)
         y = xp.concatenate([ys[0], ys[1][:, ::-1]], axis=-1)
-        return y, final, {"parts": parts, "y": y.shape}
+        return y, final, _make_cache(self.__name__, inner, y, final, params)
 
-    def backward(self, params: dict, cache: dict, dy: np.ndarray | None,
+    def backward(self, params: dict, cache: ComposedCache, dy: np.ndarray | None,
                  dstate: tuple | None = None) -> dict:
         """Back through both directions.
 
-        Returns every ``"fwd.<name>"``/``"rev.<name>"`` gradient, ``"x" (B, T, D)``
-        and ``"state0"`` (flat tuple like the state).
+        ``dy`` like ``y`` or ``None``; ``dstate`` a flat tuple like the final
+        state (``None`` entries mean zeros) or ``None``. Returns every
+        ``"fwd.<name>"``/``"rev.<name>"`` gradient, ``"x" (B, T, D)`` and
+        ``"state0"`` (flat tuple like the state).
         """
-        parts = cache["parts"]
-        entries = _state_entries("dstate", dstate)
-        _count("dstate", entries, sum(part["layout"][0] for part in parts))
+        entries = _check_backward(self.__name__, params, cache, dy, dstate)
         dys: tuple = (None, None)
         if dy is not None:
-            V.array("dy", dy)
-            if tuple(dy.shape) != tuple(cache["y"]):
-                raise ValueError(f"dy: expected shape {tuple(cache['y'])} (the shape of y), "
-                                 f"got {tuple(dy.shape)}")
             xp = _backend.xp_of(dy)
-            H = parts[0]["H"]
+            H = cache.inner[0].size
             dys = (dy[..., :H], xp.ascontiguousarray(dy[:, ::-1, H:]))
         grads: dict = {}
         dxs, dstate0 = [], ()
-        for prefix, part, d in zip(self.prefixes, parts, dys):
-            ds = _grad_state(entries, part["pos"], part["layout"], part["final"])
-            g = dict(self.cell.backward(_sub(params, prefix), part["cache"], d, ds))
+        for prefix, inner, d in zip(self.prefixes, cache.inner, dys):
+            g = dict(_call(f"{self.__name__} {prefix[:-1]} direction (params '{prefix}*')",
+                           self.cell.backward, _sub(params, prefix), inner.cache, d,
+                           _take("dstate", entries, inner.pos, inner.layout, prefix[:-1])))
             dxs.append(g.pop("x"))
             dstate0 += _flat(g.pop("state0"))
             grads.update({prefix + name: v for name, v in g.items()})

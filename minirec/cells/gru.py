@@ -30,25 +30,25 @@ Post-activation values ``r, z, n`` and ``gh_n`` are cached:
     db_ih  += Σ_B dgi                      db_hh  += Σ_B dgh
 
 ``forward``/``backward`` over a sequence are :mod:`minirec.bptt` loops over
-``step_forward``/``step_backward`` (the definition). ``backend="numba"``: one
-GEMM for ``x W_ih^T + b_ih`` over all T, the time loop fused in
-:func:`minirec.kernels.numba.classic.gru_forward` / ``gru_backward``, and GEMMs
-over all T for the weight gradients (:mod:`minirec.cells.common`).
+``step_forward``/``step_backward`` (the definition). Other backends run the same
+equations behind the backend seam, ``_backend.kernels("gru", backend)``
+(:mod:`minirec.kernels.numba.gru`: one GEMM for ``gi`` over all T, the fused
+time loop with ``gh``, GEMMs for the weight gradients from ``dgi`` and ``dgh``).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
-from scipy.special import expit as _sigmoid  # σ, without overflow
 
 from minirec import _backend, bptt
+from minirec import _math as M
 from minirec import _validate as V
-from minirec.cells import common
 
 METHODS = ("recurrent",)
 BACKENDS = ("numpy", "numba")
+BACKEND_METHODS = {"numba": ("recurrent",)}  # NumPy runs every method
 GATES = 3  # r, z, n
 PARAM_SHAPES = {"W_ih": ("G", "D"), "W_hh": ("G", "H"), "b_ih": ("G",), "b_hh": ("G",)}
 
@@ -63,6 +63,30 @@ class StepCache(NamedTuple):
     z: np.ndarray        # update gate σ(gi_z + gh_z)
     n: np.ndarray        # candidate tanh(gi_n + r ⊙ gh_n)
     gh_n: np.ndarray     # h_{t-1} W_hn^T + b_hn
+
+
+class GRUCache(NamedTuple):
+    """What :func:`backward` needs from :func:`forward`.
+
+    Fields:
+        seq: ``backend="numpy"``: the :class:`minirec.bptt.SequenceCache` of the
+            loop over :func:`step_forward`; ``None`` otherwise.
+        kernel: other backends: the kernel module's own cache (see
+            ``_backend.kernels("gru", backend)``); ``None`` for NumPy.
+        y_like: zeros shaped and typed like ``y (B, T, H)`` (a read-only view
+            that holds no memory): what ``dy`` is checked against.
+        state_like: the same for the final state ``h (B, H)``.
+        param_shapes: ``{name: shape}`` of the params the forward ran with.
+        method, backend: the forward's options.
+    """
+
+    seq: bptt.SequenceCache | None
+    kernel: Any
+    y_like: np.ndarray
+    state_like: np.ndarray
+    param_shapes: dict
+    method: str
+    backend: str
 
 
 def init_params(rng: np.random.Generator, input_size: int, hidden_size: int,
@@ -100,10 +124,10 @@ def step_forward(params: dict, x_t: np.ndarray, h_prev: np.ndarray) -> tuple[np.
     H = h_prev.shape[-1]
     gi = x_t @ params["W_ih"].T + params["b_ih"]
     gh = h_prev @ params["W_hh"].T + params["b_hh"]
-    rz = _sigmoid(gi[:, :2 * H] + gh[:, :2 * H])  # r and z in one call
+    rz = M.sigmoid(gi[:, :2 * H] + gh[:, :2 * H])  # r and z in one call
     r, z = rz[:, :H], rz[:, H:]
     gh_n = gh[:, 2 * H:]
-    n = np.tanh(gi[:, 2 * H:] + r * gh_n)
+    n = M.tanh(gi[:, 2 * H:] + r * gh_n)
     h = (1 - z) * n + z * h_prev
     return h, StepCache(params, x_t, h_prev, r, z, n, gh_n)
 
@@ -117,11 +141,11 @@ def step_backward(dh_next: np.ndarray, cache_t: StepCache):
     dn = dh * (1 - z)
     dz = dh * (h_prev - n)
     # through n = tanh(gi_n + r ⊙ gh_n)
-    da_n = dn * (1 - n * n)
+    da_n = dn * M.dtanh_from_output(n)
     dr = da_n * gh_n
     # through the sigmoids
-    da_r = dr * r * (1 - r)
-    da_z = dz * z * (1 - z)
+    da_r = dr * M.dsigmoid_from_output(r)
+    da_z = dz * M.dsigmoid_from_output(z)
     dgi = np.concatenate([da_r, da_z, da_n], axis=-1)
     dgh = np.concatenate([da_r, da_z, da_n * r], axis=-1)
     # through the two affine maps
@@ -132,54 +156,38 @@ def step_backward(dh_next: np.ndarray, cache_t: StepCache):
 
 def forward(params: dict, x: np.ndarray, state0: np.ndarray | None = None, *,
             method: str = "recurrent", chunk_size: int | None = None,
-            backend: str = "numpy") -> tuple[np.ndarray, np.ndarray, dict]:
+            backend: str = "numpy") -> tuple[np.ndarray, np.ndarray, GRUCache]:
     """Run the GRU over ``x (B, T, D)`` from ``state0 (B, H)`` (zeros if ``None``).
 
-    Returns ``y (B, T, H)``, the final ``h (B, H)`` and the cache for :func:`backward`.
+    ``chunk_size`` is accepted for the common cell API (no method here uses it)
+    and checked all the same. Returns ``y (B, T, H)``, the final ``h (B, H)``
+    and the :class:`GRUCache` for :func:`backward`.
     """
     V.choice("method", method, METHODS)
-    _backend.resolve(backend, BACKENDS, what="cells.gru")
+    V.positive_int("chunk_size", chunk_size, allow_none=True)
+    _backend.resolve(backend, BACKENDS, what="cells.gru", method=method,
+                     backend_methods=BACKEND_METHODS)
     dtype = _check(params, x, state0)
     h0 = zero_state(params, x.shape[0], dtype) if state0 is None else state0
-    if backend == "numba":  # GEMM for x W_ih^T over all T, then the fused time loop
-        with _backend.blas_single_thread():  # see _backend: BLAS vs numba threads
-            kern = _backend.kernels("classic", backend)
-            p = {k: v.astype(dtype, copy=False) for k, v in params.items()}
-            xp = common.project(x.astype(dtype, copy=False), p["W_ih"], p["b_ih"])
-            B, T, G = xp.shape
-            hs = np.empty((B, T, G // GATES), dtype)
-            gates = np.empty((B, T, (GATES + 1) * (G // GATES)), dtype)
-            h0c = np.ascontiguousarray(h0, dtype=dtype)
-            kern.gru_forward(xp, np.ascontiguousarray(p["W_hh"].T), p["b_hh"], h0c, hs, gates)
-            cache = {"x": x, "hs": hs, "gates": gates, "state0": h0c, "method": method,
-                     "backend": backend}
-            return hs, hs[:, -1].copy(), cache
-    y, h, cache = bptt.sequence_forward(step_forward, params, x, h0)
-    cache.update(method=method, backend=backend)
-    return y, h, cache
+    seq = kernel = None
+    if backend == "numpy":  # the definition: BPTT's loop over step_forward
+        y, h, seq = bptt.sequence_forward(step_forward, params, x, h0)
+    else:
+        y, h, kernel = _backend.kernels("gru", backend).forward(params, x, h0)
+    return y, h, GRUCache(seq, kernel, np.broadcast_to(np.zeros((), y.dtype), y.shape),
+                          np.broadcast_to(np.zeros((), h.dtype), h.shape),
+                          V.param_shapes(params), method, backend)
 
 
-def backward(params: dict, cache: dict, dy: np.ndarray | None,
+def backward(params: dict, cache: GRUCache, dy: np.ndarray | None,
              dstate: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """BPTT: gradients for ``W_ih, W_hh, b_ih, b_hh``, ``"x" (B, T, D)`` and
     ``"state0" (B, H)``. ``dy (B, T, H)`` and ``dstate (B, H)`` may be ``None``."""
-    V.grad_like("dstate", dstate, cache["state0"], "the state")
-    if cache["backend"] == "numba":
-        with _backend.blas_single_thread():  # see _backend: BLAS vs numba threads
-            kern = _backend.kernels("classic", "numba")
-            hs, h0, x = cache["hs"], cache["state0"], cache["x"]
-            dt = hs.dtype
-            dy = np.zeros_like(hs) if dy is None else np.ascontiguousarray(V.grad_like(
-                "dy", dy, hs, "y"), dtype=dt)
-            dh_T = np.zeros_like(h0) if dstate is None else np.ascontiguousarray(dstate, dtype=dt)
-            B, T, H = hs.shape
-            dxp = np.empty((B, T, GATES * H), dt)
-            dhp = np.empty((B, T, GATES * H), dt)
-            dh0 = np.empty_like(h0)
-            W_hh = np.ascontiguousarray(params["W_hh"], dtype=dt)
-            kern.gru_backward(hs, h0, cache["gates"], W_hh, dy, dh_T, dxp, dhp, dh0)
-            grads = common.dense_grads(x.astype(dt, copy=False), common.previous_states(h0, hs),
-                                       dxp, dhp, params["W_ih"].astype(dt, copy=False))
-            grads["state0"] = dh0
-            return grads
-    return bptt.sequence_backward(step_backward, params, cache, dy, dstate)
+    V.cache("gru", cache, GRUCache)
+    V.params_match("gru", params, cache.param_shapes)
+    fill = cache.backend != "numpy"  # kernels take arrays: None becomes zeros
+    dy = V.grad_like("dy", dy, cache.y_like, "y", fill=fill)
+    dstate = V.grad_state("dstate", dstate, cache.state_like, fill=fill)
+    if cache.backend != "numpy":
+        return _backend.kernels("gru", cache.backend).backward(params, cache.kernel, dy, dstate)
+    return bptt.sequence_backward(step_backward, params, cache.seq, dy, dstate)

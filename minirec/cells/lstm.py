@@ -29,25 +29,25 @@ in a cached value:
     db_ih  += Σ_B da             db_hh  += Σ_B da
 
 ``forward``/``backward`` over a sequence are :mod:`minirec.bptt` loops over
-``step_forward``/``step_backward`` (the definition). ``backend="numba"``: one
-GEMM for ``x W_ih^T + b_ih + b_hh`` over all T, the time loop fused in
-:func:`minirec.kernels.numba.classic.lstm_forward` / ``lstm_backward``, and
-GEMMs over all T for the weight gradients (:mod:`minirec.cells.common`).
+``step_forward``/``step_backward`` (the definition). Other backends run the same
+equations behind the backend seam, ``_backend.kernels("lstm", backend)``
+(:mod:`minirec.kernels.numba.lstm`: one GEMM for ``gi = x W_ih^T + b_ih + b_hh``
+over all T, the fused time loop, GEMMs for the weight gradients).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
-from scipy.special import expit as _sigmoid  # σ, without overflow
 
 from minirec import _backend, bptt
+from minirec import _math as M
 from minirec import _validate as V
-from minirec.cells import common
 
 METHODS = ("recurrent",)
 BACKENDS = ("numpy", "numba")
+BACKEND_METHODS = {"numba": ("recurrent",)}  # NumPy runs every method
 GATES = 4  # i, f, g, o
 PARAM_SHAPES = {"W_ih": ("G", "D"), "W_hh": ("G", "H"), "b_ih": ("G",), "b_hh": ("G",)}
 
@@ -64,6 +64,30 @@ class StepCache(NamedTuple):
     g: np.ndarray        # candidate tanh(a_g)
     o: np.ndarray        # output gate σ(a_o)
     tanh_c: np.ndarray   # tanh(c_t)
+
+
+class LSTMCache(NamedTuple):
+    """What :func:`backward` needs from :func:`forward`.
+
+    Fields:
+        seq: ``backend="numpy"``: the :class:`minirec.bptt.SequenceCache` of the
+            loop over :func:`step_forward`; ``None`` otherwise.
+        kernel: other backends: the kernel module's own cache (see
+            ``_backend.kernels("lstm", backend)``); ``None`` for NumPy.
+        y_like: zeros shaped and typed like ``y (B, T, H)`` (a read-only view
+            that holds no memory): what ``dy`` is checked against.
+        state_like: the same for the final state ``(h, c)``, each ``(B, H)``.
+        param_shapes: ``{name: shape}`` of the params the forward ran with.
+        method, backend: the forward's options.
+    """
+
+    seq: bptt.SequenceCache | None
+    kernel: Any
+    y_like: np.ndarray
+    state_like: tuple[np.ndarray, np.ndarray]
+    param_shapes: dict
+    method: str
+    backend: str
 
 
 def init_params(rng: np.random.Generator, input_size: int, hidden_size: int,
@@ -104,11 +128,11 @@ def step_forward(params: dict, x_t: np.ndarray,
     h_prev, c_prev = state
     a = x_t @ params["W_ih"].T + params["b_ih"] + h_prev @ params["W_hh"].T + params["b_hh"]
     H = h_prev.shape[-1]
-    s = _sigmoid(a)  # one call for the three σ gates (its g block is unused)
+    s = M.sigmoid(a)  # one call for the three σ gates (its g block is unused)
     i, f, o = s[:, :H], s[:, H:2 * H], s[:, 3 * H:]
-    g = np.tanh(a[:, 2 * H:3 * H])
+    g = M.tanh(a[:, 2 * H:3 * H])
     c = f * c_prev + i * g
-    tanh_c = np.tanh(c)
+    tanh_c = M.tanh(c)
     h = o * tanh_c
     return (h, c), StepCache(params, x_t, h_prev, c_prev, i, f, g, o, tanh_c)
 
@@ -123,13 +147,13 @@ def step_backward(dstate_next: tuple[np.ndarray, np.ndarray], cache_t: StepCache
     dh, dc = dstate_next
     # through h_t = o ⊙ tanh(c_t)
     do = dh * tanh_c
-    dc_t = dc + dh * o * (1 - tanh_c * tanh_c)
+    dc_t = dc + dh * o * M.dtanh_from_output(tanh_c)
     # through c_t = f ⊙ c_{t-1} + i ⊙ g
     di, df, dg = dc_t * g, dc_t * c_prev, dc_t * i
     dc_prev = dc_t * f
     # through the gate nonlinearities (post-activation values cached)
-    da = np.concatenate([di * i * (1 - i), df * f * (1 - f), dg * (1 - g * g), do * o * (1 - o)],
-                        axis=-1)
+    da = np.concatenate([di * M.dsigmoid_from_output(i), df * M.dsigmoid_from_output(f),
+                         dg * M.dtanh_from_output(g), do * M.dsigmoid_from_output(o)], axis=-1)
     # through the two affine maps
     db = da.sum(axis=0)
     dparams = {"W_ih": da.T @ x_t, "W_hh": da.T @ h_prev, "b_ih": db, "b_hh": db.copy()}
@@ -138,66 +162,43 @@ def step_backward(dstate_next: tuple[np.ndarray, np.ndarray], cache_t: StepCache
 
 def forward(params: dict, x: np.ndarray, state0: tuple | None = None, *,
             method: str = "recurrent", chunk_size: int | None = None,
-            backend: str = "numpy") -> tuple[np.ndarray, tuple, dict]:
+            backend: str = "numpy") -> tuple[np.ndarray, tuple, LSTMCache]:
     """Run the LSTM over ``x (B, T, D)`` from ``state0 = (h0, c0)``, each ``(B, H)``
     (zeros if ``None``).
 
-    Returns ``y (B, T, H)`` (every ``h_t``), the final state ``(h, c)`` and the
-    cache for :func:`backward`.
+    ``chunk_size`` is accepted for the common cell API (no method here uses it)
+    and checked all the same. Returns ``y (B, T, H)`` (every ``h_t``), the final
+    state ``(h, c)`` and the :class:`LSTMCache` for :func:`backward`.
     """
     V.choice("method", method, METHODS)
-    _backend.resolve(backend, BACKENDS, what="cells.lstm")
+    V.positive_int("chunk_size", chunk_size, allow_none=True)
+    _backend.resolve(backend, BACKENDS, what="cells.lstm", method=method,
+                     backend_methods=BACKEND_METHODS)
     dtype = _check(params, x, state0)
     s0 = zero_state(params, x.shape[0], dtype) if state0 is None else tuple(state0)
-    if backend == "numba":  # GEMM for x W_ih^T over all T, then the fused time loop
-        with _backend.blas_single_thread():  # see _backend: BLAS vs numba threads
-            kern = _backend.kernels("classic", backend)
-            p = {k: v.astype(dtype, copy=False) for k, v in params.items()}
-            xp = common.project(x.astype(dtype, copy=False), p["W_ih"], p["b_ih"] + p["b_hh"])
-            B, T, G = xp.shape
-            hs = np.empty((B, T, G // GATES), dtype)
-            cs = np.empty_like(hs)
-            gates = np.empty_like(xp)
-            h0, c0 = (np.ascontiguousarray(v, dtype=dtype) for v in s0)
-            kern.lstm_forward(xp, np.ascontiguousarray(p["W_hh"].T), h0, c0, hs, cs, gates)
-            cache = {"x": x, "hs": hs, "cs": cs, "gates": gates, "state0": (h0, c0),
-                     "method": method, "backend": backend}
-            return hs, (hs[:, -1].copy(), cs[:, -1].copy()), cache
-    y, state, cache = bptt.sequence_forward(step_forward, params, x, s0)
-    cache.update(method=method, backend=backend)
-    return y, state, cache
+    seq = kernel = None
+    if backend == "numpy":  # the definition: BPTT's loop over step_forward
+        y, state, seq = bptt.sequence_forward(step_forward, params, x, s0)
+    else:
+        y, state, kernel = _backend.kernels("lstm", backend).forward(params, x, s0)
+    state_like = tuple(np.broadcast_to(np.zeros((), s.dtype), s.shape) for s in state)
+    return y, state, LSTMCache(seq, kernel, np.broadcast_to(np.zeros((), y.dtype), y.shape),
+                               state_like, V.param_shapes(params), method, backend)
 
 
-def backward(params: dict, cache: dict, dy: np.ndarray | None,
+def backward(params: dict, cache: LSTMCache, dy: np.ndarray | None,
              dstate: tuple | None = None) -> dict:
     """BPTT: gradients for ``W_ih, W_hh, b_ih, b_hh``, ``"x" (B, T, D)`` and
     ``"state0" = (dh0, dc0)``.
 
-    ``dy (B, T, H)`` or ``None``; ``dstate = (dh_T, dc_T)`` (either entry may be
-    ``None``) or ``None``.
+    ``dy (B, T, H)`` or ``None``; ``dstate = (dh, dc)``, the gradient of the
+    final ``(h, c)`` (either part may be ``None``), or ``None``.
     """
-    h0, c0 = cache["state0"]
-    if dstate is not None:
-        if not isinstance(dstate, (tuple, list)) or len(dstate) != 2:
-            raise TypeError(f"lstm: dstate: expected a tuple (dh, dc) of two {h0.shape} arrays, "
-                            f"got {type(dstate).__name__}")
-        dstate = tuple(np.zeros_like(s) if d is None else V.grad_like(n, d, s, "the state")
-                       for n, d, s in zip(("dstate[0]", "dstate[1]"), dstate, (h0, c0)))
-    if cache["backend"] == "numba":
-        with _backend.blas_single_thread():  # see _backend: BLAS vs numba threads
-            kern = _backend.kernels("classic", "numba")
-            hs, cs, x = cache["hs"], cache["cs"], cache["x"]
-            dt = hs.dtype
-            dy = np.zeros_like(hs) if dy is None else np.ascontiguousarray(V.grad_like(
-                "dy", dy, hs, "y"), dtype=dt)
-            dh_T, dc_T = ((np.zeros_like(h0), np.zeros_like(c0)) if dstate is None else
-                          (np.ascontiguousarray(d, dtype=dt) for d in dstate))
-            da = np.empty_like(cache["gates"])
-            dh0, dc0 = np.empty_like(h0), np.empty_like(c0)
-            W_hh = np.ascontiguousarray(params["W_hh"], dtype=dt)
-            kern.lstm_backward(cs, c0, cache["gates"], W_hh, dy, dh_T, dc_T, da, dh0, dc0)
-            grads = common.dense_grads(x.astype(dt, copy=False), common.previous_states(h0, hs),
-                                       da, da, params["W_ih"].astype(dt, copy=False))
-            grads["state0"] = (dh0, dc0)
-            return grads
-    return bptt.sequence_backward(step_backward, params, cache, dy, dstate)
+    V.cache("lstm", cache, LSTMCache)
+    V.params_match("lstm", params, cache.param_shapes)
+    fill = cache.backend != "numpy"  # kernels take arrays: None becomes zeros
+    dy = V.grad_like("dy", dy, cache.y_like, "y", fill=fill)
+    dstate = V.grad_state("dstate", dstate, cache.state_like, fill=fill)
+    if cache.backend != "numpy":
+        return _backend.kernels("lstm", cache.backend).backward(params, cache.kernel, dy, dstate)
+    return bptt.sequence_backward(step_backward, params, cache.seq, dy, dstate)

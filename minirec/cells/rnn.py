@@ -19,25 +19,62 @@ Backward through one step (dh = ∂L/∂h_t, from the output and from t+1):
     db_ih  += Σ_B da                 db_hh   += Σ_B da
 
 ``forward``/``backward`` over a sequence are :mod:`minirec.bptt` loops over
-``step_forward``/``step_backward`` (the definition). ``backend="numba"`` runs
-the same equations as one GEMM for the input projection of all T, the time
-loop in :func:`minirec.kernels.numba.classic.rnn_forward` (backward:
-``rnn_backward``), and GEMMs over all T for the weight gradients
-(:mod:`minirec.cells.common`).
+``step_forward``/``step_backward`` (the definition). Other backends run the same
+equations behind the backend seam, ``_backend.kernels("rnn", backend)``
+(:mod:`minirec.kernels.numba.rnn`: one GEMM for ``gi = x W_ih^T + b_ih + b_hh``
+over all T, the fused time loop, GEMMs for the weight gradients).
 """
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import numpy as np
 
 from minirec import _backend, bptt
+from minirec import _math as M
 from minirec import _validate as V
-from minirec.cells import common
 
 METHODS = ("recurrent",)
 BACKENDS = ("numpy", "numba")
+BACKEND_METHODS = {"numba": ("recurrent",)}  # NumPy runs every method
 NONLINEARITIES = ("tanh", "relu")
 PARAM_SHAPES = {"W_ih": ("H", "D"), "W_hh": ("H", "H"), "b_ih": ("H",), "b_hh": ("H",)}
+
+
+class StepCache(NamedTuple):
+    """What one step keeps for its backward."""
+
+    params: dict
+    x_t: np.ndarray      # (B, D)
+    h_prev: np.ndarray   # (B, H) h_{t-1}
+    h: np.ndarray        # (B, H) h_t = φ(a_t), post-activation
+    nonlinearity: str    # "tanh" or "relu"
+
+
+class RNNCache(NamedTuple):
+    """What :func:`backward` needs from :func:`forward`.
+
+    Fields:
+        seq: ``backend="numpy"``: the :class:`minirec.bptt.SequenceCache` of the
+            loop over :func:`step_forward`; ``None`` otherwise.
+        kernel: other backends: the kernel module's own cache (see
+            ``_backend.kernels("rnn", backend)``); ``None`` for NumPy.
+        y_like: zeros shaped and typed like ``y (B, T, H)`` (a read-only view
+            that holds no memory): what ``dy`` is checked against.
+        state_like: the same for the final state ``h (B, H)``.
+        param_shapes: ``{name: shape}`` of the params the forward ran with.
+        nonlinearity, method, backend: the forward's options.
+    """
+
+    seq: bptt.SequenceCache | None
+    kernel: Any
+    y_like: np.ndarray
+    state_like: np.ndarray
+    param_shapes: dict
+    nonlinearity: str
+    method: str
+    backend: str
 
 
 def init_params(rng: np.random.Generator, input_size: int, hidden_size: int,
@@ -59,28 +96,26 @@ def _check(params, x, state0):
     return V.cell_inputs("rnn", params, PARAM_SHAPES, x, state0, ("B", "H"))[0]
 
 
-def _phi(a, nonlinearity):
-    return np.tanh(a) if nonlinearity == "tanh" else np.maximum(a, 0)
-
-
 def step_forward(params: dict, x_t: np.ndarray, h_prev: np.ndarray,
-                 nonlinearity: str = "tanh") -> tuple[np.ndarray, tuple]:
+                 nonlinearity: str = "tanh") -> tuple[np.ndarray, StepCache]:
     """One step: ``h_t = φ(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)``.
 
-    ``x_t (B, D)``, ``h_prev (B, H)`` → ``h_t (B, H)`` and the step cache
-    ``(params, x_t, h_prev, h_t, nonlinearity)``.
+    ``x_t (B, D)``, ``h_prev (B, H)`` → ``h_t (B, H)`` and a :class:`StepCache`.
     """
     a = x_t @ params["W_ih"].T + params["b_ih"] + h_prev @ params["W_hh"].T + params["b_hh"]
-    h = _phi(a, nonlinearity)
-    return h, (params, x_t, h_prev, h, nonlinearity)
+    h = M.tanh(a) if nonlinearity == "tanh" else M.relu(a)
+    return h, StepCache(params, x_t, h_prev, h, nonlinearity)
 
 
-def step_backward(dh_next: np.ndarray, cache_t: tuple):
+def step_backward(dh_next: np.ndarray, cache_t: StepCache):
     """Back through one step: returns ``dx_t (B, D)``, ``dh_prev (B, H)`` and the
     step's parameter gradients."""
     params, x_t, h_prev, h, nonlinearity = cache_t
     # through φ (h stored post-activation)
-    da = dh_next * (1 - h * h) if nonlinearity == "tanh" else dh_next * (h > 0)
+    if nonlinearity == "tanh":
+        da = dh_next * M.dtanh_from_output(h)
+    else:
+        da = dh_next * (h > 0)
     # through the two affine maps
     dparams = {"W_ih": da.T @ x_t, "W_hh": da.T @ h_prev,
                "b_ih": da.sum(axis=0), "b_hh": da.sum(axis=0)}
@@ -88,51 +123,42 @@ def step_backward(dh_next: np.ndarray, cache_t: tuple):
 
 
 def forward(params: dict, x: np.ndarray, state0: np.ndarray | None = None, *,
-            nonlinearity: str = "tanh", method: str = "recurrent", chunk_size: int | None = None,
-            backend: str = "numpy") -> tuple[np.ndarray, np.ndarray, dict]:
+            nonlinearity: str = "tanh", method: str = "recurrent",
+            chunk_size: int | None = None,
+            backend: str = "numpy") -> tuple[np.ndarray, np.ndarray, RNNCache]:
     """Run the RNN over ``x (B, T, D)`` from ``state0 (B, H)`` (zeros if ``None``).
 
-    Returns ``y (B, T, H)``, the final ``h (B, H)`` and the cache for :func:`backward`.
+    ``chunk_size`` is accepted for the common cell API (no method here uses it)
+    and checked all the same. Returns ``y (B, T, H)``, the final ``h (B, H)``
+    and the :class:`RNNCache` for :func:`backward`.
     """
     V.choice("nonlinearity", nonlinearity, NONLINEARITIES)
     V.choice("method", method, METHODS)
-    _backend.resolve(backend, BACKENDS, what="cells.rnn")
+    V.positive_int("chunk_size", chunk_size, allow_none=True)
+    _backend.resolve(backend, BACKENDS, what="cells.rnn", method=method,
+                     backend_methods=BACKEND_METHODS)
     dtype = _check(params, x, state0)
     h0 = zero_state(params, x.shape[0], dtype) if state0 is None else state0
-    if backend == "numba":
-        with _backend.blas_single_thread():  # see _backend: BLAS vs numba threads
-            kern = _backend.kernels("classic", backend)
-            p = {k: v.astype(dtype, copy=False) for k, v in params.items()}
-            xp = common.project(x.astype(dtype, copy=False), p["W_ih"], p["b_ih"] + p["b_hh"])
-            hs = np.empty(xp.shape, dtype)
-            h0c = np.ascontiguousarray(h0, dtype=dtype)
-            kern.rnn_forward(xp, np.ascontiguousarray(p["W_hh"].T), h0c, nonlinearity == "relu", hs)
-            cache = {"x": x, "hs": hs, "state0": h0c, "nonlinearity": nonlinearity,
-                     "method": method, "backend": backend}
-            return hs, hs[:, -1].copy(), cache
-    y, h, cache = bptt.sequence_forward(step_forward, params, x, h0, nonlinearity=nonlinearity)
-    cache.update(method=method, backend=backend)
-    return y, h, cache
+    seq = kernel = None
+    if backend == "numpy":  # the definition: BPTT's loop over step_forward
+        y, h, seq = bptt.sequence_forward(step_forward, params, x, h0, nonlinearity=nonlinearity)
+    else:
+        y, h, kernel = _backend.kernels("rnn", backend).forward(params, x, h0,
+                                                                nonlinearity=nonlinearity)
+    return y, h, RNNCache(seq, kernel, np.broadcast_to(np.zeros((), y.dtype), y.shape),
+                          np.broadcast_to(np.zeros((), h.dtype), h.shape),
+                          V.param_shapes(params), nonlinearity, method, backend)
 
 
-def backward(params: dict, cache: dict, dy: np.ndarray | None,
+def backward(params: dict, cache: RNNCache, dy: np.ndarray | None,
              dstate: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """BPTT: gradients for ``W_ih, W_hh, b_ih, b_hh``, ``"x" (B, T, D)`` and ``"state0" (B, H)``."""
-    if cache["backend"] == "numba":
-        with _backend.blas_single_thread():  # see _backend: BLAS vs numba threads
-            kern = _backend.kernels("classic", "numba")
-            hs, h0, x = cache["hs"], cache["state0"], cache["x"]
-            dy = np.zeros_like(hs) if dy is None else np.ascontiguousarray(dy, dtype=hs.dtype)
-            dh_T = np.zeros_like(h0) if dstate is None else np.ascontiguousarray(dstate, hs.dtype)
-            V.grad_like("dy", dy, hs, "y")
-            V.grad_like("dstate", dh_T, h0, "state")
-            da = np.empty_like(hs)
-            dh0 = np.empty_like(h0)
-            W_hh = np.ascontiguousarray(params["W_hh"], dtype=hs.dtype)
-            kern.rnn_backward(hs, W_hh, dy, dh_T, cache["nonlinearity"] == "relu", da, dh0)
-            h_prev = common.previous_states(h0, hs)
-            grads = common.dense_grads(x.astype(hs.dtype, copy=False), h_prev, da, da,
-                                       params["W_ih"].astype(hs.dtype, copy=False))
-            grads["state0"] = dh0
-            return grads
-    return bptt.sequence_backward(step_backward, params, cache, dy, dstate)
+    """BPTT: gradients for ``W_ih, W_hh, b_ih, b_hh``, ``"x" (B, T, D)`` and
+    ``"state0" (B, H)``. ``dy (B, T, H)`` and ``dstate (B, H)`` may be ``None``."""
+    V.cache("rnn", cache, RNNCache)
+    V.params_match("rnn", params, cache.param_shapes)
+    fill = cache.backend != "numpy"  # kernels take arrays: None becomes zeros
+    dy = V.grad_like("dy", dy, cache.y_like, "y", fill=fill)
+    dstate = V.grad_state("dstate", dstate, cache.state_like, fill=fill)
+    if cache.backend != "numpy":
+        return _backend.kernels("rnn", cache.backend).backward(params, cache.kernel, dy, dstate)
+    return bptt.sequence_backward(step_backward, params, cache.seq, dy, dstate)

@@ -1,4 +1,8 @@
-"""cells.compose: stack and bidirectional wrappers around any cell."""
+"""cells.compose: stack and bidirectional wrappers around any cell — that they
+equal the cells they wrap, PyTorch's layouts, None parts of state gradients,
+user cells, and the wrapper-specific messages. Gradients, agreement of
+backends, split-resume, dtypes and the bad-input tables are
+tests/test_contract.py's (entries "lstm_stack2", "gru_bidirectional")."""
 
 import types
 
@@ -7,7 +11,6 @@ import pytest
 
 from minirec import bptt, gradcheck
 from minirec.cells import compose, gru, lstm, rnn
-from tests.conftest import assert_close
 
 
 def inputs(rng, net, B=2, T=5, D=3, H=4, dtype=np.float64):
@@ -97,17 +100,6 @@ def test_gradcheck(build, kw, with_state0, rng):
     assert set(report.errors) >= set(params) | {"x"}
 
 
-def test_stack_split_resume_equals_one_call(rng):
-    net = compose.stack([lstm, gru])
-    params, x, state0 = inputs(rng, net, T=9)
-    y, s, _ = net.forward(params, x, state0)
-    y1, s1, _ = net.forward(params, x[:, :4], state0)
-    y2, s2, _ = net.forward(params, x[:, 4:], s1)
-    assert_close(np.concatenate([y1, y2], axis=1), y, 1e-14, "y")
-    for k, (a, b) in enumerate(zip(s2, s)):
-        assert_close(a, b, 1e-14, f"state[{k}]")
-
-
 def test_state0_none_equals_zeros_and_none_gradient_parts_are_zeros(rng):
     net = compose.stack([compose.bidirectional(lstm), gru])
     params, x, state0 = inputs(rng, net)
@@ -123,15 +115,6 @@ def test_state0_none_equals_zeros_and_none_gradient_parts_are_zeros(rng):
     for k in (*params, "x"):
         np.testing.assert_array_equal(g0[k], g1[k])
     assert len(g0["state0"]) == len(zeros) == 5
-
-
-def test_float32_stays_float32(rng):
-    net = compose.stack([compose.bidirectional(gru), lstm])
-    params, x, state0 = inputs(rng, net, dtype=np.float32)
-    y, s, cache = net.forward(params, x, state0)
-    assert y.dtype == np.float32 and all(a.dtype == np.float32 for a in s)
-    g = net.backward(params, cache, np.ones_like(y), None)
-    assert all(g[k].dtype == np.float32 for k in (*params, "x"))
 
 
 def test_works_with_a_users_bptt_cell_and_a_cell_without_zero_state(rng):
@@ -181,7 +164,8 @@ def test_bad_input_is_refused_with_a_clear_message(build, rng):
     _, _, cache = net.forward(params, x, state0)
     with pytest.raises(ValueError, match=r"dy: expected shape"):
         net.backward(params, cache, np.zeros((2, 4, 3)))
-    with pytest.raises(ValueError, match="dstate: expected a flat tuple of 4"):
+    with pytest.raises(TypeError, match=r"dstate: expected a tuple of 4 arrays .*got a tuple "
+                                        r"of length 2"):
         net.backward(params, cache, None, state0[:2])
 
 
@@ -200,3 +184,48 @@ def test_inner_errors_say_which_layer(rng):
         net.forward(params, x, bad_state)
     with pytest.raises(ValueError, match="at least one cell"):
         compose.stack([])
+
+
+BUILDS = {"stack": lambda: compose.stack([lstm, gru]),
+          "bidirectional": lambda: compose.bidirectional(rnn)}
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("chunk_size", [-1, 0, 2.5, "4", True], ids=repr)
+@pytest.mark.parametrize("build", BUILDS.values(), ids=BUILDS.keys())
+def test_a_bad_chunk_size_is_refused(build, chunk_size, backend, rng):
+    """Issue 7 #9: the wrappers passed a bad chunk_size on to cells that ignore it."""
+    if backend == "numba":
+        pytest.importorskip("numba")
+    net = build()
+    params, x, state0 = inputs(rng, net)
+    with pytest.raises(ValueError, match=r"chunk_size: expected a positive integer, got "):
+        net.forward(params, x, state0, chunk_size=chunk_size, backend=backend)
+    net.forward(params, x, state0, chunk_size=4, backend=backend)  # passed on to the cells
+
+
+def test_a_cache_of_another_wrapper_or_cell_is_refused(rng):
+    """Issue 7 #8 for the wrappers: a dict, another wrapper's or a cell's cache."""
+    net, other = compose.stack([lstm, lstm]), compose.bidirectional(lstm)
+    params, x, state0 = inputs(rng, net)
+    y, _, _ = net.forward(params, x, state0)
+    _, _, other_cache = other.forward(other.init_params(rng, 3, 4), x)
+    _, _, cell_cache = lstm.forward(lstm.init_params(rng, 3, 4), x)
+    with pytest.raises(TypeError, match=r"cache: expected the cache returned by "
+                                        r"stack\(lstm, lstm\)'s forward, got one returned by "
+                                        r"bidirectional\(lstm\)'s"):
+        net.backward(params, other_cache, y)
+    for bad, got in (({}, "dict"), (None, "NoneType"), (cell_cache, "LSTMCache")):
+        with pytest.raises(TypeError, match=rf"cache: expected .*\(ComposedCache\), got {got}"):
+            net.backward(params, bad, y)
+
+
+def test_params_that_do_not_match_the_cache_are_refused(rng):
+    net = compose.bidirectional(gru)
+    params, x, state0 = inputs(rng, net)
+    y, _, cache = net.forward(params, x, state0)
+    other = net.init_params(rng, 3, 5)
+    with pytest.raises(ValueError, match=r"params\['fwd.W_ih'\]: expected shape \(12, 3\) "
+                                         r"\(as in the forward that made this cache\), got "
+                                         r"\(15, 3\)"):
+        net.backward(other, cache, y)

@@ -1,13 +1,16 @@
-"""cells.gru: the GRU against an independent loop, its gradients, its errors."""
+"""cells.gru: golden values against PyTorch's documented equations, and what
+only the GRU has (the reset gate on the hidden part, z = 1 keeps the state).
+Gradients, agreement of backends, split-resume, dtypes and the bad-input tables
+are tests/test_contract.py's (entries "gru", "gru_bidirectional"); the issue 7
+reproducer is at the end."""
 
 import math
 
 import numpy as np
 import pytest
 
-from minirec import gradcheck
-from minirec.cells import gru
-from tests.conftest import assert_close
+from minirec import _backend, gradcheck, registry
+from minirec.cells import gru, rnn
 
 
 def linspace_params(D, H):
@@ -17,11 +20,10 @@ def linspace_params(D, H):
             "b_hh": np.linspace(0.3, -0.2, 3 * H)}
 
 
-def make(rng, B=2, T=7, D=3, H=4, dtype=np.float64):
-    params = gru.init_params(rng, D, H, dtype=dtype)
-    x = rng.standard_normal((B, T, D)).astype(dtype)
-    h0 = rng.standard_normal((B, H)).astype(dtype)
-    return params, x, h0
+def make(rng, dtype=np.float64, **dims):
+    """The registry's example inputs ``(params, x, h0)``, (B, T, D, H) = (2, 5, 3, 4)."""
+    inputs = registry.get("gru").make_inputs(rng, dtype, "small", **dims)
+    return inputs["params"], inputs["x"], inputs["state0"]
 
 
 def loop(params, x, h0):
@@ -70,39 +72,11 @@ def test_golden_scalar_worked_by_hand():
     np.testing.assert_allclose(h_ref, 0.4966587088197346, rtol=1e-12)
 
 
-def test_gradcheck(rng):
-    params, x, h0 = make(rng, T=5)
-    report = gradcheck.check_cell(gru, params, x, h0)
-    assert report.passed, str(report)  # relative error < 1e-6, float64
-
-
 def test_gradcheck_saturated_gates(rng):
     params, x, h0 = make(rng, T=4)
     params = {k: 4.0 * v for k, v in params.items()}
     report = gradcheck.check_cell(gru, params, 2.0 * x, h0)
     assert report.passed, str(report)  # relative error < 1e-6, float64
-
-
-def test_split_resume_equals_one_call(rng):
-    params, x, h0 = make(rng, T=11)
-    y, h, _ = gru.forward(params, x, h0)
-    y1, s1, _ = gru.forward(params, x[:, :4], h0)
-    y2, s2, _ = gru.forward(params, x[:, 4:], s1)
-    assert_close(np.concatenate([y1, y2], axis=1), y, 1e-14, "y")
-    assert_close(s2, h, 1e-14, "h")
-
-
-def test_state0_none_equals_zeros(rng):
-    params, x, h0 = make(rng)
-    y0, h_0, c0 = gru.forward(params, x, None)
-    y1, h_1, c1 = gru.forward(params, x, np.zeros_like(h0))
-    np.testing.assert_array_equal(y0, y1)
-    np.testing.assert_array_equal(h_0, h_1)
-    dy = rng.standard_normal(y0.shape)
-    g0, g1 = gru.backward(params, c0, dy), gru.backward(params, c1, dy)
-    for k in g1:
-        np.testing.assert_array_equal(g0[k], g1[k])
-    assert g0["state0"].shape == h0.shape and np.any(g0["state0"] != 0)
 
 
 def test_update_gate_one_keeps_the_state(rng):
@@ -117,25 +91,6 @@ def test_update_gate_one_keeps_the_state(rng):
     np.testing.assert_array_equal(g["state0"], dh)
 
 
-def test_t_equals_one_is_one_step(rng):
-    params, x, h0 = make(rng, T=1)
-    y, h, _ = gru.forward(params, x, h0)
-    step, _ = gru.step_forward(params, x[:, 0], h0)
-    np.testing.assert_array_equal(y[:, 0], step)
-    np.testing.assert_array_equal(h, step)
-
-
-def test_float32_stays_float32(rng):
-    params, x, h0 = make(rng, T=20, dtype=np.float32)
-    y, h, cache = gru.forward(params, x, h0)
-    assert y.dtype == np.float32 and h.dtype == np.float32
-    g = gru.backward(params, cache, np.ones_like(y), np.ones_like(h))
-    assert all(v.dtype == np.float32 for v in g.values())
-    y64, _, _ = gru.forward({k: v.astype(np.float64) for k, v in params.items()},
-                            x.astype(np.float64), h0.astype(np.float64))
-    assert_close(y, y64, 1e-5, "float32 vs float64")
-
-
 def test_init_params_follows_pytorch(rng):
     p = gru.init_params(rng, 5, 16)
     assert {k: v.shape for k, v in p.items()} == {
@@ -145,35 +100,24 @@ def test_init_params_follows_pytorch(rng):
         assert np.all(np.abs(v) <= bound) and np.max(np.abs(v)) > 0.8 * bound
 
 
-def _without(p, key):
-    return {k: v for k, v in p.items() if k != key}
-
-
-@pytest.mark.parametrize("change, match", [
-    (lambda p, x, h: (_without(p, "b_ih"), x, h), r"missing \['b_ih'\]"),
-    (lambda p, x, h: ({**p, "W_hz": p["W_hh"]}, x, h), r"unexpected \['W_hz'\]"),
-    (lambda p, x, h: ({k: v[:8] for k, v in p.items()}, x, h),
-     r"W_hh: expected shape \(3H, H\) = \(12, 4\) .*got \(8, 4\)"),
-    (lambda p, x, h: ({**p, "W_ih": np.zeros((12, 3, 1))}, x, h), r"W_ih: expected shape"),
-    (lambda p, x, h: (p, x[..., :2], h), r"x: expected shape \(B=2, T=7, D=3\), got \(2, 7, 2\)"),
-    (lambda p, x, h: (p, x, h[:1]), r"state0: expected shape \(B=2, H=4\), got \(1, 4\)"),
-    (lambda p, x, h: (p, x, (h, h)), "expected an ndarray, got tuple"),
-    (lambda p, x, h: (p, x.astype(np.float32), h), "mixed precisions"),
-    (lambda p, x, h: (p, x + 0j, h), "expected dtype"),
-    (lambda p, x, h: (p, x, h + 0j), r"state0: expected dtype in \['float32', 'float64'\]"),
-])
-def test_bad_input_is_refused_with_a_clear_message(change, match, rng):
+def test_w_hh_without_three_gates_is_refused(rng):
     params, x, h0 = make(rng)
-    with pytest.raises((ValueError, TypeError), match=match):
-        gru.forward(*change(params, x, h0))
+    with pytest.raises(ValueError, match=r"W_hh: expected shape \(3H, H\) = \(12, 4\) "
+                                         r"\(gates r, z, n stacked on axis 0\), got \(8, 4\)"):
+        gru.forward({k: v[:8] for k, v in params.items()}, x, h0)
 
 
-def test_bad_options_and_gradients_are_refused(rng):
-    params, x, h0 = make(rng)
-    with pytest.raises(ValueError, match="method: expected one of"):
-        gru.forward(params, x, h0, method="newton")
-    with pytest.raises(ValueError, match="backend"):
-        gru.forward(params, x, h0, backend="tpu")
-    _, _, cache = gru.forward(params, x, h0)
-    with pytest.raises(ValueError, match=r"dstate: expected shape \(2, 4\)"):
-        gru.backward(params, cache, None, np.zeros((2, 5)))
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("numba", marks=pytest.mark.skipif(
+    not _backend.available("numba"), reason="numba not installed"))])
+def test_a_cache_of_another_cell_is_refused(backend):
+    """Issue 7 #8: gru.backward(gp, rnn_cache, y) ended in an unpacking error."""
+    rng = np.random.default_rng(0)
+    gp, x, h0 = make(rng)
+    rp = rnn.init_params(rng, 3, 4)
+    y, _, rnn_cache = rnn.forward(rp, x, h0, backend=backend)
+    with pytest.raises(TypeError, match=r"gru: cache: expected the cache returned by gru's "
+                                        r"forward \(GRUCache\), got RNNCache"):
+        gru.backward(gp, rnn_cache, y)
+    for not_a_cache in ({}, None):
+        with pytest.raises(TypeError, match=r"gru: cache: expected .* got (dict|NoneType)"):
+            gru.backward(gp, not_a_cache, y)

@@ -1,13 +1,15 @@
-"""cells.lstm: the LSTM against an independent loop, its gradients, its errors."""
+"""cells.lstm: golden values against an independent loop, and what only the
+LSTM has (the (h, c) state and its gradient, saturated gates). Gradients,
+agreement of backends, split-resume, dtypes and the bad-input tables are
+tests/test_contract.py's (entries "lstm", "lstm_stack2")."""
 
 import math
 
 import numpy as np
 import pytest
 
-from minirec import gradcheck
+from minirec import _backend, gradcheck, registry
 from minirec.cells import lstm
-from tests.conftest import assert_close
 
 
 def linspace_params(D, H):
@@ -17,11 +19,10 @@ def linspace_params(D, H):
             "b_hh": np.linspace(0.3, -0.2, 4 * H)}
 
 
-def make(rng, B=2, T=7, D=3, H=4, dtype=np.float64):
-    params = lstm.init_params(rng, D, H, dtype=dtype)
-    x = rng.standard_normal((B, T, D)).astype(dtype)
-    state0 = (rng.standard_normal((B, H)).astype(dtype), rng.standard_normal((B, H)).astype(dtype))
-    return params, x, state0
+def make(rng, dtype=np.float64, **dims):
+    """The registry's example inputs ``(params, x, (h0, c0))``, (B, T, D, H) = (2, 5, 3, 4)."""
+    inputs = registry.get("lstm").make_inputs(rng, dtype, "small", **dims)
+    return inputs["params"], inputs["x"], inputs["state0"]
 
 
 def loop(params, x, h0, c0):
@@ -74,13 +75,6 @@ def test_golden_scalar_worked_by_hand():
                                rtol=1e-12)
 
 
-def test_gradcheck(rng):
-    params, x, state0 = make(rng, T=5)
-    report = gradcheck.check_cell(lstm, params, x, state0)
-    assert report.passed, str(report)  # relative error < 1e-6, float64
-    assert {"state0[0]", "state0[1]"} <= set(report.errors)
-
-
 def test_gradcheck_saturated_gates(rng):
     """Large weights push σ and tanh to their flat ends; the cached-value
     derivatives y(1 − y) and 1 − y² must stay right there too."""
@@ -90,62 +84,17 @@ def test_gradcheck_saturated_gates(rng):
     assert report.passed, str(report)  # relative error < 1e-6, float64
 
 
-def test_split_resume_equals_one_call(rng):
-    params, x, state0 = make(rng, T=11)
-    y, (h, c), _ = lstm.forward(params, x, state0)
-    y1, s1, _ = lstm.forward(params, x[:, :4], state0)
-    y2, (h2, c2), _ = lstm.forward(params, x[:, 4:], s1)
-    assert_close(np.concatenate([y1, y2], axis=1), y, 1e-14, "y")
-    assert_close(h2, h, 1e-14, "h")
-    assert_close(c2, c, 1e-14, "c")
-
-
-def test_state0_none_equals_zeros(rng):
-    params, x, (h0, _) = make(rng)
-    y0, s0, cache0 = lstm.forward(params, x, None)
-    y1, s1, cache1 = lstm.forward(params, x, (np.zeros_like(h0), np.zeros_like(h0)))
-    np.testing.assert_array_equal(y0, y1)
-    for a, b in zip(s0, s1):
-        np.testing.assert_array_equal(a, b)
-    dy = rng.standard_normal(y0.shape)
-    g0, g1 = lstm.backward(params, cache0, dy), lstm.backward(params, cache1, dy)
-    for k in params:
-        np.testing.assert_array_equal(g0[k], g1[k])
-    assert isinstance(g0["state0"], tuple) and len(g0["state0"]) == 2
-    assert all(d.shape == h0.shape and np.any(d != 0) for d in g0["state0"])
-
-
-def test_final_state_gradient_none_parts_mean_zeros(rng):
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("numba", marks=pytest.mark.skipif(
+    not _backend.available("numba"), reason="numba not installed"))])
+def test_final_state_gradient_none_parts_mean_zeros(backend, rng):
     params, x, state0 = make(rng)
-    y, (h, c), cache = lstm.forward(params, x, state0)
+    y, (h, c), cache = lstm.forward(params, x, state0, backend=backend)
     dh = rng.standard_normal(h.shape)
     a = lstm.backward(params, cache, None, (dh, None))
     b = lstm.backward(params, cache, np.zeros_like(y), (dh, np.zeros_like(c)))
     for k in params:
         np.testing.assert_array_equal(a[k], b[k])
     np.testing.assert_array_equal(a["state0"][1], b["state0"][1])
-
-
-def test_t_equals_one_is_one_step(rng):
-    params, x, state0 = make(rng, T=1)
-    y, (h, c), _ = lstm.forward(params, x, state0)
-    (h1, c1), _ = lstm.step_forward(params, x[:, 0], state0)
-    np.testing.assert_array_equal(y[:, 0], h1)
-    np.testing.assert_array_equal(h, h1)
-    np.testing.assert_array_equal(c, c1)
-
-
-def test_float32_stays_float32(rng):
-    params, x, state0 = make(rng, T=20, dtype=np.float32)
-    y, (h, c), cache = lstm.forward(params, x, state0)
-    assert y.dtype == h.dtype == c.dtype == np.float32
-    g = lstm.backward(params, cache, np.ones_like(y), (np.ones_like(h), np.ones_like(c)))
-    assert all(g[k].dtype == np.float32 for k in (*params, "x"))
-    assert all(d.dtype == np.float32 for d in g["state0"])
-    to64 = lambda a: a.astype(np.float64)
-    y64, _, _ = lstm.forward({k: to64(v) for k, v in params.items()}, to64(x),
-                             tuple(map(to64, state0)))
-    assert_close(y, y64, 1e-5, "float32 vs float64")
 
 
 def test_large_preactivations_do_not_overflow():
@@ -169,40 +118,31 @@ def test_init_params_follows_pytorch(rng):
         assert np.all(np.abs(v) <= bound) and np.max(np.abs(v)) > 0.8 * bound
 
 
-def _without(p, key):
-    return {k: v for k, v in p.items() if k != key}
+def test_w_hh_without_four_gates_is_refused(rng):
+    params, x, state0 = make(rng)
+    with pytest.raises(ValueError, match=r"W_hh: expected shape \(4H, H\) = \(16, 4\) "
+                                         r"\(gates i, f, g, o stacked on axis 0\), got \(12, 4\)"):
+        lstm.forward({k: v[:12] for k, v in params.items()}, x, state0)
 
 
-@pytest.mark.parametrize("change, match", [
-    (lambda p, x, s: (_without(p, "W_ih"), x, s), r"missing \['W_ih'\]"),
-    (lambda p, x, s: ({**p, "W_hc": p["W_hh"]}, x, s), r"unexpected \['W_hc'\]"),
-    (lambda p, x, s: ({k: v[:12] for k, v in p.items()}, x, s),
-     r"W_hh: expected shape \(4H, H\) = \(16, 4\) .*got \(12, 4\)"),
-    (lambda p, x, s: ({**p, "b_hh": np.zeros(12)}, x, s), r"b_hh: expected shape \(G=16\)"),
-    (lambda p, x, s: (p, x[..., :2], s), r"x: expected shape \(B=2, T=7, D=3\), got \(2, 7, 2\)"),
-    (lambda p, x, s: (p, x, s[0]), r"state0: expected a tuple \(h0, c0\) of 2 arrays "
-                                   r"\(B=2, H=4\), \(B=2, H=4\), got ndarray"),
-    (lambda p, x, s: (p, x, s[:1]), r"got tuple of length 1"),
-    (lambda p, x, s: (p, x, (s[0], s[1][:, :3])),
-     r"\(c0\): expected shape \(B=2, H=4\), got \(2, 3\)"),
-    (lambda p, x, s: (p, x, (s[0].astype(np.float32), s[1])), "mixed precisions"),
-    (lambda p, x, s: (p, x.astype(np.float32), s), "mixed precisions"),
-    (lambda p, x, s: (p, x, (s[0], s[1] + 0j)), r"\(c0\): expected dtype in \['float32'"),
+@pytest.mark.parametrize("state0, match", [
+    (lambda s: s[0], r"state0: expected a tuple \(h0, c0\) of 2 arrays \(B=2, H=4\), "
+                     r"\(B=2, H=4\), got ndarray"),
+    (lambda s: (s[0], s[1][:, :3]), r"state0\[1\] \(c0\): expected shape \(B=2, H=4\), "
+                                    r"got \(2, 3\)"),
 ])
-def test_bad_input_is_refused_with_a_clear_message(change, match, rng):
-    params, x, state0 = make(rng)
-    with pytest.raises((ValueError, TypeError), match=match):
-        lstm.forward(*change(params, x, state0))
+def test_state0_is_the_pair_h0_c0(state0, match, rng):
+    params, x, s0 = make(rng)
+    with pytest.raises((TypeError, ValueError), match=match):
+        lstm.forward(params, x, state0(s0))
 
 
-def test_bad_options_and_gradients_are_refused(rng):
+def test_dstate_is_the_pair_dh_dc(rng):
     params, x, state0 = make(rng)
-    with pytest.raises(ValueError, match="method: expected one of"):
-        lstm.forward(params, x, state0, method="newton")
-    with pytest.raises(ValueError, match="backend"):
-        lstm.forward(params, x, state0, backend="tpu")
-    _, _, cache = lstm.forward(params, x, state0)
-    with pytest.raises(TypeError, match=r"dstate: expected a tuple \(dh, dc\)"):
-        lstm.backward(params, cache, None, np.zeros((2, 4)))
-    with pytest.raises(ValueError, match=r"dstate\[1\]: expected shape \(2, 4\)"):
-        lstm.backward(params, cache, None, (np.zeros((2, 4)), np.zeros((2, 5))))
+    _, (h, c), cache = lstm.forward(params, x, state0)
+    with pytest.raises(TypeError, match=r"dstate: expected a tuple of 2 arrays \(\(2, 4\), "
+                                        r"\(2, 4\), the state's structure\), got ndarray"):
+        lstm.backward(params, cache, None, h)
+    with pytest.raises(ValueError, match=r"dstate\[1\]: expected shape \(2, 4\) \(the shape "
+                                         r"of state\[1\]\), got \(2, 5\)"):
+        lstm.backward(params, cache, None, (h, np.zeros((2, 5))))

@@ -1,13 +1,15 @@
-"""cells.rnn: the Elman RNN against an independent loop, its gradients, its errors."""
+"""cells.rnn: golden values against an independent loop, and what only the RNN
+has (the relu nonlinearity). Gradients, agreement of backends, split-resume,
+dtypes and the bad-input tables are tests/test_contract.py's (entries "rnn" and
+"rnn_relu"); the issue 7 reproducers are at the end."""
 
 import math
 
 import numpy as np
 import pytest
 
-from minirec import gradcheck
+from minirec import _backend, registry
 from minirec.cells import rnn
-from tests.conftest import assert_close
 
 
 def linspace_params(D, H):
@@ -17,11 +19,15 @@ def linspace_params(D, H):
             "b_hh": np.linspace(0.3, -0.2, H)}
 
 
-def make(rng, B=2, T=7, D=3, H=4, dtype=np.float64):
-    params = rnn.init_params(rng, D, H, dtype=dtype)
-    x = rng.standard_normal((B, T, D)).astype(dtype)
-    h0 = rng.standard_normal((B, H)).astype(dtype)
-    return params, x, h0
+def make(rng, nonlinearity="tanh", dtype=np.float64, **dims):
+    """The registry's example inputs ``(params, x, h0)``, (B, T, D, H) = (2, 5, 3, 4)."""
+    name = "rnn" if nonlinearity == "tanh" else "rnn_relu"
+    inputs = registry.get(name).make_inputs(rng, dtype, "small", **dims)
+    return inputs["params"], inputs["x"], inputs["state0"]
+
+
+needs_numba = pytest.mark.skipif(not _backend.available("numba"), reason="numba not installed")
+BACKENDS = ["numpy", pytest.param("numba", marks=needs_numba)]
 
 
 def loop(params, x, h0, phi):
@@ -76,55 +82,6 @@ def test_relu_differs_from_tanh_and_is_nonnegative(rng):
     assert np.max(np.abs(y_relu - y_tanh)) > 0.1
 
 
-@pytest.mark.parametrize("nonlinearity", rnn.NONLINEARITIES)
-def test_gradcheck(nonlinearity, rng):
-    params, x, h0 = make(rng, T=5)
-    report = gradcheck.check_cell(rnn, params, x, h0, nonlinearity=nonlinearity)
-    assert report.passed, str(report)  # relative error < 1e-6, float64
-
-
-@pytest.mark.parametrize("nonlinearity", rnn.NONLINEARITIES)
-def test_split_resume_equals_one_call(nonlinearity, rng):
-    params, x, h0 = make(rng, T=11)
-    y, h, _ = rnn.forward(params, x, h0, nonlinearity=nonlinearity)
-    y1, s1, _ = rnn.forward(params, x[:, :4], h0, nonlinearity=nonlinearity)
-    y2, s2, _ = rnn.forward(params, x[:, 4:], s1, nonlinearity=nonlinearity)
-    assert_close(np.concatenate([y1, y2], axis=1), y, 1e-14, "y")
-    assert_close(s2, h, 1e-14, "h")
-
-
-def test_state0_none_equals_zeros(rng):
-    params, x, h0 = make(rng)
-    y0, h_0, c0 = rnn.forward(params, x, None)
-    y1, h_1, c1 = rnn.forward(params, x, np.zeros_like(h0))
-    np.testing.assert_array_equal(y0, y1)
-    np.testing.assert_array_equal(h_0, h_1)
-    dy = rng.standard_normal(y0.shape)
-    g0, g1 = rnn.backward(params, c0, dy), rnn.backward(params, c1, dy)
-    for k in g1:
-        np.testing.assert_array_equal(g0[k], g1[k])
-    assert g0["state0"].shape == h0.shape and np.any(g0["state0"] != 0)
-
-
-def test_t_equals_one_is_one_step(rng):
-    params, x, h0 = make(rng, T=1)
-    y, h, _ = rnn.forward(params, x, h0)
-    step, _ = rnn.step_forward(params, x[:, 0], h0)
-    np.testing.assert_array_equal(y[:, 0], step)
-    np.testing.assert_array_equal(h, step)
-
-
-def test_float32_stays_float32(rng):
-    params, x, h0 = make(rng, T=20, dtype=np.float32)
-    y, h, cache = rnn.forward(params, x, h0)
-    assert y.dtype == np.float32 and h.dtype == np.float32
-    g = rnn.backward(params, cache, np.ones_like(y), np.ones_like(h))
-    assert all(v.dtype == np.float32 for v in g.values())
-    y64, _, _ = rnn.forward({k: v.astype(np.float64) for k, v in params.items()},
-                            x.astype(np.float64), h0.astype(np.float64))
-    assert_close(y, y64, 1e-5, "float32 vs float64")
-
-
 def test_init_params_follows_pytorch(rng):
     p = rnn.init_params(rng, 5, 16)
     assert {k: v.shape for k, v in p.items()} == {
@@ -134,35 +91,81 @@ def test_init_params_follows_pytorch(rng):
         assert np.all(np.abs(v) <= bound) and np.max(np.abs(v)) > 0.8 * bound
 
 
-def _without(p, key):
-    return {k: v for k, v in p.items() if k != key}
-
-
-@pytest.mark.parametrize("change, match", [
-    (lambda p, x, h: (_without(p, "b_hh"), x, h), r"missing \['b_hh'\]"),
-    (lambda p, x, h: ({**p, "W_xx": p["W_hh"]}, x, h), r"unexpected \['W_xx'\]"),
-    (lambda p, x, h: ({**p, "W_hh": np.zeros((4, 3))}, x, h),
-     r"W_hh: expected shape \(H=4, H=4\), got \(4, 3\)"),
-    (lambda p, x, h: ({**p, "b_ih": np.zeros(5)}, x, h), r"b_ih: expected shape \(H=4\)"),
-    (lambda p, x, h: (p, x[..., :2], h), r"x: expected shape \(B=2, T=7, D=3\), got \(2, 7, 2\)"),
-    (lambda p, x, h: (p, x[0], h), r"x: expected a 3-d array, got shape \(7, 3\)"),
-    (lambda p, x, h: (p, x, h[:, :3]), r"state0: expected shape \(B=2, H=4\), got \(2, 3\)"),
-    (lambda p, x, h: (p, x.astype(np.float32), h), "mixed precisions"),
-    (lambda p, x, h: (p, x.astype(np.int64), h), "expected dtype"),
-    (lambda p, x, h: (p, x[:, :0], h), "T >= 1"),
-])
-def test_bad_input_is_refused_with_a_clear_message(change, match, rng):
+def test_unknown_nonlinearity_is_refused(rng):
     params, x, h0 = make(rng)
-    with pytest.raises((ValueError, TypeError), match=match):
-        rnn.forward(*change(params, x, h0))
-
-
-def test_bad_options_are_refused(rng):
-    params, x, h0 = make(rng)
-    with pytest.raises(ValueError, match="nonlinearity: expected one of"):
+    with pytest.raises(ValueError, match=r"nonlinearity: expected one of \('tanh', 'relu'\), "
+                                         r"got 'sigmoid'"):
         rnn.forward(params, x, h0, nonlinearity="sigmoid")
-    with pytest.raises(ValueError, match="method"):
-        rnn.forward(params, x, h0, method="blelloch")
-    _, _, cache = rnn.forward(params, x, h0)
-    with pytest.raises(ValueError, match=r"dy: expected shape \(2, 7, 4\)"):
-        rnn.backward(params, cache, np.zeros((2, 6, 4)))
+
+
+# ---------------------------------------------------------------------------
+# issue 7 reproducers (rng = default_rng(0), small shapes)
+# ---------------------------------------------------------------------------
+
+@needs_numba
+def test_relu_numba_keeps_a_nan_as_numpy_does():
+    """Issue 7 #1: a NaN in x (or dy) disappeared in the numba relu kernel
+    (numpy: 12 NaN outputs, numba: 0), since max(a, 0) drops a NaN."""
+    params, x, h0 = make(np.random.default_rng(0), "relu")
+    x = x.copy()
+    x[0, 2, 0] = np.nan  # reaches every unit of batch row 0 from t = 2 on: 3 × 4 outputs
+    ys = {b: rnn.forward(params, x, h0, nonlinearity="relu", backend=b) for b in rnn.BACKENDS}
+    assert np.isnan(ys["numpy"][0]).sum() == 12
+    np.testing.assert_array_equal(np.isnan(ys["numba"][0]), np.isnan(ys["numpy"][0]))
+    # a NaN in dy: dh ⊙ [h > 0] stays NaN where h = 0 too, in both backends
+    params, x, h0 = make(np.random.default_rng(0), "relu")
+    dy = np.random.default_rng(1).standard_normal((2, 5, 4))
+    dy[0, 2, 0] = np.nan
+    grads = {}
+    for b in rnn.BACKENDS:
+        _, _, cache = rnn.forward(params, x, h0, nonlinearity="relu", backend=b)
+        grads[b] = rnn.backward(params, cache, dy)
+    assert np.isnan(grads["numpy"]["x"]).any()
+    for k, v in grads["numpy"].items():
+        np.testing.assert_array_equal(np.isnan(grads["numba"][k]), np.isnan(v), err_msg=k)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind, change, error, match", [
+    ("int64", lambda y: y.astype(np.int64), TypeError, r"dy: expected dtype in .*got int64"),
+    ("bool", lambda y: y > 0, TypeError, r"dy: expected dtype in .*got bool"),
+    ("list", lambda y: y.tolist(), TypeError, r"dy: expected an ndarray, got list"),
+])
+def test_integer_bool_and_list_dy_are_refused(backend, kind, change, error, match):
+    """Issue 7 #5 and #6: int64/bool/list dy were accepted (or raised an
+    AttributeError for a list)."""
+    params, x, h0 = make(np.random.default_rng(0))
+    y, _, cache = rnn.forward(params, x, h0, backend=backend)
+    with pytest.raises(error, match=match):
+        rnn.backward(params, cache, change(y))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_tuple_dstate_for_an_array_state_is_refused(backend):
+    """Issue 7 #6: rnn.backward(p, c, y, (h, h)) ended in a broadcasting error."""
+    params, x, h0 = make(np.random.default_rng(0))
+    y, h, cache = rnn.forward(params, x, h0, backend=backend)
+    with pytest.raises(TypeError, match=r"dstate: expected an array of shape \(2, 4\) \(the "
+                                        r"state's\), got a tuple of length 2"):
+        rnn.backward(params, cache, y, (h, h))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_params_that_do_not_match_the_cache_are_refused(backend):
+    """Issue 7 #7: other params than the forward's ended in a matmul error."""
+    params, x, h0 = make(np.random.default_rng(0))
+    y, _, cache = rnn.forward(params, x, h0, backend=backend)
+    other = rnn.init_params(np.random.default_rng(1), 6, 8)
+    with pytest.raises(ValueError, match=r"rnn: params\['W_ih'\]: expected shape \(4, 3\) \(as "
+                                         r"in the forward that made this cache\), got \(8, 6\)"):
+        rnn.backward(other, cache, y)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("chunk_size", [-1, 0, 2.5, "4", True], ids=repr)
+def test_a_bad_chunk_size_is_refused_though_unused(backend, chunk_size):
+    """Issue 7 #9: no RNN method uses chunk_size, and a bad one passed silently."""
+    params, x, h0 = make(np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"chunk_size: expected a positive integer, got "):
+        rnn.forward(params, x, h0, chunk_size=chunk_size, backend=backend)
+    rnn.forward(params, x, h0, chunk_size=4, backend=backend)  # a good one is accepted

@@ -68,7 +68,9 @@ def _tanh_nb(x):
     def impl(x):
         e = np.exp(m2 * abs(x))
         y = (one - e) / (one + e)
-        return y if not x < 0 else -y
+        if x < 0:
+            return -y
+        return y  # x ≥ 0, or NaN (y is NaN then)
     return impl
 
 

@@ -1,0 +1,67 @@
+"""``backend="numba"`` for :mod:`minirec.cells.gru`: the definition's signature
+and return structure, reached through ``_backend.kernels("gru", "numba")``.
+
+    gi = x W_ih^T + b_ih                              one GEMM over all T  (B, T, 3H)
+    gh = h_{t-1} W_hh^T + b_hh, gates, h_t            the time loop, classic.gru_forward
+    dgi, dgh (∂L/∂gi, ∂L/∂gh)                         the reverse loop, classic.gru_backward
+    dW_ih, dW_hh, db_ih, db_hh, dx                    GEMMs over all T, classic.dense_grads
+
+Arguments arrive validated by the cell; the plumbing is here (see
+:mod:`minirec.kernels.numba.classic`).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from minirec.kernels.numba import classic
+from minirec.kernels.numba._blas import blas_single_thread
+
+
+class Cache(NamedTuple):
+    """The cell's ``cache.kernel``: what :func:`backward` needs."""
+
+    x: np.ndarray      # (B, T, D) the input, as given
+    hs: np.ndarray     # (B, T, H) every h_t (the returned y)
+    h0: np.ndarray     # (B, H) the initial state, contiguous, in the computation dtype
+    gates: np.ndarray  # (B, T, 4H) [r | z | n | gh_n] of every step
+
+
+def forward(params: dict, x: np.ndarray,
+            state0: np.ndarray) -> tuple[np.ndarray, np.ndarray, Cache]:
+    """``y (B, T, H)``, the final ``h (B, H)`` and the kernel :class:`Cache`, from
+    validated ``params``, ``x (B, T, D)`` and ``state0 (B, H)`` (not ``None``)."""
+    dtype = np.result_type(x, *params.values())
+    p = {k: v.astype(dtype, copy=False) for k, v in params.items()}
+    with blas_single_thread():
+        gi = classic.project(x.astype(dtype, copy=False), p["W_ih"], p["b_ih"])
+        B, T, G = gi.shape
+        H = G // 3
+        hs = np.empty((B, T, H), dtype)
+        gates = np.empty((B, T, 4 * H), dtype)
+        h0 = np.ascontiguousarray(state0, dtype=dtype)
+        classic.gru_forward(gi, np.ascontiguousarray(p["W_hh"].T), p["b_hh"], h0, hs, gates)
+    return hs, hs[:, -1].copy(), Cache(x, hs, h0, gates)
+
+
+def backward(params: dict, cache: Cache, dy: np.ndarray,
+             dstate: np.ndarray) -> dict[str, np.ndarray]:
+    """Every parameter's gradient, ``"x" (B, T, D)`` and ``"state0" (B, H)``;
+    ``dy (B, T, H)`` and ``dstate (B, H)`` are arrays (zeros, not ``None``)."""
+    hs, h0 = cache.hs, cache.h0
+    dt = hs.dtype
+    B, T, H = hs.shape
+    with blas_single_thread():
+        dgi = np.empty((B, T, 3 * H), dt)
+        dgh = np.empty((B, T, 3 * H), dt)
+        dh0 = np.empty_like(h0)
+        classic.gru_backward(hs, h0, cache.gates, np.ascontiguousarray(params["W_hh"], dtype=dt),
+                             np.ascontiguousarray(dy, dtype=dt),
+                             np.ascontiguousarray(dstate, dtype=dt), dgi, dgh, dh0)
+        grads = classic.dense_grads(cache.x.astype(dt, copy=False),
+                                    classic.previous_states(h0, hs), dgi, dgh,
+                                    params["W_ih"].astype(dt, copy=False))
+    grads["state0"] = dh0
+    return grads
