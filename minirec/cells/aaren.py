@@ -55,6 +55,8 @@ time; ``blelloch`` is NumPy-only.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from minirec import _backend
@@ -69,6 +71,34 @@ PARAM_SHAPES = {"q": ("NH", "K"), "W_k": ("NH*K", "D"), "W_v": ("NH*V", "D"),
                 "W_o": ("O", "NH*V"), "b_o": ("O",)}
 
 State = tuple  # (m (B, NH), u (B, NH), w (B, NH, V))
+
+
+class AarenStepCache(NamedTuple):
+    """What :func:`step_backward` needs from one :func:`step_forward`:
+    ``params``, ``x_t (B, D)``, the keys ``k_t (B, NH, K)``, the heads'
+    outputs ``o_flat (B, NH·V)`` and the scan's step cache ``scan``
+    (:class:`minirec.ops.softmax_scan.SoftmaxStepCache`)."""
+
+    params: dict
+    x_t: np.ndarray
+    k_t: np.ndarray
+    o_flat: np.ndarray
+    scan: softmax_scan.SoftmaxStepCache
+
+
+class AarenCache(NamedTuple):
+    """What :func:`backward` needs from :func:`forward`: ``x (B, T, D)``, the
+    keys ``k (B, T, NH, K)``, the heads' outputs ``o_flat (B, T, NH·V)``, the
+    scan's cache ``scan``, ``param_shapes`` (checked against the params given to
+    the backward), ``method``, ``backend``."""
+
+    x: np.ndarray
+    k: np.ndarray
+    o_flat: np.ndarray
+    scan: softmax_scan.SoftmaxScanCache
+    param_shapes: dict
+    method: str
+    backend: str
 
 
 def init_params(rng: np.random.Generator, input_size: int, hidden_size: int, *,
@@ -114,28 +144,25 @@ def zero_state(params: dict, batch_size: int, dtype=None) -> State:
 
 
 def _check(params, x, state0):
-    s = V.Shapes()
-    V.params("aaren", params, PARAM_SHAPES, s)
+    state_spec = [("B", "NH"), ("B", "NH"), ("B", "NH", "V")]
+    dtype, s = V.cell_inputs("aaren", params, PARAM_SHAPES, x, state0, state_spec,
+                             state_names=("m", "u", "w"))
     NH, K = s["NH"], s["K"]
     for name, key in (("W_k", "NH*K"), ("W_v", "NH*V")):
         if s[key] % NH or (name == "W_k" and s[key] != NH * K):
             want = f"({NH}·K={NH * K}, D)" if name == "W_k" else f"(a multiple of NH={NH}, D)"
             raise ValueError(f"aaren: {name}: expected shape {want} for q of shape "
                              f"{tuple(params['q'].shape)}, got {tuple(params[name].shape)}")
-    V.array("x", x, ndim=3, allow_complex=False)
-    s.check("x", x, ("B", "T", "D"))
-    if x.shape[1] < 1:
-        raise ValueError(f"x: expected T >= 1 along axis 1, got shape {tuple(x.shape)}")
-    dtype = V.common_dtype(x=x, **params)
-    if state0 is not None:
-        if not isinstance(state0, (tuple, list)) or len(state0) != 3:
-            raise TypeError("state0: expected a tuple (m (B, NH), u (B, NH), w (B, NH, V)), "
-                            f"got {type(state0).__name__}")
-        B, Vd = x.shape[0], s["NH*V"] // NH
-        for name, st, shape in zip(("m", "u", "w"), state0, ((B, NH), (B, NH), (B, NH, Vd))):
-            V.array(f"state0[{name}]", st, allow_complex=False)
-            V.state(f"state0[{name}]", st, shape, dtype)
+    if state0 is not None and s["V"] != s["NH*V"] // NH:
+        raise ValueError(f"state0[2] (w): expected shape ({x.shape[0]}, {NH}, "
+                         f"V={s['NH*V'] // NH}) (W_v has NH·V rows), "
+                         f"got {tuple(state0[2].shape)}")
     return dtype
+
+
+def _flat_heads(shape):
+    """``(..., NH, V)`` → ``(..., NH·V)``, spelt out (``-1`` fails for B = 0)."""
+    return tuple(shape[:-2]) + (shape[-2] * shape[-1],)
 
 
 def _project(params, x):
@@ -174,7 +201,7 @@ def _readout_backward(params, o_flat, dy):
 
 
 def step_forward(params: dict, x_t: np.ndarray, state: State | None
-                 ) -> tuple[np.ndarray, State, tuple]:
+                 ) -> tuple[np.ndarray, State, AarenStepCache]:
     """One token in, the triple updated (constant memory; no checks, for speed).
 
     ``x_t (B, D)``, ``state = (m (B, NH), u (B, NH), w (B, NH, V))`` or ``None``
@@ -184,15 +211,15 @@ def step_forward(params: dict, x_t: np.ndarray, state: State | None
         state = zero_state(params, x_t.shape[0], x_t.dtype)
     k_t, v_t, s_t = _project(params, x_t)
     o_t, state, scan_cache = softmax_scan.step_forward(s_t, v_t, state)
-    o_flat = o_t.reshape(x_t.shape[0], -1)
+    o_flat = o_t.reshape(_flat_heads(o_t.shape))              # (B, NH·V)
     y_t = o_flat @ params["W_o"].T + params["b_o"]
-    return y_t, state, (params, x_t, k_t, o_flat, scan_cache)
+    return y_t, state, AarenStepCache(params, x_t, k_t, o_flat, scan_cache)
 
 
-def step_backward(dy_t: np.ndarray | None, dstate_next: State, cache_t: tuple):
+def step_backward(dy_t: np.ndarray | None, dstate_next: State, cache_t: AarenStepCache):
     """Back through :func:`step_forward`: ``dx_t (B, D)``, ``(dm, du, dw)`` of the
     previous state and the step's parameter gradients."""
-    params, x_t, k_t, o_flat, scan_cache = cache_t
+    params, x_t, k_t, o_flat, scan_cache = V.cache("aaren.step", cache_t, AarenStepCache)
     NH, _, Vd = _sizes(params)
     if dy_t is None:
         do_t = None
@@ -207,42 +234,44 @@ def step_backward(dy_t: np.ndarray | None, dstate_next: State, cache_t: tuple):
 
 def forward(params: dict, x: np.ndarray, state0: State | None = None, *,
             method: str = "recurrent", chunk_size: int | None = None,
-            backend: str = "numpy") -> tuple[np.ndarray, State, dict]:
+            backend: str = "numpy") -> tuple[np.ndarray, State, AarenCache]:
     """Run Aaren over ``x (B, T, D)`` from ``state0`` (the empty prefix if ``None``).
 
     ``chunk_size`` is accepted for the common cell signature; neither method uses it.
     Returns ``y (B, T, O)``, the final ``(m, u, w)`` and the cache for :func:`backward`.
     """
     V.choice("method", method, METHODS)
-    _backend.resolve(backend, BACKENDS, what="cells.aaren")
-    _backend.check_method(method, backend, BACKEND_METHODS, what="cells.aaren")
+    _backend.resolve(backend, BACKENDS, what="cells.aaren", method=method,
+                     backend_methods=BACKEND_METHODS)
     V.positive_int("chunk_size", chunk_size, allow_none=True)
     _check(params, x, state0)
     k, v, s = _project(params, x)
     o, state, scan_cache = softmax_scan.forward(s, v, initial_state=state0, method=method,
                                                 backend=backend)
-    o_flat = o.reshape(x.shape[:2] + (-1,))
+    o_flat = o.reshape(_flat_heads(o.shape))                   # (B, T, NH·V)
     y = o_flat @ params["W_o"].T + params["b_o"]
-    cache = {"x": x, "k": k, "o_flat": o_flat, "scan": scan_cache,
-             "method": method, "backend": backend}
+    cache = AarenCache(x, k, o_flat, scan_cache, V.param_shapes(params), method, backend)
     return y, state, cache
 
 
-def backward(params: dict, cache: dict, dy: np.ndarray | None,
+def backward(params: dict, cache: AarenCache, dy: np.ndarray | None,
              dstate: State | None = None) -> dict:
     """Gradients for ``q, W_k, W_v, W_o, b_o``, ``"x" (B, T, D)`` and
     ``"state0"`` (the triple ``(dm, du, dw)``), by the forward's method."""
-    x, k, o_flat = cache["x"], cache["k"], cache["o_flat"]
+    c = V.cache("aaren", cache, AarenCache)
+    V.params_match("aaren", params, c.param_shapes)
+    x, k, o_flat = c.x, c.k, c.o_flat
     B, T = x.shape[:2]
     NH, _, Vd = _sizes(params)
+    y_like = np.broadcast_to(np.zeros((), x.dtype), (B, T) + params["b_o"].shape)
+    dy = V.grad_like("dy", dy, y_like, "y")
     if dy is None:
         do = None
         dout = {"W_o": np.zeros_like(params["W_o"]), "b_o": np.zeros_like(params["b_o"])}
     else:
-        V.grad_like("dy", dy, np.broadcast_to(x.dtype.type(0), (B, T) + params["b_o"].shape), "y")
         do_flat, dout = _readout_backward(params, o_flat, dy)
         do = do_flat.reshape(B, T, NH, Vd)
-    g = softmax_scan.backward(cache["scan"], do, dstate)
+    g = softmax_scan.backward(c.scan, do, dstate)
     dx, dproj = _project_backward(params, x, k, g["s"], g["v"])
     grads = {**dproj, **dout}
     grads = {name: grads[name].astype(params[name].dtype, copy=False) for name in params}

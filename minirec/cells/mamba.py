@@ -26,17 +26,17 @@ The block, for ``x (B, T, M)``:
                               delta_bias=dt_proj_bias, delta_softplus=True)
              = (h_t · C_t + D ⊙ xa_t) ⊙ silu(z_t),  h_t = e^{Δ_t A} ⊙ h_{t−1} + Δ_t B_t xa_t,
                Δ_t = softplus(delta_t + dt_proj_bias)
-    out      = y_ssm W_out^T                   (B, T, M)          (out-projection)
+    y        = y_ssm W_out^T                   (B, T, M)          (out-projection)
 
 The state is the pair ``(conv_state (B, I, K−1), ssm_state (B, I, N))``: the
 last K−1 conv inputs ``xs`` (channel-first, oldest first, as Mamba's own
 ``conv_state``) and the scan's ``h``. Zeros when ``state0=None``, so a
 sequence run in two calls with the returned state equals one call.
 
-Backward (``dout`` = ∂L/∂out, ``dconv_T``, ``dssm_T`` = gradients of the
-returned state; the scan's own backward is in :mod:`minirec.ops.selective_scan`):
+Backward (``dy`` = ∂L/∂y, ``dstate = (dconv_T, dssm_T)`` = ∂L/∂ the returned
+state; the scan's own backward is in :mod:`minirec.ops.selective_scan`):
 
-    dW_out   = Σ_{b,t} dout_t^T y_ssm_t          dy_ssm = dout W_out
+    dW_out   = Σ_{b,t} dy_t^T y_ssm_t            dy_ssm = dy W_out
     du, ddelta, dA, dB, dC, dD, dz, ddt_bias, dssm_0 = selective_scan.backward(dy_ssm, dssm_T)
     dA_log   = dA ⊙ A                            (A = −exp(A_log))
     dW_dt    = Σ_{b,t} ddelta_t^T δ_t            dδ = ddelta W_dt
@@ -53,25 +53,27 @@ returned state; the scan's own backward is in :mod:`minirec.ops.selective_scan`)
 ``backend="numba"`` (methods in :data:`BACKEND_METHODS`) passes the backend to
 :func:`minirec.ops.selective_scan.forward`, whose fused numba kernels run the
 scan, its gate, ``D`` and softplus forward and backward; the projections stay
-NumPy GEMMs and the causal conv a loop over the K taps, vectorised over time.
+NumPy GEMMs (the weight gradients one ``(P, B·T) @ (B·T, Q)`` GEMM each) and
+the causal conv a loop over the K taps, vectorised over time.
 
 Streaming inference: :func:`step_forward` takes one token ``x_t (B, M)`` and the
-state and returns ``(out_t (B, M), state_next, cache_t)``. Unlike an Elman cell,
+state and returns ``(y_t (B, M), state_next, cache_t)``. Unlike an Elman cell,
 Mamba's output is not its state, so the step pair is
-``step_forward(params, x_t, state) -> (out_t, state, cache_t)`` and
-``step_backward(dout_t, dstate_next, cache_t) -> (dx_t, dstate_prev, dparams)``.
+``step_forward(params, x_t, state) -> (y_t, state, cache_t)`` and
+``step_backward(dy_t, dstate_next, cache_t) -> (dx_t, dstate_prev, dparams)``.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
 from minirec import _backend
 from minirec import _validate as V
+from minirec._math import sigmoid, silu, silu_grad, softplus
 from minirec.ops import selective_scan
-from minirec.ops.selective_scan import sigmoid, silu, silu_grad, softplus
 
 METHODS = selective_scan.METHODS
 BACKENDS = ("numpy", "numba")
@@ -144,6 +146,63 @@ def zero_state(params: dict, batch_size: int, dtype=None) -> tuple[np.ndarray, n
             np.zeros((batch_size, s["I"], s["N"]), dtype))
 
 
+class MambaStepCache(NamedTuple):
+    """What :func:`step_backward` needs from one :func:`step_forward`.
+
+    Fields (``(B, ·)`` arrays of one token): ``params``; ``x_t (B, M)``;
+    ``z (B, I)`` the gate's pre-activation; ``window (B, I, K)`` the conv
+    inputs ``[conv_state, xs_t]``; ``xc, xa (B, I)`` the conv output before and
+    after silu; ``dt_low (B, R)``; ``Bt, Ct (B, N)``; ``pre, dt (B, I)`` Δ
+    before and after softplus; ``A (I, N)``; ``a (B, I, N)`` = e^{Δ A};
+    ``h_prev, h (B, I, N)`` the scan state before and after; ``y0 (B, I)``
+    the scan output before the gate and ``y_ssm (B, I)`` after it.
+    """
+
+    params: dict
+    x_t: np.ndarray
+    z: np.ndarray
+    window: np.ndarray
+    xc: np.ndarray
+    xa: np.ndarray
+    dt_low: np.ndarray
+    Bt: np.ndarray
+    Ct: np.ndarray
+    pre: np.ndarray
+    dt: np.ndarray
+    A: np.ndarray
+    a: np.ndarray
+    h_prev: np.ndarray
+    h: np.ndarray
+    y0: np.ndarray
+    y_ssm: np.ndarray
+
+
+class MambaCache(NamedTuple):
+    """What :func:`backward` needs from :func:`forward`.
+
+    Fields: ``x (B, T, M)``; ``xp (B, K−1+T, I)`` the conv inputs with the
+    previous K−1 in front; ``xc, xa (B, T, I)`` the conv output before and
+    after silu; ``dt_low (B, T, R)``; ``A (I, N)`` = −exp(A_log); ``y_ssm
+    (B, T, I)`` the selective scan's output; ``scan`` its cache;
+    ``state0 = (conv_state0, ssm_state0)`` (zeros where ``None`` was given);
+    ``param_shapes`` (checked against the params given to the backward);
+    ``method``, ``backend``.
+    """
+
+    x: np.ndarray
+    xp: np.ndarray
+    xc: np.ndarray
+    xa: np.ndarray
+    dt_low: np.ndarray
+    A: np.ndarray
+    y_ssm: np.ndarray
+    scan: selective_scan.SelectiveScanCache
+    state0: tuple[np.ndarray, np.ndarray]
+    param_shapes: dict
+    method: str
+    backend: str
+
+
 def _check(params, x, state0, x_ndim=3):
     shapes = V.Shapes()
     V.params("mamba", params, PARAM_SHAPES, shapes)
@@ -158,13 +217,15 @@ def _check(params, x, state0, x_ndim=3):
                          f"(dt_rank + 2·d_state rows), got {params['x_proj_weight'].shape}")
     V.array("x", x, ndim=x_ndim, allow_complex=False)
     shapes.check("x", x, ("B", "T", "M") if x_ndim == 3 else ("B", "M"))
-    if x_ndim == 3 and x.shape[1] < 1:
-        raise ValueError(f"x: expected T >= 1 along axis 1, got shape {tuple(x.shape)}")
+    if x_ndim == 3:
+        V.time_steps("x", x)
     dtype = V.common_dtype(x=x, **params)
     if state0 is not None:
         if not isinstance(state0, (tuple, list)) or len(state0) != 2:
             raise TypeError("state0: expected the tuple (conv_state (B, I, K-1), "
-                            f"ssm_state (B, I, N)), got {type(state0).__name__}")
+                            f"ssm_state (B, I, N)), got {type(state0).__name__}"
+                            + (f" of length {len(state0)}"
+                               if isinstance(state0, (tuple, list)) else ""))
         Bsz = x.shape[0]
         V.state("state0[0] (conv_state)", state0[0], (Bsz, I, shapes["K"] - 1), dtype)
         V.state("state0[1] (ssm_state)", state0[1], (Bsz, I, N), dtype)
@@ -176,11 +237,11 @@ def _check(params, x, state0, x_ndim=3):
 # ---------------------------------------------------------------------------
 
 def step_forward(params: dict, x_t: np.ndarray, state: tuple | None = None,
-                 ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], dict]:
+                 ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], MambaStepCache]:
     """One token through the block, as in Mamba's ``step`` for generation.
 
     ``x_t (B, M)``, ``state = (conv_state (B, I, K−1), ssm_state (B, I, N))``
-    (zeros if ``None``) → ``out_t (B, M)``, the next state and the step cache.
+    (zeros if ``None``) → ``y_t (B, M)``, the next state and the step cache.
 
         window = [conv_state, xs_t]   (B, I, K);   conv_state' = window[:, :, 1:]
         xc_t   = Σ_k window[:, :, k] w[:, k] + b_conv
@@ -206,80 +267,64 @@ def step_forward(params: dict, x_t: np.ndarray, state: tuple | None = None,
     a = np.exp(dt[:, :, None] * A)                                           # (B, I, N)
     h = a * h_prev + (dt * xa)[:, :, None] * Bt[:, None, :]
     y0 = np.einsum("bin,bn->bi", h, Ct) + p["D"] * xa
-    y = y0 * silu(z)
-    out = y @ p["out_proj_weight"].T
-    cache_t = dict(params=p, x_t=x_t, z=z, window=window, xc=xc, xa=xa, dt_low=dt_low,
-                   Bt=Bt, Ct=Ct, pre=pre, dt=dt, A=A, a=a, h_prev=h_prev, h=h, y0=y0, y=y)
-    return out, (window[:, :, 1:].copy(), h), cache_t
+    y_ssm = y0 * silu(z)
+    y_t = y_ssm @ p["out_proj_weight"].T
+    cache_t = MambaStepCache(p, x_t, z, window, xc, xa, dt_low, Bt, Ct, pre, dt, A, a, h_prev,
+                             h, y0, y_ssm)
+    return y_t, (window[:, :, 1:].copy(), h), cache_t
 
 
-def step_backward(dout_t: np.ndarray | None, dstate_next: tuple | None, cache_t: dict,
+def step_backward(dy_t: np.ndarray | None, dstate_next: tuple | None, cache_t: MambaStepCache,
                   ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], dict]:
-    """Back through one :func:`step_forward`: ``dout_t (B, M)`` and the gradient of
+    """Back through one :func:`step_forward`: ``dy_t (B, M)`` and the gradient of
     the next state → ``dx_t (B, M)``, ``dstate_prev`` and the step's parameter
     gradients (the equations of :func:`backward` for T = 1)."""
-    c = cache_t
-    p = c["params"]
-    dconv_next, dh = _split_dstate(dstate_next, c["window"][:, :, 1:], c["h"])
-    dout_t = np.zeros(c["x_t"].shape, c["y"].dtype) if dout_t is None else dout_t
+    c = V.cache("mamba.step", cache_t, MambaStepCache)
+    p = c.params
+    dconv_next, dh = V.grad_state("dstate_next", dstate_next, (c.window[:, :, 1:], c.h),
+                                  fill=True)
+    dy_t = V.grad_like("dy_t", dy_t, c.x_t, "y_t", fill=True)
     g = {}
     # out-projection
-    g["out_proj_weight"] = dout_t.T @ c["y"]
-    dy = dout_t @ p["out_proj_weight"]
+    g["out_proj_weight"] = dy_t.T @ c.y_ssm
+    dy_ssm = dy_t @ p["out_proj_weight"]
     # gate
-    dy0 = dy * silu(c["z"])
-    dz = dy * c["y0"] * silu_grad(c["z"])
+    dy0 = dy_ssm * silu(c.z)
+    dz = dy_ssm * c.y0 * silu_grad(c.z)
     # y0 = h · C + D ⊙ xa
-    dh = dh + dy0[:, :, None] * c["Ct"][:, None, :]
-    dC = np.einsum("bi,bin->bn", dy0, c["h"])
-    g["D"] = np.sum(dy0 * c["xa"], axis=0)
+    dh = dh + dy0[:, :, None] * c.Ct[:, None, :]
+    dC = np.einsum("bi,bin->bn", dy0, c.h)
+    g["D"] = np.sum(dy0 * c.xa, axis=0)
     dxa = p["D"] * dy0
     # h = a ⊙ h_prev + Δ xa B
-    dh_prev = c["a"] * dh
-    dlog_a = dh * c["h_prev"] * c["a"]
-    g["A_log"] = np.einsum("bin,bi->in", dlog_a, c["dt"]) * c["A"]
-    gB = np.einsum("bin,bn->bi", dh, c["Bt"])
-    ddt = np.einsum("bin,in->bi", dlog_a, c["A"]) + gB * c["xa"]
-    dB = np.einsum("bin,bi->bn", dh, c["dt"] * c["xa"])
-    dxa = dxa + gB * c["dt"]
+    dh_prev = c.a * dh
+    dlog_a = dh * c.h_prev * c.a
+    g["A_log"] = np.einsum("bin,bi->in", dlog_a, c.dt) * c.A
+    gB = np.einsum("bin,bn->bi", dh, c.Bt)
+    ddt = np.einsum("bin,in->bi", dlog_a, c.A) + gB * c.xa
+    dB = np.einsum("bin,bi->bn", dh, c.dt * c.xa)
+    dxa = dxa + gB * c.dt
     # Δ = softplus(δ W_dt^T + b_dt)
-    dpre = ddt * sigmoid(c["pre"])
+    dpre = ddt * sigmoid(c.pre)
     g["dt_proj_bias"] = dpre.sum(axis=0)
-    g["dt_proj_weight"] = dpre.T @ c["dt_low"]
+    g["dt_proj_weight"] = dpre.T @ c.dt_low
     # x-projection
     dx_dbl = np.concatenate([dpre @ p["dt_proj_weight"], dB, dC], axis=1)
-    g["x_proj_weight"] = dx_dbl.T @ c["xa"]
+    g["x_proj_weight"] = dx_dbl.T @ c.xa
     dxa = dxa + dx_dbl @ p["x_proj_weight"]
     # silu, conv
-    dxc = dxa * silu_grad(c["xc"])
+    dxc = dxa * silu_grad(c.xc)
     g["conv1d_bias"] = dxc.sum(axis=0)
-    g["conv1d_weight"] = np.einsum("bi,bik->ik", dxc, c["window"])
+    g["conv1d_weight"] = np.einsum("bi,bik->ik", dxc, c.window)
     dwindow = dxc[:, :, None] * p["conv1d_weight"]
     dwindow[:, :, 1:] += dconv_next
     dxs = dwindow[:, :, -1]
     # in-projection
     dxz = np.concatenate([dxs, dz], axis=1)
-    g["in_proj_weight"] = dxz.T @ c["x_t"]
+    g["in_proj_weight"] = dxz.T @ c.x_t
     dx_t = dxz @ p["in_proj_weight"]
     grads = {k: g[k] for k in PARAM_SHAPES}
     return dx_t, (np.ascontiguousarray(dwindow[:, :, :-1]), dh_prev), grads
-
-
-def _split_dstate(dstate, conv_like, ssm_like):
-    """``None`` or a pair whose entries may be ``None`` → two arrays."""
-    if dstate is None:
-        return np.zeros(conv_like.shape, conv_like.dtype), np.zeros(ssm_like.shape, ssm_like.dtype)
-    if not isinstance(dstate, (tuple, list)) or len(dstate) != 2:
-        raise TypeError("dstate: expected the pair (dconv_state (B, I, K-1), dssm_state "
-                        f"(B, I, N)) or None, got {type(dstate).__name__}")
-    d_conv, d_ssm = dstate
-    V.grad_like("dstate[0]", d_conv, conv_like, "conv_state")
-    V.grad_like("dstate[1]", d_ssm, ssm_like, "ssm_state")
-    if d_conv is None:
-        d_conv = np.zeros(conv_like.shape, conv_like.dtype)
-    if d_ssm is None:
-        d_ssm = np.zeros(ssm_like.shape, ssm_like.dtype)
-    return d_conv, d_ssm
 
 
 # ---------------------------------------------------------------------------
@@ -288,7 +333,7 @@ def _split_dstate(dstate, conv_like, ssm_like):
 
 def forward(params: dict, x: np.ndarray, state0: tuple | None = None, *,
             method: str = "recurrent", chunk_size: int | None = None, backend: str = "numpy",
-            ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], dict]:
+            ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], MambaCache]:
     """Run the Mamba block over ``x (B, T, M)``.
 
     Args:
@@ -300,12 +345,12 @@ def forward(params: dict, x: np.ndarray, state0: tuple | None = None, *,
         backend: one of :data:`BACKENDS`.
 
     Returns:
-        ``out (B, T, M)``, the final state ``(conv_state, ssm_state)`` and the
+        ``y (B, T, M)``, the final state ``(conv_state, ssm_state)`` and the
         cache for :func:`backward`.
     """
     V.choice("method", method, METHODS)
-    _backend.resolve(backend, BACKENDS, what="cells.mamba")
-    _backend.check_method(method, backend, BACKEND_METHODS, what="cells.mamba")
+    _backend.resolve(backend, BACKENDS, what="cells.mamba", method=method,
+                     backend_methods=BACKEND_METHODS)
     dtype = _check(params, x, state0)
     chunk_size = V.positive_int("chunk_size", chunk_size, allow_none=True)
     s = sizes(params)
@@ -329,67 +374,61 @@ def forward(params: dict, x: np.ndarray, state0: tuple | None = None, *,
     delta = dt_low @ p["dt_proj_weight"].T
     A = -np.exp(p["A_log"])
     # selective scan with gate; softplus(delta + dt_proj_bias) inside the op
-    y, ssm_T, scan_cache = selective_scan.forward(
+    y_ssm, ssm_T, scan_cache = selective_scan.forward(
         xa, delta, A, Bm, Cm, p["D"], z, delta_bias=p["dt_proj_bias"], delta_softplus=True,
         initial_state=ssm_state0, method=method, chunk_size=chunk_size, backend=backend)
-    out = y @ p["out_proj_weight"].T
+    y = y_ssm @ p["out_proj_weight"].T
     conv_T = np.ascontiguousarray(np.transpose(xp[:, T:], (0, 2, 1)))   # last K−1 inputs
-    cache = dict(x=x, xp=xp, xc=xc, xa=xa, dt_low=dt_low, A=A, y=y, scan=scan_cache,
-                 state0=(conv_state0, ssm_state0), method=method, backend=backend)
-    return out, (conv_T, ssm_T), cache
+    cache = MambaCache(x, xp, xc, xa, dt_low, A, y_ssm, scan_cache, (conv_state0, ssm_state0),
+                       V.param_shapes(params), method, backend)
+    return y, (conv_T, ssm_T), cache
 
 
-def _weight_grad(a: np.ndarray, b: np.ndarray, gemm: bool) -> np.ndarray:
-    """``Σ_{b,t} a_t^T b_t`` for ``a (B, T, P)``, ``b (B, T, Q)`` → ``(P, Q)``: the
-    einsum (NumPy backend), or one ``(P, B·T) @ (B·T, Q)`` GEMM (numba backend)."""
-    if not gemm:
-        return np.einsum("btp,btq->pq", a, b)
+def _weight_grad(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``Σ_{b,t} a_t^T b_t`` for ``a (B, T, P)``, ``b (B, T, Q)`` → ``(P, Q)``, as
+    one ``(P, B·T) @ (B·T, Q)`` GEMM."""
     return a.reshape(-1, a.shape[-1]).T @ b.reshape(-1, b.shape[-1])
 
 
-def backward(params: dict, cache: dict, dy: np.ndarray | None,
+def backward(params: dict, cache: MambaCache, dy: np.ndarray | None,
              dstate: tuple | None = None) -> dict[str, np.ndarray]:
     """Hand backward through the whole block (equations in the module docstring).
 
     Args:
         params: the parameters given to :func:`forward`.
         cache: from :func:`forward`.
-        dy: ``(B, T, M)`` ∂L/∂out, or ``None``.
+        dy: ``(B, T, M)`` ∂L/∂y, or ``None``.
         dstate: ``(dconv_state, dssm_state)`` for the returned state (either may
             be ``None``), or ``None``.
 
     Returns:
         Every key of ``params`` plus ``"x" (B, T, M)`` and ``"state0"`` (a pair).
     """
-    c = cache
+    c = V.cache("mamba", cache, MambaCache)
+    V.params_match("mamba", params, c.param_shapes)
     p = params
-    x, xp, xa, y = c["x"], c["xp"], c["xa"], c["y"]
-    Bsz, T, M = x.shape
+    x, xp, xa = c.x, c.xp, c.xa
+    T = x.shape[1]
     K = p["conv1d_weight"].shape[1]
-    if dy is not None:
-        V.array("dy", dy)
-        V.Shapes(B=Bsz, T=T, M=M).check("dy", dy, ("B", "T", "M"))
-    dconv_T, dssm_T = _split_dstate(dstate, c["state0"][0], c["state0"][1])
-    if dy is None:
-        dy = np.zeros((Bsz, T, M), y.dtype)
+    dy = V.grad_like("dy", dy, x, "y", fill=True)          # y has x's shape (B, T, M)
+    dconv_T, dssm_T = V.grad_state("dstate", dstate, c.state0, fill=True)
     g = {}
     # out-projection
-    gemm = c["backend"] != "numpy"      # weight gradients as one GEMM over the B·T rows
-    g["out_proj_weight"] = _weight_grad(dy, y, gemm)
+    g["out_proj_weight"] = _weight_grad(dy, c.y_ssm)
     dy_ssm = dy @ p["out_proj_weight"]
     # the selective scan (and its gate, D, softplus)
-    sg = selective_scan.backward(c["scan"], dy_ssm, dssm_T)
-    g["A_log"] = sg["A"] * c["A"]
+    sg = selective_scan.backward(c.scan, dy_ssm, dssm_T)
+    g["A_log"] = sg["A"] * c.A
     g["D"] = sg["D"]
     g["dt_proj_bias"] = sg["delta_bias"]
     dz = sg["z"]
     # Δ projection and x-projection
-    g["dt_proj_weight"] = _weight_grad(sg["delta"], c["dt_low"], gemm)
+    g["dt_proj_weight"] = _weight_grad(sg["delta"], c.dt_low)
     dx_dbl = np.concatenate([sg["delta"] @ p["dt_proj_weight"], sg["B"], sg["C"]], axis=-1)
-    g["x_proj_weight"] = _weight_grad(dx_dbl, xa, gemm)
+    g["x_proj_weight"] = _weight_grad(dx_dbl, xa)
     dxa = sg["u"] + dx_dbl @ p["x_proj_weight"]
     # SiLU and the causal conv
-    dxc = dxa * silu_grad(c["xc"])
+    dxc = dxa * silu_grad(c.xc)
     g["conv1d_bias"] = dxc.sum(axis=(0, 1))
     w = p["conv1d_weight"]
     dw = np.empty_like(w)
@@ -403,7 +442,7 @@ def backward(params: dict, cache: dict, dy: np.ndarray | None,
     dxs = dxp[:, K - 1:]
     # in-projection
     dxz = np.concatenate([dxs, dz], axis=-1)
-    g["in_proj_weight"] = _weight_grad(dxz, x, gemm)
+    g["in_proj_weight"] = _weight_grad(dxz, x)
     grads = {k: g[k] for k in PARAM_SHAPES}
     grads["x"] = dxz @ p["in_proj_weight"]
     grads["state0"] = (dconv_0, sg["initial_state"])

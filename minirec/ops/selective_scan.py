@@ -3,6 +3,12 @@ Modeling with Selective State Spaces", Algorithm 2).
 
 Dimension key: B batch, T time, D channels (Mamba's ``d_inner``), N state size.
 
+Names. Mamba reuses letters: the arrays ``A, B, C, D`` below are the paper's
+(state matrix, input and output projections, skip), and the dimensions B and
+D are batch and channels; in the code the sizes are ``Bsz`` and ``Dch``.
+``Δ`` is ``dt`` (the paper's ``delta`` after bias and softplus), ``ā`` is
+``a`` and ``b̄`` is ``b``.
+
 Inputs: ``u (B, T, D)`` the sequence, ``delta (B, T, D)`` the step sizes before
 the optional bias and softplus, ``A (D, N)`` the (negative, real) diagonal state
 matrix, ``B, C (B, T, N)`` the input-dependent input and output projections
@@ -20,18 +26,19 @@ matrix, ``B, C (B, T, N)`` the input-dependent input and output projections
 with ``h_{−1}`` = ``initial_state`` (zeros when ``None``). ``forward`` returns
 ``y (B, T, D)``, the final state ``h_T = h_{T−1} (B, D, N)`` and the cache.
 
-Backward (``dy`` = ∂L/∂y, ``dh_T`` = ∂L/∂h_T through the returned state;
+Backward (``dy`` = ∂L/∂y, ``dstate`` = ∂L/∂h_T through the returned state;
 ``g_t`` = ∂L/∂h_t, the total gradient reaching the state at step t;
 ``σ`` the logistic sigmoid):
 
     dy0_t   = dy_t ⊙ silu(z_t)
     dz_t    = dy_t ⊙ y0_t ⊙ σ(z_t) (1 + z_t (1 − σ(z_t)))
-    g_{T−1} = dh_T + dy0_{T−1} ⊗ C_{T−1}
+    g_{T−1} = dstate + dy0_{T−1} ⊗ C_{T−1}
     g_t     = dy0_t ⊗ C_t + ā_{t+1} ⊙ g_{t+1}          (the reverse scan)
     dh0     = ā_0 ⊙ g_0                                  → "initial_state"
     dā_t    = g_t ⊙ h_{t−1}                              (h_{−1} = h0)
-    dA      = Σ_{b,t} dā_t ⊙ ā_t ⊙ Δ_t                   (Δ_t broadcast over n)
-    dΔ_t    = Σ_n (dā_t ⊙ ā_t ⊙ A + g_t ⊙ B_t u_t)
+    dlog ā_t = dā_t ⊙ ā_t                                (log ā = Δ ⊗ A)
+    dA      = Σ_{b,t} dlog ā_t ⊙ Δ_t                     (Δ_t broadcast over n)
+    dΔ_t    = Σ_n (dlog ā_t ⊙ A + g_t ⊙ B_t u_t)
     dB_t    = Σ_d g_t ⊙ Δ_t u_t
     dC_t    = Σ_d dy0_t h_t
     du_t    = Σ_n g_t ⊙ Δ_t B_t + D ⊙ dy0_t
@@ -51,82 +58,59 @@ Methods, all equal to the loop (tested to 1e-10 relative RMS in float64):
                    (the definition).
 ``hillis_steele``, ``blelloch``, ``chunked``, ``log``
                    :func:`minirec.scan.linear.forward` with this method on
-                   ``a = ā (B, T, D, N)``, ``b = b̄ (B, T, D, N)``; the backward
-                   is :func:`minirec.scan.linear.backward` (the reverse scan of
-                   the same method) on ``dh_t = dy0_t ⊗ C_t`` and ``dh_T``,
-                   which gives ``g_t = d b̄_t``, ``dā_t`` and ``dh0``; the rest
-                   of the equations above are shared. ``log`` works because
-                   ``ā = exp(Δ A) > 0`` (it fails with a clear error only if
-                   ``ā`` underflows to 0).
+                   the log-coefficients ``log_a = log ā = Δ ⊗ A`` (known
+                   exactly: never ``log(exp(Δ A))``) and ``b = b̄`` (both
+                   ``(B, T, D, N)``); the backward is
+                   :func:`minirec.scan.linear.backward` (the reverse scan of the
+                   same method) on ``dh_t = dy0_t ⊗ C_t`` and ``dstate``, which
+                   gives ``g_t = d b̄_t``, ``dlog ā_t`` and ``dh0``; the rest of
+                   the equations above are shared. ``log`` (Heinsen's
+                   log-space scan) never forms ``ā``, so it runs where ``ā``
+                   underflows to 0 (large ``Δ``: saturated pre-activations).
 
-``backend="numba"`` (:data:`BACKEND_METHODS`): ``recurrent`` runs the fused
-kernels of :mod:`minirec.kernels.numba.selective_scan` — per (batch row,
-block of channels) the state ``h`` lives in a small local array, ``Δ``,
-``exp(Δ A)``, the update, ``y0`` and the gate are computed in one pass over
-time, and no ``(B, T, D, N)`` array is made. The forward keeps the state
-entering every chunk of 32 steps (the cache's ``checkpoints``) and the fused
-reverse loop recomputes each chunk's states from its checkpoint (memory
-``T/32`` states instead of ``T``, for one extra multiply-add per element,
-since ``ā`` is recomputed either way). ``chunked`` builds ``ā, b̄`` in NumPy
-as above and runs :func:`minirec.scan.linear.forward`'s numba chunked kernel.
+Backends (:data:`BACKEND_METHODS`): ``backend="numba"`` runs ``recurrent``
+through :mod:`minirec.kernels.numba.selective_scan` (fused forward and reverse
+kernels: the state of a block of channels in a small local array, no
+``(B, T, D, N)`` array made, the backward recomputing each chunk of steps from
+a checkpointed state), and ``chunked`` as the parallel method above with
+:func:`minirec.scan.linear.forward`'s numba kernel for the scan.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from minirec import _backend
 from minirec import _validate as V
+from minirec._math import sigmoid, silu, silu_grad, softplus
 from minirec.scan import linear
 
 METHODS = ("recurrent",) + tuple(m for m in linear.METHODS if m != "recurrent")
 BACKENDS = ("numpy", "numba")
-# the methods each non-NumPy backend has kernels for (NumPy runs them all)
+# the methods each non-NumPy backend runs (NumPy runs them all); numba's
+# "recurrent" is its fused kernel, its "chunked" the scan.linear kernel
 BACKEND_METHODS = {"numba": ("recurrent", "chunked")}
-
-
-# ---------------------------------------------------------------------------
-# numerically stable pointwise functions (also used by cells.mamba)
-# ---------------------------------------------------------------------------
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    """``σ(x) = 1 / (1 + e^{−x})`` without overflow: ``e^{−|x|}`` is always ≤ 1."""
-    e = np.exp(-np.abs(x))
-    r = 1 / (1 + e)
-    return np.where(x >= 0, r, e * r)
-
-
-def softplus(x: np.ndarray) -> np.ndarray:
-    """``log(1 + e^x) = max(x, 0) + log1p(e^{−|x|})`` without overflow; ``d/dx = σ(x)``."""
-    return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
-
-
-def silu(x: np.ndarray) -> np.ndarray:
-    """``silu(x) = x σ(x)``."""
-    return x * sigmoid(x)
-
-
-def silu_grad(x: np.ndarray) -> np.ndarray:
-    """``d silu/dx = σ(x) (1 + x (1 − σ(x)))``."""
-    s = sigmoid(x)
-    return s * (1 + x * (1 - s))
+# the methods a backend's own kernel module runs (the others pass the backend on
+# to scan.linear)
+_KERNEL_METHODS = ("recurrent",)
+_OPTIONAL = ("D", "z", "delta_bias")
 
 
 class SelectiveScanCache(NamedTuple):
     """What :func:`backward` needs.
 
-    Fields: the forward's arrays ``u, A, B, C, D, z`` (``D``/``z`` may be
-    ``None``); ``pre (B, T, D)`` = delta + delta_bias; ``Δ (B, T, D)`` (named
-    ``dt``); ``a (B, T, D, N)`` = exp(Δ A); ``h (B, T, D, N)`` every state;
-    ``h0 (B, D, N)``; ``y0 (B, T, D)`` the output before the gate;
-    ``delta_softplus``; ``has_delta_bias``; ``method``; ``chunk_size``;
-    ``backend``; ``scan_cache`` (the :mod:`minirec.scan.linear` cache for the
-    parallel methods, ``None`` for ``recurrent``); ``checkpoints`` (numba
-    ``recurrent`` only: ``(B, ⌈T/32⌉, D', N)`` the state entering every chunk
-    of 32 steps, ``D'`` = D rounded up to the kernel's 32-channel blocks;
-    there ``a`` and ``h`` are ``None``, the kernel recomputes them).
+    Always: the forward's arrays ``u, A, B, C, D, z`` (``D``/``z`` may be
+    ``None``), ``delta_softplus``, ``has_delta_bias``, ``method``,
+    ``chunk_size``, ``backend``. From the NumPy code of this module (``None``
+    otherwise): ``pre (B, T, D)`` = delta + delta_bias, ``dt (B, T, D)`` = Δ,
+    ``a (B, T, D, N)`` = ā (``recurrent`` only; the parallel methods keep
+    ``log ā`` in their scan cache), ``h (B, T, D, N)`` every state,
+    ``h0 (B, D, N)``, ``y0 (B, T, D)`` the output before the gate, and
+    ``scan_cache`` (the :mod:`minirec.scan.linear` cache of the parallel
+    methods, ``None`` for ``recurrent``). From a backend's kernel module:
+    ``kernel``, its own cache (the NumPy fields are then ``None``).
     """
 
     u: np.ndarray
@@ -135,19 +119,19 @@ class SelectiveScanCache(NamedTuple):
     C: np.ndarray
     D: np.ndarray | None
     z: np.ndarray | None
-    pre: np.ndarray
-    dt: np.ndarray
-    a: np.ndarray
-    h: np.ndarray
-    h0: np.ndarray
-    y0: np.ndarray
     delta_softplus: bool
     has_delta_bias: bool
     method: str
     chunk_size: int | None
     backend: str
-    scan_cache: linear.LinearScanCache | None
-    checkpoints: np.ndarray | None = None
+    pre: np.ndarray | None = None
+    dt: np.ndarray | None = None
+    a: np.ndarray | None = None
+    h: np.ndarray | None = None
+    h0: np.ndarray | None = None
+    y0: np.ndarray | None = None
+    scan_cache: linear.LinearScanCache | None = None
+    kernel: Any = None
 
 
 # ---------------------------------------------------------------------------
@@ -164,12 +148,12 @@ def _recurrent_forward(a, b, h0):
     return h
 
 
-def _recurrent_backward(a, h, h0, dh, dh_T):
+def _recurrent_backward(a, h, h0, dh, dstate):
     """The reverse loop: ``g_t = dh_t + a_{t+1} ⊙ g_{t+1}``; returns ``g`` (= d b̄),
     ``dā`` and ``dh0``."""
     T = h.shape[1]
     g = np.empty(h.shape, h.dtype)
-    g_next = dh_T.copy()  # ∂L/∂h_{T−1} from the returned state, before step T−1's output
+    g_next = dstate.copy()  # ∂L/∂h_{T−1} from the returned state, before step T−1's output
     for t in reversed(range(T)):
         g_t = g_next + dh[:, t]
         g[:, t] = g_t
@@ -183,33 +167,20 @@ def _recurrent_backward(a, h, h0, dh, dh_T):
 # ---------------------------------------------------------------------------
 
 def _check(u, delta, A, B, C, D, z, delta_bias, initial_state):
+    """Every array against its named shape (the optional ones when given); the
+    computation dtype."""
+    arrays = {"u": (u, ("B", "T", "D")), "delta": (delta, ("B", "T", "D")),
+              "A": (A, ("D", "N")), "B": (B, ("B", "T", "N")), "C": (C, ("B", "T", "N")),
+              "D": (D, ("D",)), "z": (z, ("B", "T", "D")), "delta_bias": (delta_bias, ("D",)),
+              "initial_state": (initial_state, ("B", "D", "N"))}
     s = V.Shapes()
-    V.array("u", u, ndim=3, allow_complex=False)
-    s.check("u", u, ("B", "T", "D"))
-    if u.shape[1] < 1:
-        raise ValueError(f"u: expected T >= 1 along axis 1, got shape {tuple(u.shape)}")
-    V.array("delta", delta, ndim=3, allow_complex=False)
-    s.check("delta", delta, ("B", "T", "D"))
-    V.array("A", A, ndim=2, allow_complex=False)
-    s.check("A", A, ("D", "N"))
-    V.array("B", B, ndim=3, allow_complex=False)
-    s.check("B", B, ("B", "T", "N"))
-    V.array("C", C, ndim=3, allow_complex=False)
-    s.check("C", C, ("B", "T", "N"))
-    if D is not None:
-        V.array("D", D, ndim=1, allow_complex=False)
-        s.check("D", D, ("D",))
-    if z is not None:
-        V.array("z", z, ndim=3, allow_complex=False)
-        s.check("z", z, ("B", "T", "D"))
-    if delta_bias is not None:
-        V.array("delta_bias", delta_bias, ndim=1, allow_complex=False)
-        s.check("delta_bias", delta_bias, ("D",))
-    if initial_state is not None:
-        V.array("initial_state", initial_state, ndim=3, allow_complex=False)
-        s.check("initial_state", initial_state, ("B", "D", "N"))
-    return V.common_dtype(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias,
-                          initial_state=initial_state)
+    for name, (x, spec) in arrays.items():
+        if x is None and name in _OPTIONAL + ("initial_state",):
+            continue
+        V.array(name, x, ndim=len(spec), allow_complex=False)
+        s.check(name, x, spec)
+    V.time_steps("u", u)
+    return V.common_dtype(**{name: x for name, (x, _) in arrays.items()})
 
 
 def forward(u: np.ndarray, delta: np.ndarray, A: np.ndarray, B: np.ndarray, C: np.ndarray,
@@ -241,39 +212,43 @@ def forward(u: np.ndarray, delta: np.ndarray, A: np.ndarray, B: np.ndarray, C: n
         :func:`backward`.
     """
     V.choice("method", method, METHODS)
-    _backend.resolve(backend, BACKENDS, what="ops.selective_scan")
-    _backend.check_method(method, backend, BACKEND_METHODS, what="ops.selective_scan")
+    _backend.resolve(backend, BACKENDS, what="ops.selective_scan", method=method,
+                     backend_methods=BACKEND_METHODS)
     dtype = _check(u, delta, A, B, C, D, z, delta_bias, initial_state)
     chunk_size = V.positive_int("chunk_size", chunk_size, allow_none=True)
+    common = dict(u=u, A=A, B=B, C=C, D=D, z=z, delta_softplus=bool(delta_softplus),
+                  has_delta_bias=delta_bias is not None, method=method,
+                  chunk_size=chunk_size, backend=backend)
+    if backend != "numpy" and method in _KERNEL_METHODS:
+        y, h_T, kernel = _backend.kernels("selective_scan", backend).forward(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
+        return y, h_T, SelectiveScanCache(**common, kernel=kernel)
     Bsz, _, Dch = u.shape
-    N = A.shape[1]
-    h0 = np.zeros((Bsz, Dch, N), dtype) if initial_state is None else initial_state
+    h0 = np.zeros((Bsz, Dch, A.shape[1]), dtype) if initial_state is None else initial_state
     pre = delta if delta_bias is None else delta + delta_bias
-    if backend == "numba" and method == "recurrent":
-        kern = _backend.kernels("selective_scan", backend)
-        pre = pre.astype(dtype, copy=False)
-        y, y0, dt, h_T, ck = kern.forward(u.astype(dtype, copy=False), pre, A, B, C, D, z,
-                                          delta_softplus, h0)
-        cache = SelectiveScanCache(u, A, B, C, D, z, pre, dt, None, None, h0, y0,
-                                   bool(delta_softplus), delta_bias is not None, method,
-                                   chunk_size, backend, None, ck)
-        return y, h_T, cache
     dt = softplus(pre) if delta_softplus else pre
-    a = np.exp(dt[..., None] * A)                                # (B, T, D, N)
-    b = (dt * u)[..., None] * B[:, :, None, :]                   # (B, T, D, N)
+    log_a = dt[..., None] * A                                    # log ā = Δ A  (B, T, D, N)
+    b = (dt * u)[..., None] * B[:, :, None, :]                   # b̄ = Δ B u    (B, T, D, N)
     if method == "recurrent":
+        a = np.exp(log_a)
         h = _recurrent_forward(a, b, h0)
         scan_cache = None
-    else:
-        h, _, scan_cache = linear.forward(a, b, h0, method=method, chunk_size=chunk_size,
-                                          backend=backend)
+    else:  # scan.linear on log ā itself ("log" then never forms ā, which may underflow)
+        a = None
+        h, _, scan_cache = linear.forward(None, b, h0, log_a=log_a, method=method,
+                                          chunk_size=chunk_size, backend=backend)
     y0 = np.einsum("btdn,btn->btd", h, C)
     if D is not None:
         y0 = y0 + D * u
     y = y0 if z is None else y0 * silu(z)
-    cache = SelectiveScanCache(u, A, B, C, D, z, pre, dt, a, h, h0, y0, bool(delta_softplus),
-                               delta_bias is not None, method, chunk_size, backend, scan_cache)
+    cache = SelectiveScanCache(**common, pre=pre, dt=dt, a=a, h=h, h0=h0, y0=y0,
+                               scan_cache=scan_cache)
     return y, h[:, -1].copy(), cache
+
+
+def _zeros_view(shape, dtype):
+    """A read-only zero array of ``shape`` backed by one element (for the checks)."""
+    return np.broadcast_to(np.zeros((), dtype), shape)
 
 
 def backward(cache: SelectiveScanCache, dy: np.ndarray | None,
@@ -290,29 +265,18 @@ def backward(cache: SelectiveScanCache, dy: np.ndarray | None,
         ``{"u", "delta", "A", "B", "C", "initial_state"}`` plus ``"D"``, ``"z"``,
         ``"delta_bias"`` for those given to the forward, each shaped like it.
     """
-    c = cache
-    V.grad_like("dy", dy, c.y0, "y")
-    V.grad_like("dstate", dstate, c.h0, "h_T")
-    dtype = c.y0.dtype
-    if dy is None:
-        dy = np.zeros(c.y0.shape, dtype)
-    if dstate is None:
-        dstate = np.zeros(c.h0.shape, dtype)
-    order = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
-    if c.backend == "numba" and c.method == "recurrent":  # one fused reverse pass
-        kern = _backend.kernels("selective_scan", "numba")
-        grads = kern.backward(c.u, c.pre, c.dt, c.A, c.B, c.C, c.D, c.z, c.delta_softplus,
-                              c.checkpoints, c.y0, dy, dstate)
-        grads["delta"] = grads.pop("pre")
-        if c.has_delta_bias:
-            grads["delta_bias"] = np.sum(grads["delta"], axis=(0, 1))
-        return {k: grads[k] for k in order if k in grads}
+    c = V.cache("ops.selective_scan", cache, SelectiveScanCache)
+    dtype = c.u.dtype
+    dy = V.grad_like("dy", dy, _zeros_view(c.u.shape, dtype), "y", fill=True)
+    dstate = V.grad_state("dstate", dstate,
+                          _zeros_view((c.u.shape[0],) + c.A.shape, dtype), fill=True)
+    if c.kernel is not None:  # made by a backend's kernel (numba's "chunked" ran the code below)
+        return _backend.kernels("selective_scan", c.backend).backward(c.kernel, dy, dstate)
     grads = {}
     # through the gate y = y0 ⊙ silu(z)
     if c.z is not None:
-        s = sigmoid(c.z)
-        dy0 = dy * (c.z * s)                                     # silu(z) = z σ(z)
-        grads["z"] = dy * c.y0 * (s * (1 + c.z * (1 - s)))       # silu'(z)
+        dy0 = dy * silu(c.z)
+        grads["z"] = dy * c.y0 * silu_grad(c.z)
     else:
         dy0 = dy
     # through y0 = Σ_n h C + D ⊙ u
@@ -322,15 +286,15 @@ def backward(cache: SelectiveScanCache, dy: np.ndarray | None,
     if c.D is not None:
         grads["D"] = np.sum(dy0 * c.u, axis=(0, 1))
         du += c.D * dy0
-    # through the scan h_t = ā_t ⊙ h_{t−1} + b̄_t: g = d b̄, dā, dh0
+    # through the scan h_t = ā_t ⊙ h_{t−1} + b̄_t: g = d b̄, dlog ā = dā ⊙ ā, dh0
     if c.method == "recurrent":
         g, da, dh0 = _recurrent_backward(c.a, c.h, c.h0, dh, dstate)
+        dlog_a = da * c.a
     else:
         sg = linear.backward(c.scan_cache, dh, dstate)
-        g, da, dh0 = sg["b"], sg["a"], sg["initial_state"]
+        g, dlog_a, dh0 = sg["b"], sg["log_a"], sg["initial_state"]
     grads["initial_state"] = dh0
-    # through ā = exp(Δ ⊗ A): d(ΔA) = dā ⊙ ā
-    dlog_a = da * c.a
+    # through log ā = Δ ⊗ A
     grads["A"] = np.einsum("btdn,btd->dn", dlog_a, c.dt)
     # through b̄ = Δ ⊗ B ⊙ u
     gB = np.einsum("btdn,btn->btd", g, c.B)                       # Σ_n g ⊙ B
@@ -343,4 +307,5 @@ def backward(cache: SelectiveScanCache, dy: np.ndarray | None,
     grads["delta"] = dpre
     if c.has_delta_bias:
         grads["delta_bias"] = np.sum(dpre, axis=(0, 1))
+    order = ("u", "delta", "A", "B", "C") + _OPTIONAL + ("initial_state",)
     return {k: grads[k] for k in order if k in grads}

@@ -33,7 +33,8 @@ The definition (``method="recurrent"``) is :func:`step_forward` in a loop::
 formed) and as 0 where ``m_{t−1} = −inf < m_t``.
 
 Backward of one step (:func:`step_backward`); ``(dm, du, dw)`` is ∂L/∂ state_t
-flowing back from t+1 (or the final state's gradient), ``do`` = ∂L/∂o_t:
+flowing back from t+1 (or ``dstate``, the final state's gradient), ``do`` =
+∂L/∂o_t:
 
     dw̄ = dw + do / u_t                  du̅ = du − Σ_V (do ⊙ o_t) / u_t
     dα  = du̅ u_{t−1} + Σ_V dw̄ ⊙ w_{t−1}     dβ = du̅ + Σ_V dw̄ ⊙ v_t
@@ -91,6 +92,10 @@ Methods, both equal to the loop (tested to 1e-10 relative RMS in float64):
                of the union rescaled to the union's max. Its backward is the
                reverse Blelloch scan above plus elementwise work.
 
+NaN. A NaN score makes ``m`` NaN from that step on (``max`` propagates it, as
+``np.maximum`` does), and with it every later output, the final state and the
+gradients reaching it: causal, and the same in every method and backend.
+
 Backends: ``"numpy"`` runs both methods; ``"numba"``
 (:mod:`minirec.kernels.numba.softmax_scan`) runs ``recurrent`` as one fused
 loop over time per (batch, head) — the ``(m, u, w)`` update and the output in
@@ -118,12 +123,28 @@ BACKEND_METHODS = {"numba": ("recurrent",)}
 State = tuple  # (m (B, H), u (B, H), w (B, H, V))
 
 
+class SoftmaxStepCache(NamedTuple):
+    """What :func:`step_backward` needs from one :func:`step_forward`: the
+    token ``s_t (B, H)``, ``v_t (B, H, V)``, the state before it ``m_prev,
+    u_prev (B, H)``, ``w_prev (B, H, V)`` and after it ``m, u, w``."""
+
+    s_t: np.ndarray
+    v_t: np.ndarray
+    m_prev: np.ndarray
+    u_prev: np.ndarray
+    w_prev: np.ndarray
+    m: np.ndarray
+    u: np.ndarray
+    w: np.ndarray
+
+
 class SoftmaxScanCache(NamedTuple):
     """What :func:`backward` needs.
 
     Fields: ``s (B, T, H)``, ``v (B, T, H, V)``; ``m0, u0 (B, H)``,
     ``w0 (B, H, V)`` the initial state; ``M, U (B, T, H)``, ``W (B, T, H, V)``
-    the state after every step; ``method``, ``backend``.
+    the state after every step (from a backend's kernel too, which is all its
+    backward needs); ``method``, ``backend``.
     """
 
     s: np.ndarray
@@ -159,14 +180,14 @@ def empty_state(batch_size: int, num_heads: int, value_size: int, dtype=np.float
 # ---------------------------------------------------------------------------
 
 def step_forward(s_t: np.ndarray, v_t: np.ndarray, state: State
-                 ) -> tuple[np.ndarray, State, tuple]:
+                 ) -> tuple[np.ndarray, State, SoftmaxStepCache]:
     """One token: ``m' = max(m, s_t)``, ``u' = e^{m−m'} u + e^{s_t−m'}``,
     ``w' = e^{m−m'} w + e^{s_t−m'} v_t``, ``o_t = w'/u'``.
 
     ``s_t (B, H)``, ``v_t (B, H, V)``, ``state = (m (B, H), u (B, H), w (B, H, V))``.
     Returns ``o_t (B, H, V)``, the new state and the step cache
-    ``(s_t, v_t, m, u, w, m', u', w')``. Memory and time are O(B·H·V),
-    whatever the number of tokens already seen.
+    (:class:`SoftmaxStepCache`). Memory and time are O(B·H·V), whatever the
+    number of tokens already seen.
     """
     m_prev, u_prev, w_prev = state
     m = np.maximum(m_prev, s_t)
@@ -175,10 +196,10 @@ def step_forward(s_t: np.ndarray, v_t: np.ndarray, state: State
     u = alpha * u_prev + beta
     w = alpha[..., None] * w_prev + beta[..., None] * v_t
     o = w / u[..., None]
-    return o, (m, u, w), (s_t, v_t, m_prev, u_prev, w_prev, m, u, w)
+    return o, (m, u, w), SoftmaxStepCache(s_t, v_t, m_prev, u_prev, w_prev, m, u, w)
 
 
-def step_backward(do_t: np.ndarray | None, dstate_next: State, cache_t: tuple
+def step_backward(do_t: np.ndarray | None, dstate_next: State, cache_t: SoftmaxStepCache
                   ) -> tuple[np.ndarray, np.ndarray, State]:
     """Back through :func:`step_forward` (equations in the module docstring).
 
@@ -262,8 +283,7 @@ def _check_inputs(s, v, initial_state):
     shapes = V.Shapes()
     shapes.check("s", s, ("B", "T", "H"))
     shapes.check("v", v, ("B", "T", "H", "V"))
-    if s.shape[1] < 1:
-        raise ValueError(f"s: expected T >= 1 along axis 1, got shape {tuple(s.shape)}")
+    V.time_steps("s", s)
     parts = {}
     if initial_state is not None:
         if not isinstance(initial_state, (tuple, list)) or len(initial_state) != 3:
@@ -297,59 +317,42 @@ def forward(s: np.ndarray, v: np.ndarray, *, initial_state: State | None = None,
         :func:`backward`. Computed in the inputs' dtype (float32 or float64).
     """
     V.choice("method", method, METHODS)
-    _backend.resolve(backend, BACKENDS, what="ops.softmax_scan")
-    _backend.check_method(method, backend, BACKEND_METHODS, what="ops.softmax_scan")
+    _backend.resolve(backend, BACKENDS, what="ops.softmax_scan", method=method,
+                     backend_methods=BACKEND_METHODS)
     dtype = _check_inputs(s, v, initial_state)
     B, T, H, Vd = v.shape
     if initial_state is None:
-        m0, u0, w0 = empty_state(B, H, Vd, dtype)
-    else:
-        m0, u0, w0 = initial_state
-    if backend == "numba":  # fused loop: state update and output per step
-        o, M, U, W = _backend.kernels("softmax_scan", backend).forward(s, v, m0, u0, w0)
+        initial_state = empty_state(B, H, Vd, dtype)
+    m0, u0, w0 = initial_state
+    if backend != "numpy":  # a fused loop: state update and output per step
+        o, state, (M, U, W) = _backend.kernels("softmax_scan", backend).forward(
+            s, v, initial_state)
     else:
         M, U, W = _FORWARD[method](s, v, m0, u0, w0)
         o = W / U[..., None]
-    cache = SoftmaxScanCache(s, v, m0, u0, w0, M, U, W, method, backend)
-    return o, (M[:, -1].copy(), U[:, -1].copy(), W[:, -1].copy()), cache
+        state = (M[:, -1].copy(), U[:, -1].copy(), W[:, -1].copy())
+    return o, state, SoftmaxScanCache(s, v, m0, u0, w0, M, U, W, method, backend)
 
 
-def _final_grads(cache, dfinal_state):
-    B, T, H, Vd = cache.W.shape
-    dtype = cache.W.dtype
-    if dfinal_state is None:
-        dfinal_state = (None, None, None)
-    if not isinstance(dfinal_state, (tuple, list)) or len(dfinal_state) != 3:
-        raise TypeError("dfinal_state: expected None or a tuple (dm (B, H), du (B, H), "
-                        f"dw (B, H, V)), got {type(dfinal_state).__name__}")
-    out = []
-    for name, g, like in zip(("dm", "du", "dw"), dfinal_state,
-                             (cache.M[:, -1], cache.U[:, -1], cache.W[:, -1])):
-        V.grad_like(f"dfinal_state[{name}]", g, like, name[1:])
-        out.append(np.zeros(like.shape, dtype) if g is None else g)
-    return tuple(out)
-
-
-def _backward_recurrent(cache, do, dfinal):
+def _backward_recurrent(cache, do, dstate):
     s, v, M, U, W = cache.s, cache.v, cache.M, cache.U, cache.W
     ds = np.empty(s.shape, s.dtype)
     dv = np.empty(v.shape, v.dtype)
-    dstate = dfinal
     for t in reversed(range(s.shape[1])):
         if t > 0:
             prev = (M[:, t - 1], U[:, t - 1], W[:, t - 1])
         else:
             prev = (cache.m0, cache.u0, cache.w0)
-        cache_t = (s[:, t], v[:, t]) + prev + (M[:, t], U[:, t], W[:, t])
+        cache_t = SoftmaxStepCache(s[:, t], v[:, t], *prev, M[:, t], U[:, t], W[:, t])
         ds[:, t], dv[:, t], dstate = step_backward(None if do is None else do[:, t],
                                                    dstate, cache_t)
     return ds, dv, dstate
 
 
-def _backward_parallel(cache, do, dfinal):
+def _backward_parallel(cache, do, dstate):
     s, v, M, U, W = cache.s, cache.v, cache.M, cache.U, cache.W
     m0, u0, w0 = cache.m0, cache.u0, cache.w0
-    dm_T, du_T, dw_T = dfinal
+    dm_T, du_T, dw_T = dstate
     # gradients with respect to every prefix state (U_t, W_t)
     if do is None:
         dU = np.zeros(U.shape, U.dtype)
@@ -386,13 +389,13 @@ def _backward_parallel(cache, do, dfinal):
 
 
 def backward(cache: SoftmaxScanCache, do: np.ndarray | None,
-             dfinal_state: State | None = None) -> dict:
+             dstate: State | None = None) -> dict:
     """Gradients of :func:`forward` by the algorithm of the method that made ``cache``.
 
     Args:
         cache: from :func:`forward`.
         do: ``(B, T, H, V)`` ∂L/∂o, or ``None`` for zeros.
-        dfinal_state: ``(dm (B, H), du (B, H), dw (B, H, V))`` ∂L/∂ final state,
+        dstate: ``(dm (B, H), du (B, H), dw (B, H, V))`` ∂L/∂ final state,
             ``None`` (or ``None`` entries) for zeros.
 
     Returns:
@@ -400,13 +403,12 @@ def backward(cache: SoftmaxScanCache, do: np.ndarray | None,
         For the empty prefix (``initial_state=None``) the initial state's
         gradient is exactly zero.
     """
-    V.grad_like("do", do, cache.W, "o")
-    dfinal = _final_grads(cache, dfinal_state)
-    if cache.backend == "numba":  # one fused reverse loop
-        kern = _backend.kernels("softmax_scan", cache.backend)
-        ds, dv, dinit = kern.backward(cache.s, cache.v, cache.m0, cache.u0, cache.w0,
-                                      cache.M, cache.U, cache.W, do, *dfinal)
-        return {"s": ds, "v": dv, "initial_state": tuple(dinit)}
-    run = _backward_recurrent if cache.method == "recurrent" else _backward_parallel
-    ds, dv, dinit = run(cache, do, dfinal)
+    c = V.cache("ops.softmax_scan", cache, SoftmaxScanCache)
+    do = V.grad_like("do", do, c.W, "o")
+    dstate = V.grad_state("dstate", dstate, (c.M[:, -1], c.U[:, -1], c.W[:, -1]), fill=True)
+    if c.backend != "numpy":  # one fused reverse loop
+        return _backend.kernels("softmax_scan", c.backend).backward(
+            c.s, c.v, (c.m0, c.u0, c.w0), (c.M, c.U, c.W), do, dstate)
+    run = _backward_recurrent if c.method == "recurrent" else _backward_parallel
+    ds, dv, dinit = run(c, do, dstate)
     return {"s": ds, "v": dv, "initial_state": tuple(dinit)}

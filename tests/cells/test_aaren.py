@@ -1,44 +1,53 @@
-"""cells.aaren: learned-query softmax attention as a many-to-many RNN."""
+"""cells.aaren: learned-query softmax attention as a many-to-many RNN — equal to
+masked softmax attention, the streaming step pair, the empty prefix, B = 0,
+NaN inputs, golden values. Agreement of every method and backend, gradient
+checks from a finite state, split-resume, dtypes and the bad-input tables are
+the contract tests' (tests/test_contract.py, entry "aaren")."""
 
 import numpy as np
 import pytest
 
-from minirec import gradcheck
+from minirec import _backend, gradcheck, registry
 from minirec.cells import aaren
 from minirec.ops import softmax_scan
 from tests.conftest import assert_close
 
-B, D, O, NH, K, VD = 2, 3, 5, 2, 3, 2
+ENTRY = registry.get("aaren")
+B = 2                                   # batch of the registry's "small" inputs
+D, O, NH, K, VD = 3, 5, 2, 3, 2         # the golden test's sizes (K ≠ V)
 
 
-def make(rng, T=7, dtype=np.float64, state=True):
-    params = aaren.init_params(rng, D, O, num_heads=NH, key_size=K, value_size=VD, dtype=dtype)
-    x = rng.standard_normal((B, T, D)).astype(dtype)
-    state0 = None
-    if state:
-        state0 = (rng.standard_normal((B, NH)), rng.uniform(0.5, 2.0, (B, NH)),
-                  rng.standard_normal((B, NH, VD)))
-        state0 = tuple(a.astype(dtype) for a in state0)
-    return params, x, state0
+def make(rng, T=7, state=True, **dims):
+    """The registry's inputs: D = 3, O = 4, two heads of K = V = 2, a finite
+    state (``None`` unless ``state``)."""
+    x = ENTRY.make_inputs(rng, np.float64, "small", T=T, **dims)
+    return x["params"], x["x"], x["state0"] if state else None
 
 
 def upstream(rng, y, state):
     return rng.standard_normal(y.shape), tuple(rng.standard_normal(a.shape) for a in state)
 
 
+def sizes(params):
+    """``(NH, K, V, D)`` from the parameter shapes."""
+    nh, k = params["q"].shape
+    return nh, k, params["W_v"].shape[0] // nh, params["W_k"].shape[1]
+
+
 def direct(params, x):
     """The module's equations written out as a Transformer would run them: keys and
     values for every token, the learned query's scores, a masked softmax over all
     (t, i) pairs per head, the heads concatenated, the output projection."""
-    T = x.shape[1]
-    k = np.einsum("btd,hkd->bthk", x, params["W_k"].reshape(NH, K, D))
-    v = np.einsum("btd,hvd->bthv", x, params["W_v"].reshape(NH, VD, D))
-    s = np.einsum("bthk,hk->bth", k, params["q"]) / np.sqrt(K)
+    nh, k_size, v_size, d = sizes(params)
+    b, T = x.shape[:2]
+    k = np.einsum("btd,hkd->bthk", x, params["W_k"].reshape(nh, k_size, d))
+    v = np.einsum("btd,hvd->bthv", x, params["W_v"].reshape(nh, v_size, d))
+    s = np.einsum("bthk,hk->bth", k, params["q"]) / np.sqrt(k_size)
     scores = np.where(np.tril(np.ones((T, T), bool))[None, :, :, None],
                       s[:, None, :, :], -np.inf)                        # [b, t, i, h]
     P = np.exp(scores - scores.max(axis=2, keepdims=True))
     P /= P.sum(axis=2, keepdims=True)
-    o = np.einsum("btih,bihv->bthv", P, v).reshape(B, T, NH * VD)
+    o = np.einsum("btih,bihv->bthv", P, v).reshape(b, T, nh * v_size)
     return o @ params["W_o"].T + params["b_o"]
 
 
@@ -56,33 +65,17 @@ def test_equals_masked_softmax_attention_with_a_learned_query(method, rng):
     params, x, _ = make(rng, T=9, state=False)
     y, _, _ = aaren.forward(params, x, method=method)
     assert_close(y, direct(params, x), 1e-12, "y")
+    # key and value sizes that differ (K = 3, V = 2)
+    params = aaren.init_params(rng, D, O, num_heads=NH, key_size=K, value_size=VD)
+    y, _, _ = aaren.forward(params, x, method=method)
+    assert_close(y, direct(params, x), 1e-12, "y (K != V)")
 
 
 @pytest.mark.parametrize("method", aaren.METHODS)
-@pytest.mark.parametrize("T", [1, 37])
-def test_method_equals_definition_forward_and_backward(method, T, rng):
-    params, x, state0 = make(rng, T=T)
-    ref, ref_state, ref_cache = aaren.forward(params, x, state0)
-    dy, dstate = upstream(rng, ref, ref_state)
-    ref_g = aaren.backward(params, ref_cache, dy, dstate)
-    y, state, cache = aaren.forward(params, x, state0, method=method)
-    g = aaren.backward(params, cache, dy, dstate)
-    assert_close(y, ref, 1e-10, "y")
-    for name, a, b in zip("muw", state, ref_state):
-        assert_close(a, b, 1e-10, name)
-    for k in list(params) + ["x"]:
-        assert_close(g[k], ref_g[k], 1e-10, f"d{k}")
-    for name, a, b in zip("muw", g["state0"], ref_g["state0"]):
-        assert_close(a, b, 1e-10, f"dstate0[{name}]")
-
-
-@pytest.mark.parametrize("method", aaren.METHODS)
-@pytest.mark.parametrize("with_state", [True, False])
-def test_gradcheck(method, with_state, rng):
-    params, x, state0 = make(rng, T=5)
-    if not with_state:  # the empty prefix (−inf, 0, 0)
-        state0 = aaren.zero_state(params, B)
-    report = gradcheck.check_cell(aaren, params, x, state0, method=method)
+def test_gradcheck_from_the_empty_prefix(method, rng):
+    """state0 = the empty prefix (−inf, 0, 0) (the contract checks a finite state)."""
+    params, x, _ = make(rng, T=5)
+    report = gradcheck.check_cell(aaren, params, x, aaren.zero_state(params, B), method=method)
     assert report.passed, str(report)  # relative error < 1e-6 in float64
     assert set(report.errors) == set(params) | {"x", "state0[0]", "state0[1]", "state0[2]"}
 
@@ -95,7 +88,7 @@ def test_streaming_steps_equal_forward_and_keep_constant_memory(rng):
     st, ys, caches = state0, [], []
     for t in range(40):
         y_t, st, c = aaren.step_forward(params, x[:, t], st)
-        assert [a.shape for a in st] == [(B, NH), (B, NH), (B, NH, VD)]  # whatever t is
+        assert [a.shape for a in st] == [a.shape for a in state0]  # whatever t is
         ys.append(y_t)
         caches.append(c)
     assert_close(np.stack(ys, axis=1), y, 1e-12, "y")
@@ -119,35 +112,6 @@ def test_step_from_none_is_the_empty_prefix(rng):
     y, _, _ = aaren.forward(params, x)
     y0, _, _ = aaren.step_forward(params, x[:, 0], None)
     assert_close(y0, y[:, 0], 1e-14)
-
-
-@pytest.mark.parametrize("method", aaren.METHODS)
-def test_split_resume_equals_one_call(method, rng):
-    params, x, state0 = make(rng, T=23)
-    y, state, _ = aaren.forward(params, x, state0, method=method)
-    y1, s1, _ = aaren.forward(params, x[:, :9], state0, method=method)
-    y2, s2, _ = aaren.forward(params, x[:, 9:], s1, method=method)
-    assert_close(np.concatenate([y1, y2], axis=1), y, 1e-12, "y")
-    for a, b in zip(s2, state):
-        assert_close(a, b, 1e-12)
-
-
-@pytest.mark.parametrize("method", aaren.METHODS)
-def test_float32_stays_float32_and_close_to_float64(method, rng):
-    params, x, state0 = make(rng, T=30, dtype=np.float32)
-    to64 = lambda a: a.astype(np.float64)
-    p64 = {k: to64(v) for k, v in params.items()}
-    ref, ref_state, ref_cache = aaren.forward(p64, to64(x), tuple(map(to64, state0)))
-    dy, dstate = upstream(rng, ref, ref_state)
-    ref_g = aaren.backward(p64, ref_cache, dy, dstate)
-    y, state, cache = aaren.forward(params, x, state0, method=method)
-    g = aaren.backward(params, cache, dy.astype(np.float32),
-                       tuple(a.astype(np.float32) for a in dstate))
-    assert y.dtype == np.float32 and all(a.dtype == np.float32 for a in state)
-    assert_close(y, ref, 1e-5, "y")
-    for k in list(params) + ["x"]:
-        assert g[k].dtype == np.float32, k
-        assert_close(g[k], ref_g[k], 1e-4, f"d{k}")
 
 
 def test_golden_values():
@@ -177,50 +141,64 @@ def test_zero_state_is_the_empty_prefix(rng):
     np.testing.assert_array_equal(y0, y1)
 
 
-def test_params_and_grads_share_keys_shapes_and_state0_is_a_triple(rng):
+def test_without_an_upstream_gradient_everything_is_zero(rng):
     params, x, state0 = make(rng, T=4)
     y, state, cache = aaren.forward(params, x, state0)
-    g = aaren.backward(params, cache, np.ones_like(y))
-    assert set(g) == set(params) | {"x", "state0"}
-    assert [a.shape for a in g["state0"]] == [a.shape for a in state0]
-    # without an upstream gradient everything is zero
-    g0 = aaren.backward(params, cache, None)
-    assert not any(np.any(g0[k]) for k in params)
+    g = aaren.backward(params, cache, None)
+    assert not any(np.any(g[k]) for k in params)
+    assert not np.any(g["x"]) and not any(np.any(a) for a in g["state0"])
 
 
-@pytest.mark.parametrize("change, match", [
-    (lambda p, x, s: ({k: v for k, v in p.items() if k != "b_o"}, x, s), "missing"),
-    (lambda p, x, s: ({**p, "W_k": np.zeros((5, D))}, x, s), "W_k: expected shape"),
-    (lambda p, x, s: ({**p, "W_o": np.zeros((O, 3))}, x, s), "W_o: expected shape"),
-    (lambda p, x, s: (p, np.zeros((B, 4, D + 1)), s), r"x: expected shape"),
-    (lambda p, x, s: (p, x.astype(np.float32), s), "mixed precisions"),
-    (lambda p, x, s: (p, x, s[0]), "state0: expected a tuple"),
-    (lambda p, x, s: (p, x, (s[0], s[1], np.zeros((B, NH, 3)))),
-     r"state0\[w\]: expected shape \(2, 2, 2\)"),
-])
-def test_bad_input_is_refused_with_a_clear_message(change, match, rng):
+@pytest.mark.parametrize("method, backend", ENTRY.pairs)
+def test_an_empty_batch_gives_empty_outputs_and_gradients(method, backend, rng):
+    """Issue 7, defect 10: ``aaren.forward(params, np.zeros((0, 5, 3)))`` ended in
+    a reshape error; B = 0 gives empty outputs, state and gradients, as every
+    other entry does, and so does the step pair."""
+    if not _backend.available(backend):
+        pytest.skip(f"backend {backend!r} is not usable here")
+    params, _, _ = make(rng)
+    y, state, cache = aaren.forward(params, np.zeros((0, 5, 3)), method=method, backend=backend)
+    assert y.shape == (0, 5, 4) and [a.shape for a in state] == [(0, 2), (0, 2), (0, 2, 2)]
+    g = aaren.backward(params, cache, np.zeros(y.shape), tuple(np.zeros(a.shape) for a in state))
+    assert g["x"].shape == (0, 5, 3) and [a.shape for a in g["state0"]] == [a.shape for a in state]
+    for k in params:  # no token, no gradient
+        assert g[k].shape == params[k].shape and not np.any(g[k]), k
+    y_t, state_t, cache_t = aaren.step_forward(params, np.zeros((0, 3)), None)
+    assert y_t.shape == (0, 4)
+    assert aaren.step_backward(np.zeros((0, 4)), state_t, cache_t)[0].shape == (0, 3)
+
+
+@pytest.mark.parametrize("method, backend", ENTRY.pairs)
+def test_a_nan_input_keeps_the_running_max_nan(method, backend, rng):
+    """Issue 7, defect 11: a NaN in x at t = 4 makes that row's scores NaN; the
+    final running max is NaN on every backend, as in the definition."""
+    if not _backend.available(backend):
+        pytest.skip(f"backend {backend!r} is not usable here")
+    params, x, state0 = make(rng, T=9)
+    x[0, 4, 0] = np.nan
+    with np.errstate(invalid="ignore"):
+        ref, ref_state, _ = aaren.forward(params, x, state0)
+        y, state, _ = aaren.forward(params, x, state0, method=method, backend=backend)
+    assert np.all(np.isnan(state[0][0])) and np.all(np.isfinite(state[0][1:]))
+    for a, b in zip(state, ref_state):
+        np.testing.assert_array_equal(np.isfinite(a), np.isfinite(b))
+    np.testing.assert_array_equal(np.isfinite(y), np.isfinite(ref))
+
+
+def test_key_projection_rows_must_match_the_queries(rng):
     params, x, state0 = make(rng, T=4)
-    p, xx, s = change(params, x, state0)
-    with pytest.raises((ValueError, TypeError), match=match):
-        aaren.forward(p, xx, s)
-
-
-def test_bad_upstream_gradient_and_method(rng):
-    params, x, state0 = make(rng, T=4)
-    _, _, cache = aaren.forward(params, x, state0)
-    with pytest.raises(ValueError, match=r"dy: expected shape \(2, 4, 5\)"):
-        aaren.backward(params, cache, np.zeros((2, 4, 4)))
-    with pytest.raises(ValueError, match="method"):
-        aaren.forward(params, x, method="chunked")
+    with pytest.raises(ValueError, match=r"W_k: expected shape \(2·K=4, D\)"):
+        aaren.forward({**params, "W_k": np.zeros((5, 3))}, x, state0)
 
 
 def test_shares_the_op_definition(rng):
     """The cell's scan is exactly ops.softmax_scan on q·k/√K and W_v x."""
     params, x, state0 = make(rng, T=6)
+    nh, k_size, v_size, _ = sizes(params)
     _, state, cache = aaren.forward(params, x, state0)
-    k = (x @ params["W_k"].T).reshape(B, 6, NH, K)
-    s = np.einsum("bthk,hk->bth", k, params["q"]) / np.sqrt(K)
-    v = (x @ params["W_v"].T).reshape(B, 6, NH, VD)
+    k = (x @ params["W_k"].T).reshape(B, 6, nh, k_size)
+    s = np.einsum("bthk,hk->bth", k, params["q"]) / np.sqrt(k_size)
+    v = (x @ params["W_v"].T).reshape(B, 6, nh, v_size)
     _, ref_state, _ = softmax_scan.forward(s, v, initial_state=state0)
     for a, b in zip(state, ref_state):
         assert_close(a, b, 1e-14)

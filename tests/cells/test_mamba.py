@@ -1,75 +1,34 @@
-"""cells.mamba: the Mamba-1 block. Every method equals the recurrent definition,
-forward and backward; finite-difference check of every parameter, x and both
-state arrays; split-resume; the streaming step loop equals forward; golden
-values from an independent loop."""
+"""cells.mamba: the Mamba-1 block's own cases — short sequences against the
+conv kernel, split points around d_conv − 1, chained backward calls, the
+streaming step pair, saturated Δ in log space, golden values from an
+independent loop. Agreement of every method and backend, gradient checks of
+every parameter, dtypes, B = 0, NaN and the bad-input tables are the contract
+tests' (tests/test_contract.py, entry "mamba")."""
 
 import math
 
 import numpy as np
 import pytest
 
-from minirec import gradcheck
+from minirec import gradcheck, registry
 from minirec.cells import mamba
-from tests.conftest import assert_close
+from tests.conftest import TOL, assert_close
+
+ENTRY = registry.get("mamba")
 
 
-def make(rng, Bsz=2, T=5, M=4, N=3, d_conv=4, dtype=np.float64, state=True):
-    """Mamba's init with dt_proj_bias, A_log and D randomised (so every gradient is O(1))."""
-    p = mamba.init_params(rng, M, N, d_conv=d_conv)
-    I, K = p["conv1d_weight"].shape
-    p["dt_proj_bias"] = rng.uniform(-1.0, 1.0, I)
-    p["A_log"] = np.log(rng.uniform(0.5, 4.0, (I, N)))
-    p["D"] = rng.standard_normal(I)
-    p = {k: v.astype(dtype) for k, v in p.items()}
-    x = rng.standard_normal((Bsz, T, M)).astype(dtype)
-    s0 = None
-    if state:
-        s0 = (rng.standard_normal((Bsz, I, K - 1)).astype(dtype),
-              rng.standard_normal((Bsz, I, N)).astype(dtype))
+def make(rng, dtype=np.float64, d_conv=4, state=True, **dims):
+    """The registry's inputs (Mamba's init with dt_proj_bias, A_log and D
+    randomised, a random state), the conv kernel cut to ``d_conv`` taps."""
+    inputs = ENTRY.make_inputs(rng, dtype, "small", **dims)
+    p, x, (conv0, ssm0) = inputs["params"], inputs["x"], inputs["state0"]
+    p["conv1d_weight"] = np.ascontiguousarray(p["conv1d_weight"][:, :d_conv])
+    s0 = (np.ascontiguousarray(conv0[:, :, :d_conv - 1]), ssm0) if state else None
     return p, x, s0
 
 
 def upstream(rng, y, state):
     return rng.standard_normal(y.shape), tuple(rng.standard_normal(s.shape) for s in state)
-
-
-def assert_grads_close(g, ref, tol):
-    assert set(g) == set(ref)
-    for k in ref:
-        if k == "state0":
-            for i in range(2):
-                assert g[k][i].shape == ref[k][i].shape
-                assert_close(g[k][i], ref[k][i], tol, f"dstate0[{i}]")
-        else:
-            assert g[k].shape == ref[k].shape and g[k].dtype == ref[k].dtype, k
-            assert_close(g[k], ref[k], tol, f"d{k}")
-
-
-# ---------------------------------------------------------------------------
-# the reference ladder
-# ---------------------------------------------------------------------------
-
-@pytest.mark.parametrize("method", mamba.METHODS)
-@pytest.mark.parametrize("T", [1, 11])
-def test_method_equals_definition_forward_and_backward(method, T, rng):
-    p, x, s0 = make(rng, T=T)
-    ref, ref_s, ref_cache = mamba.forward(p, x, s0)
-    dy, ds = upstream(rng, ref, ref_s)
-    ref_g = mamba.backward(p, ref_cache, dy, ds)
-    for chunk in (None, 4):  # 11 is not a multiple of 4
-        y, s, cache = mamba.forward(p, x, s0, method=method, chunk_size=chunk)
-        assert_close(y, ref, 1e-10, "y")
-        assert_close(s[0], ref_s[0], 1e-10, "conv_state")
-        assert_close(s[1], ref_s[1], 1e-10, "ssm_state")
-        assert_grads_close(mamba.backward(p, cache, dy, ds), ref_g, 1e-10)
-
-
-@pytest.mark.parametrize("method", mamba.METHODS)
-def test_gradcheck_every_parameter_x_and_state(method, rng):
-    p, x, s0 = make(rng, Bsz=2, T=5, M=4, N=3)
-    report = gradcheck.check_cell(mamba, p, x, s0, method=method, chunk_size=2)
-    assert set(report.errors) == set(p) | {"x", "state0[0]", "state0[1]"}
-    assert report.passed, str(report)  # relative error < 1e-6 in float64
 
 
 @pytest.mark.parametrize("T, d_conv", [(2, 4), (1, 1), (3, 2)])
@@ -81,15 +40,14 @@ def test_gradcheck_short_sequences_and_other_kernels(T, d_conv, rng):
     assert report.passed, str(report)  # relative error < 1e-6 in float64
 
 
-@pytest.mark.parametrize("method", mamba.METHODS)
 @pytest.mark.parametrize("split", [1, 2, 6])
-def test_split_resume_equals_one_call(method, split, rng):
-    """Split points before and after d_conv − 1 = 3 steps."""
+def test_split_resume_around_the_conv_window(split, rng):
+    """Split points before and after d_conv − 1 = 3 steps (the contract splits
+    at 4 only)."""
     p, x, s0 = make(rng, T=9)
-    kw = dict(method=method, chunk_size=3)
-    y, s, _ = mamba.forward(p, x, s0, **kw)
-    y1, s1, _ = mamba.forward(p, x[:, :split], s0, **kw)
-    y2, s2, _ = mamba.forward(p, x[:, split:], s1, **kw)
+    y, s, _ = mamba.forward(p, x, s0)
+    y1, s1, _ = mamba.forward(p, x[:, :split], s0)
+    y2, s2, _ = mamba.forward(p, x[:, split:], s1)
     assert_close(np.concatenate([y1, y2], axis=1), y, 1e-12, "y")
     assert_close(s2[0], s[0], 1e-12, "conv_state")
     assert_close(s2[1], s[1], 1e-12, "ssm_state")
@@ -145,6 +103,29 @@ def test_step_from_zero_state(rng):
     y, s, _ = mamba.forward(p, x)
     assert_close(o, y[:, 0], 1e-12, "y")
     assert_close(state[1], s[1], 1e-12, "ssm_state")
+
+
+@pytest.mark.parametrize("dtype, bias", [(np.float32, 120.0), (np.float64, 1000.0)])
+def test_log_method_runs_at_saturated_step_sizes(dtype, bias, rng):
+    """Issue 7, defect 3: with Δ = softplus(δ W_dt^T + b_dt) large, e^{Δ A}
+    underflows to 0 and the log method used to refuse the block; it now scans
+    log ā = Δ A directly and equals the loop, forward and backward."""
+    p, x, s0 = make(rng, dtype, T=3)
+    p["dt_proj_bias"] = np.full_like(p["dt_proj_bias"], bias)
+    p["A_log"] = np.zeros_like(p["A_log"])           # A = −1
+    assert np.exp(dtype(-bias)) == 0                  # ā = e^{Δ A} is 0 in this dtype
+    ref, ref_s, ref_cache = mamba.forward(p, x, s0)
+    y, s, cache = mamba.forward(p, x, s0, method="log")
+    dy, ds = upstream(rng, y, s)
+    dy, ds = dy.astype(dtype), tuple(d.astype(dtype) for d in ds)
+    ref_g = mamba.backward(p, ref_cache, dy, ds)
+    g = mamba.backward(p, cache, dy, ds)
+    tol = TOL[np.dtype(dtype)]                        # float64 1e-10, float32 1e-4
+    assert_close(y, ref, tol, "y")
+    assert_close(s[1], ref_s[1], tol, "ssm_state")
+    for k in p:
+        assert np.all(np.isfinite(g[k])), k
+        assert_close(g[k], ref_g[k], tol, f"d{k}")
 
 
 # ---------------------------------------------------------------------------
@@ -209,7 +190,7 @@ def test_golden_values():
 
 
 # ---------------------------------------------------------------------------
-# initialisation, dtypes, bad input
+# initialisation, partial state gradients, the block's own shape rules
 # ---------------------------------------------------------------------------
 
 def test_init_params_follows_the_paper(rng):
@@ -229,62 +210,21 @@ def test_init_params_follows_the_paper(rng):
     assert q["in_proj_weight"].shape == (24, 4) and q["x_proj_weight"].shape == (11, 12)
 
 
-def test_float32_stays_float32_and_close(rng):
-    p, x, s0 = make(rng, T=20, dtype=np.float32)
-    to64 = lambda v: v.astype(np.float64)
-    ref, ref_s, ref_cache = mamba.forward({k: to64(v) for k, v in p.items()}, to64(x),
-                                          tuple(map(to64, s0)))
-    dy, ds = upstream(rng, ref, ref_s)
-    ref_g = mamba.backward({k: to64(v) for k, v in p.items()}, ref_cache, dy, ds)
-    for method in ("recurrent", "chunked"):
-        y, s, cache = mamba.forward(p, x, s0, method=method)
-        assert y.dtype == np.float32 and s[0].dtype == np.float32 and s[1].dtype == np.float32
-        assert_close(y, ref, 1e-4, "y")  # float32 tolerance, DESIGN §6
-        g = mamba.backward(p, cache, dy.astype(np.float32), tuple(d.astype(np.float32)
-                                                                 for d in ds))
-        for k in p:
-            assert g[k].dtype == np.float32
-            assert_close(g[k], ref_g[k], 1e-4, f"d{k}")
-
-
-def test_zero_state_and_none_gradients(rng):
+def test_a_state_gradient_of_none_parts_is_zero(rng):
     p, x, _ = make(rng, T=4, state=False)
     y, s, cache = mamba.forward(p, x)
-    assert s[0].shape == (2, 8, 3) and s[1].shape == (2, 8, 3)
     g_none = mamba.backward(p, cache, np.ones_like(y), None)
     g_zero = mamba.backward(p, cache, np.ones_like(y), (None, np.zeros_like(s[1])))
     for k in p:
         np.testing.assert_array_equal(g_none[k], g_zero[k])
 
 
-def test_bad_input_is_refused_with_a_clear_message(rng):
-    p, x, s0 = make(rng)
-    with pytest.raises(ValueError, match=r"x: expected shape \(B=2, T=5, M=4\), got \(2, 5, 3\)"):
-        mamba.forward(p, x[..., :3])
-    with pytest.raises(ValueError, match="expected 3-d|expected a 3-d"):
-        mamba.forward(p, x[0])
-    with pytest.raises(TypeError, match="x: expected dtype"):
-        mamba.forward(p, x.astype(np.complex128))
+def test_projection_rows_must_fit_the_inner_width_and_state_size(rng):
+    """in_proj has 2·d_inner rows (xs and z), x_proj dt_rank + 2·d_state rows."""
+    p, x, _ = make(rng)
     bad = dict(p, A_log=p["A_log"][:, :2])
-    with pytest.raises(ValueError, match="x_proj_weight: expected shape"):
+    with pytest.raises(ValueError, match=r"x_proj_weight: expected shape \(5, 8\)"):
         mamba.forward(bad, x)
     bad = dict(p, in_proj_weight=p["in_proj_weight"][:-1])
     with pytest.raises(ValueError, match=r"in_proj_weight: expected shape \(16, M\)"):
         mamba.forward(bad, x)
-    with pytest.raises(ValueError, match="missing"):
-        mamba.forward({k: v for k, v in p.items() if k != "D"}, x)
-    with pytest.raises(ValueError, match=r"conv_state\): expected shape \(2, 8, 3\)"):
-        mamba.forward(p, x, (s0[0][:, :, :2], s0[1]))
-    with pytest.raises(TypeError, match="state0: expected the tuple"):
-        mamba.forward(p, x, s0[1])
-    with pytest.raises(TypeError, match="mixed precisions"):
-        mamba.forward(p, x.astype(np.float32))
-    with pytest.raises(ValueError, match="method: expected one of"):
-        mamba.forward(p, x, method="fft")
-    with pytest.raises(ValueError, match="backend"):
-        mamba.forward(p, x, backend="tpu")
-    y, s, cache = mamba.forward(p, x, s0)
-    with pytest.raises(ValueError, match=r"dy: expected shape \(B=2, T=5, M=4\)"):
-        mamba.backward(p, cache, y[:, :4])
-    with pytest.raises(ValueError, match=r"dstate\[1\]: expected shape \(2, 8, 3\)"):
-        mamba.backward(p, cache, y, (s[0], s[1][:, :4]))

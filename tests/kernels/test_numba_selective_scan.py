@@ -1,15 +1,17 @@
-"""Numba selective-scan kernels equal the NumPy definition (ops.selective_scan,
-method="recurrent") forward and in every gradient; the Mamba block with
-backend="numba" equals the NumPy block; the kernels' own exp."""
+"""Numba selective-scan kernels: what the contract tests (tests/test_contract.py)
+do not reach — every subset of the optional arrays, Δ without softplus,
+channel counts that pad the 32-lane blocks, one or several threads,
+checkpoint chunks, the Mamba block over two lane blocks, and the kernels' own
+exp."""
 
 import itertools
 
 import numpy as np
 import pytest
 
-from minirec.cells import mamba
+from minirec import registry
 from minirec.ops import selective_scan as ss
-from tests.conftest import TOL, assert_close, readonly
+from tests.conftest import TOL, assert_close
 
 numba = pytest.importorskip("numba")
 from minirec.kernels.numba import selective_scan as kern  # noqa: E402  (a broken kernel fails)
@@ -17,25 +19,21 @@ from minirec.kernels.numba import selective_scan as kern  # noqa: E402  (a broke
 OPTIONAL = ("D", "z", "delta_bias", "initial_state")
 
 
-def make(rng, Bsz=2, T=37, D=37, N=5, dtype=np.float64, optional=OPTIONAL, softplus=True):
-    """Inputs keyed by forward's argument names. D = 37 channels: two blocks of
-    the kernel's 32 lanes, the second padded; T = 37 crosses the 32-step
-    checkpoint chunk. Without softplus, Δ = delta (+ bias) is kept positive."""
-    delta = 0.5 * rng.standard_normal((Bsz, T, D))
-    bias = rng.uniform(-1.0, 1.0, D)
+def make(rng, B=2, T=37, D=37, N=5, dtype=np.float64, optional=OPTIONAL, softplus=True):
+    """The registry's inputs with only the optional arrays in ``optional``. D = 37
+    channels: two blocks of the kernel's 32 lanes, the second padded; T = 37
+    crosses the 32-step checkpoint chunk. Without softplus, Δ = delta (+ bias)
+    is kept positive."""
+    x = registry.get("selective_scan").make_inputs(rng, dtype, "small", B=B, T=T, D=D, N=N)
     if not softplus:
-        delta, bias = np.abs(delta) + 0.1, np.abs(bias)
-    x = {"u": rng.standard_normal((Bsz, T, D)), "delta": delta,
-         "A": -rng.uniform(0.5, 2.0, (D, N)),
-         "B": rng.standard_normal((Bsz, T, N)), "C": rng.standard_normal((Bsz, T, N)),
-         "D": rng.standard_normal(D), "z": rng.standard_normal((Bsz, T, D)),
-         "delta_bias": bias, "initial_state": rng.standard_normal((Bsz, D, N))}
-    return {k: v.astype(dtype) for k, v in x.items() if k not in OPTIONAL or k in optional}
+        x["delta"] = np.abs(x["delta"]) + dtype(0.1)
+        x["delta_bias"] = np.abs(x["delta_bias"])
+    return {k: v for k, v in x.items() if k not in OPTIONAL or k in optional}
 
 
-def run(x, softplus, backend, dy, dh_T, **kw):
+def run(x, softplus, backend, dy, dstate, **kw):
     y, h_T, cache = ss.forward(**x, delta_softplus=softplus, backend=backend, **kw)
-    return y, h_T, ss.backward(cache, dy, dh_T)
+    return y, h_T, ss.backward(cache, dy, dstate)
 
 
 def assert_same(got, ref, tol):
@@ -57,9 +55,9 @@ def assert_same(got, ref, tol):
 def test_numba_equals_definition(dtype, T, softplus, optional, rng):
     x = make(rng, T=T, dtype=dtype, optional=optional, softplus=softplus)
     dy = rng.standard_normal((2, T, 37)).astype(dtype)
-    dh_T = rng.standard_normal((2, 37, 5)).astype(dtype)
-    ref = run(x, softplus, "numpy", dy, dh_T)
-    got = run(x, softplus, "numba", dy, dh_T)
+    dstate = rng.standard_normal((2, 37, 5)).astype(dtype)
+    ref = run(x, softplus, "numpy", dy, dstate)
+    got = run(x, softplus, "numba", dy, dstate)
     assert_same(got, ref, TOL[np.dtype(dtype)])  # float64 1e-10, float32 1e-4 relative RMS
 
 
@@ -70,12 +68,12 @@ def test_channel_blocks_and_thread_groups(D, threads, rng):
     input padded to 96); with 1 thread one backward job runs every block of a
     batch row in turn, so its per-block state must be reset between blocks."""
     x = make(rng, T=9, D=D, N=3)
-    dy, dh_T = rng.standard_normal((2, 9, D)), rng.standard_normal((2, D, 3))
-    ref = run(x, True, "numpy", dy, dh_T)
+    dy, dstate = rng.standard_normal((2, 9, D)), rng.standard_normal((2, D, 3))
+    ref = run(x, True, "numpy", dy, dstate)
     before = numba.get_num_threads()
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     try:
-        got = run(x, True, "numba", dy, dh_T)
+        got = run(x, True, "numba", dy, dstate)
     finally:
         numba.set_num_threads(before)
     assert_same(got, ref, 1e-10)
@@ -83,98 +81,55 @@ def test_channel_blocks_and_thread_groups(D, threads, rng):
 
 @pytest.mark.parametrize("chunk", [1, 5, 8, 64])
 def test_kernel_checkpoint_chunks(chunk, rng):
-    """The kernels called directly with checkpoints every ``chunk`` steps
+    """The kernel module called directly with checkpoints every ``chunk`` steps
     (T = 23 a multiple of none of them but 1), against the definition."""
     x = make(rng, T=23, D=5, N=4)
-    dy, dh_T = rng.standard_normal((2, 23, 5)), rng.standard_normal((2, 5, 4))
-    ry, rh_T, rg = run(x, True, "numpy", dy, dh_T)
-    pre = x["delta"] + x["delta_bias"]
-    y, y0, dt, h_T, ck = kern.forward(x["u"], pre, x["A"], x["B"], x["C"], x["D"], x["z"], True,
-                                      x["initial_state"], chunk=chunk)
-    assert ck.shape == (2, -(-23 // chunk), 32, 4)    # D = 5 padded to one block of 32 lanes
+    dy, dstate = rng.standard_normal((2, 23, 5)), rng.standard_normal((2, 5, 4))
+    ry, rh_T, rg = run(x, True, "numpy", dy, dstate)
+    y, h_T, kc = kern.forward(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"],
+                              x["delta_bias"], True, x["initial_state"], chunk=chunk)
+    assert kc.checkpoints.shape == (2, -(-23 // chunk), 32, 4)  # D = 5 padded to 32 lanes
     assert_close(y, ry, 1e-10, "y")
     assert_close(h_T, rh_T, 1e-10, "h_T")
-    g = kern.backward(x["u"], pre, dt, x["A"], x["B"], x["C"], x["D"], x["z"], True, ck, y0, dy,
-                      dh_T, chunk=chunk)
-    assert_close(g["pre"], rg["delta"], 1e-10, "delta")
-    for k in ("u", "A", "B", "C", "D", "z", "initial_state"):
+    g = kern.backward(kc, dy, dstate)
+    assert set(g) == set(rg)
+    for k in rg:
         assert_close(g[k], rg[k], 1e-10, k)
-
-
-def test_kernel_refuses_checkpoints_of_another_chunk(rng):
-    x = make(rng, T=10, D=3, N=2)
-    pre = x["delta"]
-    y, y0, dt, h_T, ck = kern.forward(x["u"], pre, x["A"], x["B"], x["C"], None, None, False,
-                                      x["initial_state"], chunk=4)
-    with pytest.raises(ValueError, match=r"checkpoints: expected shape \(2, 2, 32, 2\)"):
-        kern.backward(x["u"], pre, dt, x["A"], x["B"], x["C"], None, None, False, ck, y0, y, h_T,
-                      chunk=8)
-
-
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_chunked_method_with_numba_backend(dtype, rng):
-    x = make(rng, T=37, D=6, N=3, dtype=dtype)
-    dy = rng.standard_normal((2, 37, 6)).astype(dtype)
-    dh_T = rng.standard_normal((2, 6, 3)).astype(dtype)
-    ref = run(x, True, "numpy", dy, dh_T)
-    got = run(x, True, "numba", dy, dh_T, method="chunked", chunk_size=8)
-    assert_same(got, ref, TOL[np.dtype(dtype)])
-
-
-def test_split_resume(rng):
-    """Two numba calls with the returned state equal one NumPy call."""
-    x = make(rng, T=40, D=6, N=3)
-    y, h_T, _ = ss.forward(**x, delta_softplus=True)
-    first = {k: (v[:, :25] if k in ("u", "delta", "B", "C", "z") else v) for k, v in x.items()}
-    second = {k: (v[:, 25:] if k in ("u", "delta", "B", "C", "z") else v) for k, v in x.items()}
-    y1, h1, _ = ss.forward(**first, delta_softplus=True, backend="numba")
-    second["initial_state"] = h1
-    y2, h2, _ = ss.forward(**second, delta_softplus=True, backend="numba")
-    assert_close(np.concatenate([y1, y2], axis=1), y, 1e-10, "y")
-    assert_close(h2, h_T, 1e-10, "h_T")
-
-
-def test_read_only_inputs_and_gradients(rng):
-    x = make(rng, T=11, D=7, N=3)
-    dy, dh_T = rng.standard_normal((2, 11, 7)), rng.standard_normal((2, 7, 3))
-    ref = run(x, True, "numpy", dy, dh_T)
-    before = {k: v.copy() for k, v in x.items()}
-    readonly(*x.values(), dy, dh_T)
-    got = run(x, True, "numba", dy, dh_T)
-    assert_same(got, ref, 1e-10)
-    for k, v in before.items():
-        np.testing.assert_array_equal(x[k], v)
 
 
 def test_numba_refuses_methods_it_has_no_kernel_for(rng):
     x = make(rng, T=4, D=2, N=2)
-    with pytest.raises(ValueError, match="backend='numba' supports"):
+    with pytest.raises(ValueError, match="backend='numba' supports .*got 'blelloch'"):
         ss.forward(**x, method="blelloch", backend="numba")
-    p, xm, _ = make_mamba(rng)
-    with pytest.raises(ValueError, match="backend='numba' supports"):
-        mamba.forward(p, xm, method="hillis_steele", backend="numba")
+    from minirec.cells import mamba
+    m = registry.get("mamba").make_inputs(rng, np.float64, "small")
+    with pytest.raises(ValueError, match="backend='numba' supports .*got 'hillis_steele'"):
+        mamba.forward(m["params"], m["x"], method="hillis_steele", backend="numba")
+
+
+def test_every_option_combination_builds_the_same_keys(rng):
+    """The numba path returns exactly the gradient keys of the definition for
+    every subset of the optional arrays."""
+    for r in range(len(OPTIONAL) + 1):
+        for opt in itertools.combinations(OPTIONAL, r):
+            x = make(rng, T=3, D=2, N=2, optional=opt)
+            y, h_T, c = ss.forward(**x, backend="numba")
+            _, _, rc = ss.forward(**x)
+            assert set(ss.backward(c, y, None)) == set(ss.backward(rc, y, None)), opt
 
 
 # ---------------------------------------------------------------------------
-# the Mamba block
+# the Mamba block over two lane blocks
 # ---------------------------------------------------------------------------
-
-def make_mamba(rng, Bsz=2, T=37, M=20, N=4, dtype=np.float64):
-    """d_inner = 40: two lane blocks; dt_proj_bias, A_log, D randomised."""
-    p = mamba.init_params(rng, M, N)
-    I, K = p["conv1d_weight"].shape
-    p["dt_proj_bias"] = rng.uniform(-1.0, 1.0, I)
-    p["A_log"] = np.log(rng.uniform(0.5, 4.0, (I, N)))
-    p["D"] = rng.standard_normal(I)
-    s0 = (rng.standard_normal((Bsz, I, K - 1)), rng.standard_normal((Bsz, I, N)))
-    return ({k: v.astype(dtype) for k, v in p.items()},
-            rng.standard_normal((Bsz, T, M)).astype(dtype), tuple(s.astype(dtype) for s in s0))
-
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("T", [1, 37])
 def test_mamba_block_numba_equals_numpy(dtype, T, rng):
-    p, x, s0 = make_mamba(rng, T=T, dtype=dtype)
+    """d_model = 20: d_inner = 40 channels, two lane blocks (the contract's
+    sizes have one)."""
+    from minirec.cells import mamba
+    inputs = registry.get("mamba").make_inputs(rng, dtype, "small", T=T, M=20, N=4)
+    p, x, s0 = inputs["params"], inputs["x"], inputs["state0"]
     tol = TOL[np.dtype(dtype)]
     ref, ref_state, ref_cache = mamba.forward(p, x, s0)
     out, state, cache = mamba.forward(p, x, s0, backend="numba")
@@ -224,14 +179,3 @@ def test_exp_within_one_ulp_and_special_values(dtype, rng):
     np.testing.assert_array_equal(out[special], ref_d[special])     # inf, 0, nan as np.exp
     tiny = ~normal & ~special                                       # flushed: |error| ≤ 2 tiny
     assert np.all(np.abs(out[tiny].astype(np.float64) - ref_d[tiny]) <= 2 * info.tiny)
-
-
-def test_every_option_combination_builds_the_same_keys(rng):
-    """The numba path returns exactly the gradient keys of the definition for
-    every subset of the optional arrays."""
-    for r in range(len(OPTIONAL) + 1):
-        for opt in itertools.combinations(OPTIONAL, r):
-            x = make(rng, T=3, D=2, N=2, optional=opt)
-            y, h_T, c = ss.forward(**x, backend="numba")
-            _, _, rc = ss.forward(**x)
-            assert set(ss.backward(c, y, None)) == set(ss.backward(rc, y, None)), opt

@@ -1,29 +1,37 @@
-"""ops.softmax_scan: the (m, u, w) prefix scan equals causal softmax attention with
-one query, forward and backward, for every method."""
+"""ops.softmax_scan: the (m, u, w) prefix scan equals causal softmax attention
+with one query, forward and backward; the empty prefix, −inf and huge scores,
+ties of the running max, NaN scores, golden values. Agreement of every method
+and backend with the definition, gradient checks from a finite state,
+split-resume, dtypes, B = 0 and the bad-input tables are the contract tests'
+(tests/test_contract.py, entry "softmax_scan")."""
 
 import warnings
 
 import numpy as np
 import pytest
 
-from minirec import gradcheck
+from minirec import _backend, gradcheck, registry
 from minirec.ops import softmax_scan
 from tests.conftest import assert_close
 
+ENTRY = registry.get("softmax_scan")
+PAIRS = [(m, b) for m, b in ENTRY.pairs]
 
-def make(rng, B=2, T=7, H=3, Vd=4, dtype=np.float64, scale=1.0, state=True):
-    s = scale * rng.standard_normal((B, T, H))
-    v = rng.standard_normal((B, T, H, Vd))
-    init = None
-    if state:
-        init = (rng.standard_normal((B, H)), rng.uniform(0.5, 2.0, (B, H)),
-                rng.standard_normal((B, H, Vd)))
-        init = tuple(x.astype(dtype) for x in init)
-    return s.astype(dtype), v.astype(dtype), init
+
+def make(rng, T=7, state=True, scale=1.0, **dims):
+    """The registry's inputs (scores ~ N(0, 4), a finite state with u > 0), three
+    heads of four values; scores times ``scale``; no state unless ``state``."""
+    x = ENTRY.make_inputs(rng, np.float64, "small", T=T, **{"heads": 3, "V": 4, **dims})
+    return scale * x["s"], x["v"], x["initial_state"] if state else None
 
 
 def upstream(rng, o, state):
     return rng.standard_normal(o.shape), tuple(rng.standard_normal(x.shape) for x in state)
+
+
+def need(backend):
+    if not _backend.available(backend):
+        pytest.skip(f"backend {backend!r} is not usable here")
 
 
 def direct_attention(s, v, init=None):
@@ -58,23 +66,23 @@ def direct_gradients(s, v, do):
 
 
 @pytest.mark.parametrize("method", softmax_scan.METHODS)
-@pytest.mark.parametrize("T", [1, 2, 7, 37])
-@pytest.mark.parametrize("with_state", [True, False])
-def test_method_equals_definition_forward_and_backward(method, T, with_state, rng):
-    s, v, init = make(rng, T=T, scale=2.0, state=with_state)
-    ref, ref_state, ref_cache = softmax_scan.forward(s, v, initial_state=init)
+@pytest.mark.parametrize("T", [1, 7])
+def test_from_the_empty_prefix_every_method_equals_definition(method, T, rng):
+    """initial_state=None (the contract's agreement starts from a finite state)."""
+    s, v, _ = make(rng, T=T, state=False)
+    ref, ref_state, ref_cache = softmax_scan.forward(s, v)
     do, dstate = upstream(rng, ref, ref_state)
     ref_g = softmax_scan.backward(ref_cache, do, dstate)
-    o, state, cache = softmax_scan.forward(s, v, initial_state=init, method=method)
+    o, state, cache = softmax_scan.forward(s, v, method=method)
     g = softmax_scan.backward(cache, do, dstate)
     assert_close(o, ref, 1e-10, "o")
-    for name, a, b in zip("muw", state, ref_state):
+    np.testing.assert_array_equal(state[0], ref_state[0])  # the max is exact
+    for name, a, b in zip("uw", state[1:], ref_state[1:]):
         assert_close(a, b, 1e-10, name)
     for k in ("s", "v"):
-        assert g[k].shape == ref_g[k].shape and g[k].dtype == ref_g[k].dtype
         assert_close(g[k], ref_g[k], 1e-10, f"d{k}")
-    for name, a, b in zip("muw", g["initial_state"], ref_g["initial_state"]):
-        assert_close(a, b, 1e-10, f"dinitial_state[{name}]")
+    for a, b in zip(g["initial_state"], ref_g["initial_state"]):
+        np.testing.assert_array_equal(a, b)  # exactly zero for the empty prefix
 
 
 @pytest.mark.parametrize("method", softmax_scan.METHODS)
@@ -88,7 +96,7 @@ def test_equals_masked_softmax_attention_over_all_pairs(method, with_state, rng)
 
 @pytest.mark.parametrize("method", softmax_scan.METHODS)
 def test_backward_equals_the_softmax_jacobian_formula(method, rng):
-    s, v, _ = make(rng, T=9, scale=2.0, state=False)
+    s, v, _ = make(rng, T=9, state=False)
     o, _, cache = softmax_scan.forward(s, v, method=method)
     do = rng.standard_normal(o.shape)
     g = softmax_scan.backward(cache, do)
@@ -120,33 +128,11 @@ def test_scores_of_a_thousand_neither_overflow_nor_underflow(method, dtype, rng)
 
 
 @pytest.mark.parametrize("method", softmax_scan.METHODS)
-def test_float32_stays_float32_and_close_to_float64(method, rng):
-    s, v, init = make(rng, T=50, scale=2.0, dtype=np.float32)
-    ref, ref_state, ref_cache = softmax_scan.forward(
-        s.astype(np.float64), v.astype(np.float64),
-        initial_state=tuple(x.astype(np.float64) for x in init))
-    do, dstate = upstream(rng, ref, ref_state)
-    ref_g = softmax_scan.backward(ref_cache, do, dstate)
-    o, state, cache = softmax_scan.forward(s, v, initial_state=init, method=method)
-    g = softmax_scan.backward(cache, do.astype(np.float32),
-                              tuple(x.astype(np.float32) for x in dstate))
-    assert o.dtype == np.float32 and all(x.dtype == np.float32 for x in state)
-    assert g["s"].dtype == np.float32 and g["initial_state"][2].dtype == np.float32
-    assert_close(o, ref, 1e-5, "o")
-    assert_close(g["s"], ref_g["s"], 1e-4, "ds")
-    assert_close(g["v"], ref_g["v"], 1e-4, "dv")
-    for name, a, b in zip("muw", g["initial_state"], ref_g["initial_state"]):
-        assert_close(a, b, 1e-4, f"dinitial_state[{name}]")
-
-
-@pytest.mark.parametrize("method", softmax_scan.METHODS)
-@pytest.mark.parametrize("with_state", [True, False])
-def test_gradcheck(method, with_state, rng):
-    """Every input including the three arrays of the initial state and, through the
-    random upstream gradient of the final state, the returned m, u, w."""
-    s, v, init = make(rng, B=2, T=6, H=2, Vd=3, scale=2.0)
-    if not with_state:  # the empty prefix; its gradient is exactly zero
-        init = softmax_scan.empty_state(2, 2, 3)
+def test_gradcheck_from_the_empty_prefix(method, rng):
+    """The empty prefix (−inf, 0, 0) given explicitly: every input and, through
+    the random upstream gradient of the final state, the returned m, u, w."""
+    s, v, _ = make(rng, T=6, state=False, B=2, heads=2, V=3)
+    init = softmax_scan.empty_state(2, 2, 3)
     report = gradcheck.check_op(softmax_scan, {"s": s, "v": v, "initial_state": init},
                                 method=method)
     assert report.passed, str(report)  # relative error < 1e-6 in float64
@@ -157,7 +143,7 @@ def test_gradcheck(method, with_state, rng):
 @pytest.mark.parametrize("method", softmax_scan.METHODS)
 def test_gradcheck_when_the_initial_state_holds_the_maximum(method, rng):
     """m_0 above every score: the final state's m is m_0 and its gradient goes there."""
-    s, v, init = make(rng, B=2, T=5, H=2, Vd=3)
+    s, v, init = make(rng, T=5, B=2, heads=2, V=3)
     init = (init[0] + 10.0, init[1], init[2])
     o, state, _ = softmax_scan.forward(s, v, initial_state=init, method=method)
     np.testing.assert_array_equal(state[0], init[0])
@@ -169,7 +155,7 @@ def test_gradcheck_when_the_initial_state_holds_the_maximum(method, rng):
 @pytest.mark.parametrize("method", softmax_scan.METHODS)
 def test_state_gradient_of_the_final_max_alone(method, rng):
     """∂ m_T / ∂ inputs is the indicator of the first position holding the maximum."""
-    s, v, init = make(rng, B=1, T=6, H=1, Vd=2, state=False)
+    s, v, _ = make(rng, T=6, state=False, B=1, heads=1, V=2)
     s[0, :, 0] = [0.0, 3.0, 1.0, 3.0, -2.0, 2.0]  # tie at 1 and 3: the earlier one wins
     o, state, cache = softmax_scan.forward(s, v, method=method)
     g = softmax_scan.backward(cache, None, (np.ones((1, 1)), None, None))
@@ -178,17 +164,15 @@ def test_state_gradient_of_the_final_max_alone(method, rng):
 
 
 @pytest.mark.parametrize("method", softmax_scan.METHODS)
-def test_split_resume_equals_one_call_forward_and_backward(method, rng):
-    s, v, init = make(rng, T=23, scale=2.0)
+def test_split_backward_chains_through_the_state_gradient(method, rng):
+    """Backward in two calls, the second call's initial-state gradient feeding the
+    first's dstate, equals one call's."""
+    s, v, init = make(rng, T=23)
     o, state, cache = softmax_scan.forward(s, v, initial_state=init, method=method)
     do, dstate = upstream(rng, o, state)
     g = softmax_scan.backward(cache, do, dstate)
     o1, st1, c1 = softmax_scan.forward(s[:, :10], v[:, :10], initial_state=init, method=method)
     o2, st2, c2 = softmax_scan.forward(s[:, 10:], v[:, 10:], initial_state=st1, method=method)
-    assert_close(np.concatenate([o1, o2], axis=1), o, 1e-12, "o")
-    for name, a, b in zip("muw", st2, state):
-        assert_close(a, b, 1e-12, name)
-    # backward in two calls: the second call's initial-state gradient feeds the first
     g2 = softmax_scan.backward(c2, do[:, 10:], dstate)
     g1 = softmax_scan.backward(c1, do[:, :10], g2["initial_state"])
     assert_close(np.concatenate([g1["s"], g2["s"]], axis=1), g["s"], 1e-10, "ds")
@@ -199,7 +183,7 @@ def test_split_resume_equals_one_call_forward_and_backward(method, rng):
 
 @pytest.mark.parametrize("method", softmax_scan.METHODS)
 def test_empty_prefix_is_minus_inf_without_warnings_and_zero_gradient(method, rng):
-    s, v, _ = make(rng, T=5, state=False)
+    s, v, _ = make(rng, T=5, state=False, B=2, heads=3, V=4)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         o, state, cache = softmax_scan.forward(s, v, method=method)
@@ -268,23 +252,42 @@ def test_golden_values():
                                    rtol=1e-14, err_msg=method)
 
 
-@pytest.mark.parametrize("bad, match", [
-    (dict(s=np.zeros((2, 3, 4)), v=np.zeros((2, 3, 5, 2))), r"v: expected shape \(B=2, T=3, H=4"),
-    (dict(s=np.zeros((2, 3)), v=np.zeros((2, 3, 1, 2))), "s: expected a 3-d array"),
-    (dict(s=np.zeros((2, 3, 4)), v=np.zeros((2, 3, 4))), "v: expected a 4-d array"),
-    (dict(s=np.zeros((2, 3, 1), np.int64), v=np.zeros((2, 3, 1, 2))), "expected dtype"),
-    (dict(s=np.zeros((2, 3, 1), np.complex128), v=np.zeros((2, 3, 1, 2))), "expected dtype"),
-    (dict(s=np.zeros((2, 3, 1), np.float32), v=np.zeros((2, 3, 1, 2))), "mixed precisions"),
-    (dict(s=np.zeros((2, 0, 1)), v=np.zeros((2, 0, 1, 2))), "T >= 1"),
-    (dict(s=np.zeros((2, 3, 1)), v=np.zeros((2, 3, 1, 2)), initial_state=np.zeros((2, 1))),
-     "initial_state: expected a tuple"),
-    (dict(s=np.zeros((2, 3, 1)), v=np.zeros((2, 3, 1, 2)),
-          initial_state=(np.zeros((2, 1)), np.ones((2, 1)), np.zeros((2, 1, 3)))),
-     r"initial_state\[w\]: expected shape \(B=2, H=1, V=2\)"),
-])
-def test_bad_input_is_refused_with_a_clear_message(bad, match):
-    with pytest.raises((ValueError, TypeError), match=match):
-        softmax_scan.forward(**bad)
+@pytest.mark.parametrize("method, backend", PAIRS)
+def test_a_complex_upstream_gradient_of_the_real_output_is_refused(method, backend, rng):
+    """Issue 7, defect 4: the blelloch backward returned complex gradients for
+    real inputs given ``do * 1j``; every path refuses it before dispatch."""
+    need(backend)
+    s, v, init = make(rng, T=5)
+    o, state, cache = softmax_scan.forward(s, v, initial_state=init, method=method,
+                                           backend=backend)
+    do, dstate = upstream(rng, o, state)
+    with pytest.raises(TypeError, match=r"do: expected a real gradient .*got complex128"):
+        softmax_scan.backward(cache, do * 1j, dstate)
+    with pytest.raises(TypeError, match=r"dstate\[2\]: expected a real gradient"):
+        softmax_scan.backward(cache, do, (dstate[0], dstate[1], dstate[2] * 1j))
+
+
+@pytest.mark.parametrize("method, backend", PAIRS)
+def test_a_nan_score_stays_in_the_running_max(method, backend, rng):
+    """Issue 7, defect 11: after a NaN score the running max is NaN from that step
+    on, as in the definition (numba used to forget it at the next finite score)."""
+    need(backend)
+    s, v, init = make(rng, T=9)
+    s[0, 4, 1] = np.nan
+    with np.errstate(invalid="ignore"):
+        ref, ref_state, ref_cache = softmax_scan.forward(s, v, initial_state=init)
+        o, state, cache = softmax_scan.forward(s, v, initial_state=init, method=method,
+                                               backend=backend)
+        do, dstate = upstream(rng, o, state)
+        ref_g = softmax_scan.backward(ref_cache, do, dstate)
+        g = softmax_scan.backward(cache, do, dstate)
+    assert np.isnan(state[0][0, 1]) and np.isnan(ref_state[0][0, 1])
+    assert np.all(np.isfinite(o[:, :4])) and np.all(np.isfinite(o[1:]))
+    assert np.all(np.isnan(o[0, 4:, 1]))
+    for a, b in zip(state, ref_state):
+        np.testing.assert_array_equal(np.isfinite(a), np.isfinite(b))
+    for k in ("s", "v"):
+        np.testing.assert_array_equal(np.isfinite(g[k]), np.isfinite(ref_g[k]), err_msg=k)
 
 
 def test_bad_upstream_gradients_are_refused(rng):
@@ -292,7 +295,7 @@ def test_bad_upstream_gradients_are_refused(rng):
     _, _, cache = softmax_scan.forward(s, v, initial_state=init)
     with pytest.raises(ValueError, match=r"do: expected shape \(2, 5, 3, 4\)"):
         softmax_scan.backward(cache, np.zeros((2, 4, 3, 4)))
-    with pytest.raises(ValueError, match=r"dfinal_state\[dw\]: expected shape \(2, 3, 4\)"):
+    with pytest.raises(ValueError, match=r"dstate\[2\]: expected shape \(2, 3, 4\)"):
         softmax_scan.backward(cache, None, (None, None, np.zeros((2, 3))))
-    with pytest.raises(TypeError, match="dfinal_state: expected None or a tuple"):
+    with pytest.raises(TypeError, match="dstate: expected a tuple of 3 arrays"):
         softmax_scan.backward(cache, None, np.zeros((2, 3)))

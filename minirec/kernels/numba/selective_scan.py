@@ -6,9 +6,11 @@ Implements, per batch row b and channel d, with ``h (N)`` the state:
     y0_t = C_t · h_t + D u_t,          y_t = y0_t ⊙ silu(z_t)
 
 — :func:`minirec.ops.selective_scan.forward` with ``method="recurrent"``, which
-these kernels are tested against (tests/kernels/test_numba_selective_scan.py).
-``pre = delta + delta_bias`` arrives precomputed (one ``(B, T, D)`` add in the
-caller); everything else is fused and no ``(B, T, D, N)`` array is ever made.
+these kernels are tested against (tests/kernels/test_numba_selective_scan.py
+and the contract tests). :func:`forward` and :func:`backward` at the end take
+the definition's arguments and return its structure (the backend seam,
+DESIGN §4): ``pre = delta + delta_bias`` is one ``(B, T, D)`` add there;
+everything else is fused and no ``(B, T, D, N)`` array is ever made.
 
 Layout. A job is one batch row and one block of ``LANES = 32`` consecutive
 channels (``prange`` over the ``B · D/32`` independent jobs). Inside a job the
@@ -28,18 +30,24 @@ Taylor polynomial of ``e^r`` to the degree whose remainder is below a quarter
 ulp (7 for float32, 13 for float64), times ``2^{k−1}`` built from its exponent
 bits. Within 1 ulp of the correctly rounded exp (tested); ``±inf`` and NaN as
 ``np.exp``; results below ``2^{kmin+1}`` (``4e-38`` in float32) are 0 instead
-of subnormal.
+of subnormal. For the same reason σ (:func:`_sigmoid_lanes`) and softplus (a
+series for ``log1p``, in :func:`_forward`) are written here on top of
+:func:`_exp` rather than taken from :mod:`minirec.kernels.numba._math`, whose
+``np.exp`` would stop the lane loops from vectorising; they follow the same
+formulas as :mod:`minirec._math` and every constant is in the argument's
+dtype (``coef``, ``con``), so float32 runs compute in float32.
 
 Backward: checkpoints. The forward stores the state entering every chunk of
-``K`` steps, ``ck (B, ⌈T/K⌉, D, N)`` (``1/K`` of all the states: 4 MiB instead
-of 128 MiB at B=4, T=2048, D=256, N=16 in float32, K=32). The reverse pass goes
-over the chunks last to first; for each it recomputes the chunk's ``ā`` and
-``h`` from its checkpoint into ``(K, N·32)`` job-local buffers (``ā`` would be
+``chunk`` steps, ``checkpoints (B, ⌈T/chunk⌉, D, N)`` (``1/chunk`` of all the
+states: 4 MiB instead of 128 MiB at B=4, T=2048, D=256, N=16 in float32,
+chunk=32). The reverse pass goes over the chunks last to first; for each it
+recomputes the chunk's ``ā`` and ``h`` from its checkpoint into
+``(chunk, N·32)`` job-local buffers (``ā`` would be
 recomputed even if every state were stored, so the extra cost is one
 multiply-add per element), then runs the reverse loop of
 :mod:`minirec.ops.selective_scan` over the chunk:
 
-    g_t    = ā_{t+1} ⊙ g_{t+1} + dy0_t C_t     (ā_T ⊙ g_T read as dh_T)
+    g_t    = ā_{t+1} ⊙ g_{t+1} + dy0_t C_t     (ā_T ⊙ g_T read as dstate)
     dlog   = g_t ⊙ h_{t−1} ⊙ ā_t               dA += dlog Δ_t
     dΔ_t   = Σ_n dlog A + (Σ_n g_t B_t) u_t    du_t = (Σ_n g_t B_t) Δ_t + D dy0_t
     dB_t   = Σ_d g_t Δ_t u_t                   dC_t = Σ_d dy0_t h_t
@@ -60,6 +68,7 @@ from __future__ import annotations
 
 import math
 from decimal import Decimal, localcontext
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -68,7 +77,8 @@ from numba.extending import overload
 
 LANES = 32  # channels per job, a compile-time constant: every lane loop has this known
             # length (4 AVX2 vectors of float32) and vectorises fully; _lane_sum is written for it
-CHUNK = 32  # steps between checkpoints: the (K, N·LANES) buffers stay in L2 (~130 KiB float32)
+CHUNK = 32  # steps between checkpoints: the (chunk, N·LANES) buffers stay in L2
+            # (~130 KiB in float32)
 
 
 # ---------------------------------------------------------------------------
@@ -176,14 +186,15 @@ def _sigmoid_lanes(x, b, t, d0, out, coef, con):
 
 
 @njit(cache=True, parallel=True)
-def _forward(u, pre, A, Bm, Cm, Dv, z, has_z, softplus, h0, K, coef, lcoef, con,
-             y, y0, dt_out, hT, ck):
-    """Writes ``y, y0, Δ (B, T, D)``, ``hT (B, D, N)`` and the checkpoints
-    ``ck (B, ⌈T/K⌉, D, N)`` (``ck[:, c]`` = the state entering step ``c·K``).
-    ``D`` is a multiple of ``LANES`` (the wrapper pads)."""
-    Bsz, T, D = u.shape
+def _forward(u, pre, A, B, C, D, z, has_z, delta_softplus, h0, chunk, coef, lcoef, con,
+             y, y0, dt, h_T, checkpoints):
+    """Writes ``y, y0, dt = Δ (B, T, D)``, ``h_T (B, D, N)`` and the
+    ``checkpoints (B, ⌈T/chunk⌉, D, N)`` (``checkpoints[:, c]`` = the state
+    entering step ``c·chunk``). The channel count is a multiple of ``LANES``
+    (the wrapper pads)."""
+    Bsz, T, Dch = u.shape
     N = A.shape[1]
-    nblk = D // LANES
+    nblk = Dch // LANES
     M = N * LANES
     one = coef[0]
     for job in prange(Bsz * nblk):
@@ -191,7 +202,7 @@ def _forward(u, pre, A, Bm, Cm, Dv, z, has_z, softplus, h0, K, coef, lcoef, con,
         d0 = (job % nblk) * LANES
         h = np.empty(M, u.dtype)             # the state, h[n·LANES + d]
         At = np.empty(M, u.dtype)
-        dt = np.empty(LANES, u.dtype)
+        dt_l = np.empty(LANES, u.dtype)      # Δ of the lanes at step t
         dtu = np.empty(LANES, u.dtype)
         acc = np.empty(LANES, u.dtype)
         sz = np.empty(LANES, u.dtype)        # σ(z)
@@ -199,15 +210,15 @@ def _forward(u, pre, A, Bm, Cm, Dv, z, has_z, softplus, h0, K, coef, lcoef, con,
             for d in range(LANES):
                 h[n * LANES + d] = h0[b, d0 + d, n]
                 At[n * LANES + d] = A[d0 + d, n]
-        for c in range((T + K - 1) // K):
+        for c in range((T + chunk - 1) // chunk):
             for d in range(LANES):
                 for n in range(N):
-                    ck[b, c, d0 + d, n] = h[n * LANES + d]
-            for t in range(c * K, min(T, c * K + K)):
+                    checkpoints[b, c, d0 + d, n] = h[n * LANES + d]
+            for t in range(c * chunk, min(T, c * chunk + chunk)):
                 # Δ = softplus(pre) = max(p, 0) + log1p(e), e = e^{−|p|}, with
                 # log1p(e) = 2 atanh(s) = 2 Σ_k s^{2k+1}/(2k+1), s = e/(2 + e) ≤ 1/3
                 # (lcoef[k] = 1/(2k+1)): no libm call, so the loop vectorises
-                if softplus:
+                if delta_softplus:
                     for d in range(LANES):
                         p = pre[b, t, d0 + d]
                         e = _exp(-abs(p), coef, con)
@@ -216,26 +227,26 @@ def _forward(u, pre, A, Bm, Cm, Dv, z, has_z, softplus, h0, K, coef, lcoef, con,
                         q = lcoef[len(lcoef) - 1]
                         for k in range(len(lcoef) - 2, -1, -1):
                             q = q * w + lcoef[k]
-                        dt[d] = (p if p > 0 else one - one) + (sv + sv) * q
+                        dt_l[d] = (p if p > 0 else one - one) + (sv + sv) * q
                 else:
                     for d in range(LANES):
-                        dt[d] = pre[b, t, d0 + d]
+                        dt_l[d] = pre[b, t, d0 + d]
                 for d in range(LANES):
-                    dtu[d] = dt[d] * u[b, t, d0 + d]
-                    dt_out[b, t, d0 + d] = dt[d]
+                    dtu[d] = dt_l[d] * u[b, t, d0 + d]
+                    dt[b, t, d0 + d] = dt_l[d]
                     acc[d] = 0
                 # h = exp(Δ A) ⊙ h + Δ u B,  acc = Σ_n h C
                 for n in range(N):
-                    Bn = Bm[b, t, n]
-                    Cn = Cm[b, t, n]
+                    Bn = B[b, t, n]
+                    Cn = C[b, t, n]
                     for d in range(LANES):
                         j = n * LANES + d
-                        hn = _exp(dt[d] * At[j], coef, con) * h[j] + dtu[d] * Bn
+                        hn = _exp(dt_l[d] * At[j], coef, con) * h[j] + dtu[d] * Bn
                         h[j] = hn
                         acc[d] += hn * Cn
                 # y0 = acc + D u,  y = y0 ⊙ z σ(z)
                 for d in range(LANES):
-                    y0[b, t, d0 + d] = acc[d] + Dv[d0 + d] * u[b, t, d0 + d]
+                    y0[b, t, d0 + d] = acc[d] + D[d0 + d] * u[b, t, d0 + d]
                 if has_z:
                     _sigmoid_lanes(z, b, t, d0, sz, coef, con)
                     for d in range(LANES):
@@ -245,7 +256,7 @@ def _forward(u, pre, A, Bm, Cm, Dv, z, has_z, softplus, h0, K, coef, lcoef, con,
                         y[b, t, d0 + d] = y0[b, t, d0 + d]
         for d in range(LANES):
             for n in range(N):
-                hT[b, d0 + d, n] = h[n * LANES + d]
+                h_T[b, d0 + d, n] = h[n * LANES + d]
 
 
 # ---------------------------------------------------------------------------
@@ -268,15 +279,15 @@ def _lane_sum(v, o):
 
 
 @njit(cache=True, parallel=True)
-def _backward(u, pre, dt_in, A, Bm, Cm, Dv, z, has_z, softplus, ck, y0, dy, dhT, K, G,
-              coef, con, du, dpre, dz, dA_part, dB_part, dC_part, dD_part, dh0):
+def _backward(u, pre, dt, A, B, C, D, z, has_z, delta_softplus, checkpoints, y0, dy, dstate,
+              chunk, G, coef, con, du, dpre, dz, dA_part, dB_part, dC_part, dD_part, dh0):
     """The fused reverse pass. Writes ``du, dpre, dz (B, T, D)``, ``dh0 (B, D, N)``
     and the partial sums ``dA_part (B, D, N)``, ``dD_part (B, D)``,
-    ``dB_part, dC_part (G, B, T, N)`` (zeroed by the caller). ``D`` is a
-    multiple of ``LANES``."""
-    Bsz, T, D = u.shape
+    ``dB_part, dC_part (G, B, T, N)`` (zeroed by the caller). The channel
+    count is a multiple of ``LANES``."""
+    Bsz, T, Dch = u.shape
     N = A.shape[1]
-    nblk = D // LANES
+    nblk = Dch // LANES
     M = N * LANES
     one = coef[0]
     for job in prange(Bsz * G):
@@ -285,10 +296,10 @@ def _backward(u, pre, dt_in, A, Bm, Cm, Dv, z, has_z, softplus, ck, y0, dy, dhT,
         g = np.empty(M, u.dtype)                # ∂L/∂h, carried backwards
         At = np.empty(M, u.dtype)
         dA = np.empty(M, u.dtype)
-        hbuf = np.empty((K + 1, M), u.dtype)    # hbuf[s + 1] = h at step t0 + s
-        abuf = np.empty((K, M), u.dtype)        # ā at step t0 + s
-        dtb = np.empty((K, LANES), u.dtype)     # Δ
-        dtu = np.empty((K, LANES), u.dtype)     # Δ u
+        hbuf = np.empty((chunk + 1, M), u.dtype)  # hbuf[s + 1] = h at step t0 + s
+        abuf = np.empty((chunk, M), u.dtype)      # ā at step t0 + s
+        dtb = np.empty((chunk, LANES), u.dtype)   # Δ
+        dtu = np.empty((chunk, LANES), u.dtype)   # Δ u
         dy0 = np.empty(LANES, u.dtype)
         pB = np.empty(M, u.dtype)               # g_t Δ u, lane-wise, for Σ_d
         pC = np.empty(M, u.dtype)               # dy0 h_t, lane-wise, for Σ_d
@@ -300,25 +311,25 @@ def _backward(u, pre, dt_in, A, Bm, Cm, Dv, z, has_z, softplus, ck, y0, dy, dhT,
             d0 = blk * LANES
             for n in range(N):
                 for d in range(LANES):
-                    g[n * LANES + d] = dhT[b, d0 + d, n]
+                    g[n * LANES + d] = dstate[b, d0 + d, n]
                     At[n * LANES + d] = A[d0 + d, n]
                     dA[n * LANES + d] = 0
             for d in range(LANES):
                 dDl[d] = 0
-            for c in range((T + K - 1) // K - 1, -1, -1):
-                t0 = c * K
-                L = min(K, T - t0)
+            for c in range((T + chunk - 1) // chunk - 1, -1, -1):
+                t0 = c * chunk
+                L = min(chunk, T - t0)
                 # recompute ā and h inside the chunk from its checkpoint
                 for n in range(N):
                     for d in range(LANES):
-                        hbuf[0, n * LANES + d] = ck[b, c, d0 + d, n]
+                        hbuf[0, n * LANES + d] = checkpoints[b, c, d0 + d, n]
                 for s in range(L):
                     t = t0 + s
                     for d in range(LANES):
-                        dtb[s, d] = dt_in[b, t, d0 + d]
+                        dtb[s, d] = dt[b, t, d0 + d]
                         dtu[s, d] = dtb[s, d] * u[b, t, d0 + d]
                     for n in range(N):
-                        Bn = Bm[b, t, n]
+                        Bn = B[b, t, n]
                         for d in range(LANES):
                             j = n * LANES + d
                             a = _exp(dtb[s, d] * At[j], coef, con)
@@ -343,8 +354,8 @@ def _backward(u, pre, dt_in, A, Bm, Cm, Dv, z, has_z, softplus, ck, y0, dy, dhT,
                         gB[d] = 0
                         ddt[d] = 0
                     for n in range(N):
-                        Bn = Bm[b, t, n]
-                        Cn = Cm[b, t, n]
+                        Bn = B[b, t, n]
+                        Cn = C[b, t, n]
                         for d in range(LANES):
                             j = n * LANES + d
                             gv = g[j] + dy0[d] * Cn                 # ∂L/∂h_t
@@ -363,10 +374,10 @@ def _backward(u, pre, dt_in, A, Bm, Cm, Dv, z, has_z, softplus, ck, y0, dy, dhT,
                     # du = gB Δ + D dy0,  dΔ = ddt + gB u,  dpre = dΔ σ(pre) or dΔ
                     for d in range(LANES):
                         uv = u[b, t, d0 + d]
-                        du[b, t, d0 + d] = gB[d] * dtb[s, d] + Dv[d0 + d] * dy0[d]
+                        du[b, t, d0 + d] = gB[d] * dtb[s, d] + D[d0 + d] * dy0[d]
                         ddt[d] = ddt[d] + gB[d] * uv
                         dDl[d] += dy0[d] * uv
-                    if softplus:
+                    if delta_softplus:
                         _sigmoid_lanes(pre, b, t, d0, sg, coef, con)
                         for d in range(LANES):
                             dpre[b, t, d0 + d] = ddt[d] * sg[d]
@@ -382,8 +393,39 @@ def _backward(u, pre, dt_in, A, Bm, Cm, Dv, z, has_z, softplus, ck, y0, dy, dhT,
 
 
 # ---------------------------------------------------------------------------
-# wrappers
+# wrappers: the definition's signature and return structure
 # ---------------------------------------------------------------------------
+
+class KernelCache(NamedTuple):
+    """What :func:`backward` needs from :func:`forward` (the definition keeps it
+    in its cache's ``kernel`` field).
+
+    Fields: the arrays the forward kernel ran on, contiguous, in the
+    computation dtype and padded to ``D' = ⌈D/32⌉·32`` channels (``u, pre =
+    delta + delta_bias, dt = Δ, y0 (B, T, D')``, ``A (D', N)``,
+    ``B, C (B, T, N)``, ``D (D',)`` (zeros when not given), ``z (B, T, D')``
+    (a ``(1, 1, 1)`` placeholder when not given)); ``checkpoints (B, ⌈T/chunk⌉,
+    D', N)`` the state entering every chunk; ``channels`` = D; ``has_D``,
+    ``has_z``, ``has_delta_bias``, ``delta_softplus``; ``chunk``.
+    """
+
+    u: np.ndarray
+    pre: np.ndarray
+    dt: np.ndarray
+    y0: np.ndarray
+    A: np.ndarray
+    B: np.ndarray
+    C: np.ndarray
+    D: np.ndarray
+    z: np.ndarray
+    checkpoints: np.ndarray
+    channels: int
+    has_D: bool
+    has_z: bool
+    has_delta_bias: bool
+    delta_softplus: bool
+    chunk: int
+
 
 def _c(x, dtype, D=None, axis=-1):
     """C-contiguous in ``dtype``, zero-padded to ``D`` along ``axis`` when
@@ -402,66 +444,76 @@ def _padded(D):
     return -(-D // LANES) * LANES
 
 
-def forward(u, pre, A, B, C, D, z, softplus, h0, chunk=CHUNK):
-    """Fused forward in ``u``'s dtype. ``D``/``z`` may be ``None``. Returns
-    ``y, y0, Δ (B, T, D)``, ``h_T (B, D, N)`` and the checkpoints
-    ``(B, ⌈T/chunk⌉, D', N)``, ``D'`` = D rounded up to whole lane blocks."""
+def _cut(x, D):
+    """The first ``D`` channels (last axis) of a padded result."""
+    return x if x.shape[-1] == D else np.ascontiguousarray(x[..., :D])
+
+
+def forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
+            chunk=CHUNK):
+    """:func:`minirec.ops.selective_scan.forward` (``method="recurrent"``) by the
+    fused kernel, in ``u``'s dtype, on validated arguments (``D``, ``z``,
+    ``delta_bias``, ``initial_state`` may be ``None``).
+
+    Returns ``y (B, T, D)``, the final state ``h_T (B, D, N)`` and a
+    :class:`KernelCache` (checkpoints every ``chunk`` steps).
+    """
     dtype = u.dtype
     Bsz, T, Dch = u.shape
     N = A.shape[1]
     Dp = _padded(Dch)
     coef, con = exp_constants(dtype)
-    lcoef = log1p_constants(dtype)
-    Dv = np.zeros(Dp, dtype) if D is None else _c(D, dtype, Dp)
-    zz = np.zeros((1, 1, 1), dtype) if z is None else _c(z, dtype, Dp)
+    pre = delta if delta_bias is None else delta + delta_bias
+    h0 = (np.zeros((Bsz, Dp, N), dtype) if initial_state is None
+          else _c(initial_state, dtype, Dp, 1))
+    kc = KernelCache(
+        u=_c(u, dtype, Dp), pre=_c(pre, dtype, Dp), dt=np.empty((Bsz, T, Dp), dtype),
+        y0=np.empty((Bsz, T, Dp), dtype), A=_c(A, dtype, Dp, 0), B=_c(B, dtype), C=_c(C, dtype),
+        D=np.zeros(Dp, dtype) if D is None else _c(D, dtype, Dp),
+        z=np.zeros((1, 1, 1), dtype) if z is None else _c(z, dtype, Dp),
+        checkpoints=np.empty((Bsz, (T + chunk - 1) // chunk, Dp, N), dtype), channels=Dch,
+        has_D=D is not None, has_z=z is not None, has_delta_bias=delta_bias is not None,
+        delta_softplus=bool(delta_softplus), chunk=int(chunk))
     y = np.empty((Bsz, T, Dp), dtype)
-    y0 = np.empty((Bsz, T, Dp), dtype)
-    dt = np.empty((Bsz, T, Dp), dtype)
-    hT = np.empty((Bsz, Dp, N), dtype)
-    ck = np.empty((Bsz, (T + chunk - 1) // chunk, Dp, N), dtype)
-    _forward(_c(u, dtype, Dp), _c(pre, dtype, Dp), _c(A, dtype, Dp, 0), _c(B, dtype),
-             _c(C, dtype), Dv, zz, z is not None, bool(softplus), _c(h0, dtype, Dp, 1),
-             int(chunk), coef, lcoef, con, y, y0, dt, hT, ck)
-    if Dp != Dch:
-        y, y0, dt = (np.ascontiguousarray(v[..., :Dch]) for v in (y, y0, dt))
-        hT = np.ascontiguousarray(hT[:, :Dch])
-    return y, y0, dt, hT, ck
+    h_T = np.empty((Bsz, Dp, N), dtype)
+    _forward(kc.u, kc.pre, kc.A, kc.B, kc.C, kc.D, kc.z, kc.has_z, kc.delta_softplus, h0,
+             kc.chunk, coef, log1p_constants(dtype), con, y, kc.y0, kc.dt, h_T, kc.checkpoints)
+    return _cut(y, Dch), np.ascontiguousarray(h_T[:, :Dch]), kc
 
 
-def backward(u, pre, dt, A, B, C, D, z, softplus, ck, y0, dy, dh_T, chunk=CHUNK):
-    """Fused reverse pass from :func:`forward`'s ``Δ``, checkpoints and ``y0``
-    (same ``chunk``). Returns ``{"u", "pre", "A", "B", "C", "D", "z",
-    "initial_state"}`` (``"D"``, ``"z"`` only when given), ``"pre"`` being
-    ∂L/∂(delta + delta_bias)."""
-    dtype = u.dtype
-    Bsz, T, Dch = u.shape
-    N = A.shape[1]
-    Dp = _padded(Dch)
-    if ck.shape != (Bsz, (T + chunk - 1) // chunk, Dp, N):
-        raise ValueError(f"checkpoints: expected shape {(Bsz, (T + chunk - 1) // chunk, Dp, N)} "
-                         f"(chunk={chunk}), got {ck.shape}")
+def backward(kernel_cache, dy, dstate):
+    """:func:`minirec.ops.selective_scan.backward` by the fused reverse pass,
+    from :func:`forward`'s :class:`KernelCache`; ``dy (B, T, D)`` and
+    ``dstate (B, D, N)`` are arrays (the definition fills ``None`` with zeros).
+
+    Returns ``{"u", "delta", "A", "B", "C", "D", "z", "delta_bias",
+    "initial_state"}`` (``D``, ``z``, ``delta_bias`` only when given).
+    """
+    kc = kernel_cache
+    dtype = kc.u.dtype
+    Bsz, T, Dp = kc.u.shape
+    N = kc.A.shape[1]
+    Dch = kc.channels
     coef, con = exp_constants(dtype)
     G = max(1, min(Dp // LANES, numba.get_num_threads()))   # one dB/dC slice per group
-    Dv = np.zeros(Dp, dtype) if D is None else _c(D, dtype, Dp)
-    zz = np.zeros((1, 1, 1), dtype) if z is None else _c(z, dtype, Dp)
     du = np.empty((Bsz, T, Dp), dtype)
     dpre = np.empty((Bsz, T, Dp), dtype)
-    dz = np.empty((Bsz, T, Dp) if z is not None else (1, 1, 1), dtype)
+    dz = np.empty((Bsz, T, Dp) if kc.has_z else (1, 1, 1), dtype)
     dA_part = np.empty((Bsz, Dp, N), dtype)
     dB_part = np.zeros((G, Bsz, T, N), dtype)
     dC_part = np.zeros((G, Bsz, T, N), dtype)
     dD_part = np.empty((Bsz, Dp), dtype)
     dh0 = np.empty((Bsz, Dp, N), dtype)
-    _backward(_c(u, dtype, Dp), _c(pre, dtype, Dp), _c(dt, dtype, Dp), _c(A, dtype, Dp, 0),
-              _c(B, dtype), _c(C, dtype), Dv, zz, z is not None, bool(softplus), _c(ck, dtype),
-              _c(y0, dtype, Dp), _c(dy, dtype, Dp), _c(dh_T, dtype, Dp, 1), int(chunk), G, coef,
-              con, du, dpre, dz, dA_part, dB_part, dC_part, dD_part, dh0)
-    cut = (lambda v: v) if Dp == Dch else (lambda v: np.ascontiguousarray(v[..., :Dch]))
-    grads = {"u": cut(du), "pre": cut(dpre), "A": dA_part[:, :Dch].sum(axis=0),
-             "B": dB_part.sum(axis=0), "C": dC_part.sum(axis=0),
-             "initial_state": np.ascontiguousarray(dh0[:, :Dch])}
-    if D is not None:
+    _backward(kc.u, kc.pre, kc.dt, kc.A, kc.B, kc.C, kc.D, kc.z, kc.has_z, kc.delta_softplus,
+              kc.checkpoints, kc.y0, _c(dy, dtype, Dp), _c(dstate, dtype, Dp, 1), kc.chunk, G,
+              coef, con, du, dpre, dz, dA_part, dB_part, dC_part, dD_part, dh0)
+    grads = {"u": _cut(du, Dch), "delta": _cut(dpre, Dch), "A": dA_part[:, :Dch].sum(axis=0),
+             "B": dB_part.sum(axis=0), "C": dC_part.sum(axis=0)}
+    if kc.has_D:
         grads["D"] = dD_part[:, :Dch].sum(axis=0)
-    if z is not None:
-        grads["z"] = cut(dz)
+    if kc.has_z:
+        grads["z"] = _cut(dz, Dch)
+    if kc.has_delta_bias:   # ∂(delta + delta_bias)/∂delta_bias = 1, summed over (b, t)
+        grads["delta_bias"] = np.sum(grads["delta"], axis=(0, 1))
+    grads["initial_state"] = np.ascontiguousarray(dh0[:, :Dch])
     return grads

@@ -19,6 +19,13 @@ Tested against :func:`minirec.ops.softmax_scan.forward` / ``backward`` with
   carrying ``(dm, du, dw)`` back in registers and one ``V``-vector allocated
   per row, not per step.
 
+:func:`forward` and :func:`backward` at the end take the definition's
+arguments and return its structure (the backend seam, DESIGN §4).
+
+NaN: the running max propagates a NaN as ``np.maximum`` does (:func:`_max`):
+once ``m`` is NaN it stays NaN, as in the definition (a plain ``a if a >= b
+else b`` would forget it at the next finite score).
+
 ``fastmath`` is off so that results match the NumPy reference to rounding;
 the constant 1 arrives as an argument in the arrays' dtype, so float32 runs
 stay in float32 (a float64 literal would promote every product).
@@ -39,6 +46,15 @@ def _rescale(m_old, m_new, one):
     return np.exp(m_old - m_new)
 
 
+@njit(cache=True, inline="always")
+def _max(m_prev, s_t):
+    """``max(m_prev, s_t)``, NaN if either is NaN (``np.maximum``); ties keep
+    ``m_prev``."""
+    if m_prev >= s_t or m_prev != m_prev:
+        return m_prev
+    return s_t          # s_t > m_prev, or s_t is NaN
+
+
 @njit(cache=True, parallel=True)
 def _forward(s, v, m0, u0, w0, M, U, W, o, one):
     B, T, H, Vd = v.shape
@@ -49,7 +65,7 @@ def _forward(s, v, m0, u0, w0, M, U, W, o, one):
         u_prev = u0[b, h]
         for t in range(T):
             s_t = s[b, t, h]
-            m = m_prev if m_prev >= s_t else s_t
+            m = _max(m_prev, s_t)
             alpha = _rescale(m_prev, m, one)
             beta = _rescale(s_t, m, one)
             u = alpha * u_prev + beta
@@ -67,6 +83,9 @@ def _forward(s, v, m0, u0, w0, M, U, W, o, one):
 @njit(cache=True, parallel=True)
 def _backward(s, v, m0, u0, w0, M, U, W, do, has_do, dm_T, du_T, dw_T,
               ds, dv, dm0, du0, dw0, one):
+    """The reverse loop from the final state's gradient ``(dm_T, du_T, dw_T)``
+    (``dm, du, dw`` carry ∂L/∂ state_t back); writes ``ds, dv`` and the
+    initial state's gradient ``dm0, du0, dw0``."""
     zero = one - one
     B, T, H, Vd = v.shape
     for job in prange(B * H):
@@ -132,10 +151,16 @@ def _c(x, dtype):
     return np.ascontiguousarray(x, dtype=dtype)
 
 
-def forward(s, v, m0, u0, w0):
-    """``(o, M, U, W)``: outputs ``(B, T, H, V)`` and the states after every step
-    ``M, U (B, T, H)``, ``W (B, T, H, V)``, in ``s``'s dtype."""
+def forward(s, v, initial_state):
+    """:func:`minirec.ops.softmax_scan.forward` (``method="recurrent"``) by the
+    fused loop, in ``s``'s dtype, from ``initial_state = (m0, u0, w0)`` (the
+    definition turns ``None`` into the empty prefix).
+
+    Returns ``o (B, T, H, V)``, the final state ``(m, u, w)`` and the states
+    after every step ``(M, U (B, T, H), W (B, T, H, V))`` for :func:`backward`.
+    """
     dtype = s.dtype
+    m0, u0, w0 = initial_state
     B, T, H, Vd = v.shape
     M = np.empty((B, T, H), dtype)
     U = np.empty((B, T, H), dtype)
@@ -143,11 +168,20 @@ def forward(s, v, m0, u0, w0):
     o = np.empty((B, T, H, Vd), dtype)
     _forward(_c(s, dtype), _c(v, dtype), _c(m0, dtype), _c(u0, dtype), _c(w0, dtype),
              M, U, W, o, dtype.type(1))
-    return o, M, U, W
+    state = (M[:, -1].copy(), U[:, -1].copy(), W[:, -1].copy())
+    return o, state, (M, U, W)
 
 
-def backward(s, v, m0, u0, w0, M, U, W, do, dm_T, du_T, dw_T):
-    """``(ds, dv, (dm0, du0, dw0))`` by the fused reverse loop; ``do`` may be ``None``."""
+def backward(s, v, initial_state, states, do, dstate):
+    """:func:`minirec.ops.softmax_scan.backward` by the fused reverse loop, from
+    the forward's inputs, its ``states = (M, U, W)``, ``do`` (``None`` for
+    zeros) and ``dstate = (dm_T, du_T, dw_T)`` (arrays).
+
+    Returns ``{"s", "v", "initial_state": (dm0, du0, dw0)}``.
+    """
+    m0, u0, w0 = initial_state
+    M, U, W = states
+    dm_T, du_T, dw_T = dstate
     dtype = W.dtype
     B, T, H, Vd = v.shape
     has_do = do is not None
@@ -161,4 +195,4 @@ def backward(s, v, m0, u0, w0, M, U, W, do, dm_T, du_T, dw_T):
               _c(M, dtype), _c(U, dtype), _c(W, dtype), do_c, has_do,
               _c(dm_T, dtype), _c(du_T, dtype), _c(dw_T, dtype), ds, dv, dm0, du0, dw0,
               dtype.type(1))
-    return ds, dv, (dm0, du0, dw0)
+    return {"s": ds, "v": dv, "initial_state": (dm0, du0, dw0)}
