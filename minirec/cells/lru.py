@@ -16,8 +16,9 @@ Parameters (all real): ``nu_log, theta_log, gamma_log (N,)``,
 The state is complex: complex64 for float32 parameters, complex128 for
 float64. The recurrence ``h_t = λ ⊙ h_{t−1} + u_t`` is the diagonal affine scan
 :func:`minirec.scan.linear.forward` with ``a_t = λ`` for every t, so every
-method of that module is a method here (``log`` takes the complex logarithm of
-λ, which is never 0).
+method of that module is a method here. ``log`` is given ``log λ = z =
+−exp(nu_log) + i·exp(theta_log)`` itself (as ``log_a``), so it runs even where
+``|λ|`` underflows to 0 in float32.
 
 Backward. Complex gradients follow PyTorch's convention
 ``g_z = ∂L/∂Re z + i·∂L/∂Im z``; for ``w = f(z)`` holomorphic,
@@ -27,10 +28,11 @@ expression, ``∂L/∂r = Re(conj(∂w/∂r) ⊙ g_w)``. With ``dy = ∂L/∂y_t
     dh_t      = dy_t conj(C)                              (B, T, N) into the scan
     dC        = Σ_{b,t} dy_t^T conj(h_t)                  dC_re = Re dC, dC_im = Im dC
     dD        = Σ_{b,t} dy_t ⊙ x_t
-    g_t, dλ_t, dh0 = scan.linear.backward(dh, dh_T)       g_t = ∂L/∂u_t,
+    g_t, dλ_t, dh0 = scan.linear.backward(dh, dstate)     g_t = ∂L/∂u_t,
                                                           dλ_t = g_t ⊙ conj(h_{t−1})
     dλ        = Σ_{b,t} dλ_t
-    dz        = dλ ⊙ conj(λ)              (λ = exp(z), z = −exp(nu_log) + i·exp(theta_log))
+    dz        = dλ ⊙ conj(λ)              (λ = exp(z), z = −exp(nu_log) + i·exp(theta_log);
+                                           the log method's scan returns Σ dz_t itself)
     dnu_log   = −Re(dz) ⊙ exp(nu_log)     dtheta_log = Im(dz) ⊙ exp(theta_log)
     dγ        = Σ_{b,t} Re(g_t ⊙ conj(x_t B^T))           dgamma_log = dγ ⊙ γ
     dB        = Σ_{b,t} (γ ⊙ g_t)^T x_t                   dB_re = Re dB, dB_im = Im dB
@@ -47,16 +49,20 @@ the ring ``r_min ≤ |λ| ≤ r_max`` in area and the phase uniform in
     γ     = sqrt(1 − |λ|²)                               (keeps E|h|² ≈ E|x B^T|²)
     B ~ CN(0, 1/D)  i.e. B_re, B_im ~ N(0, 1/(2D));   C ~ CN(0, 1/N);   D ~ N(0, 1)
 
-Backends. ``backend="numba"`` runs the same equations: the projections
-``x B^T`` and ``h C^T`` (and the backward's weight gradients) stay NumPy
-GEMMs (with the real operand cast to complex first, so that each is one BLAS
-call), and the backend is passed through to :func:`minirec.scan.linear.forward`,
-whose numba kernels (:mod:`minirec.kernels.numba.linear_scan`, complex
-included) run the scan for ``recurrent`` and ``chunked`` and its reverse pass
-in the backward; the other methods are NumPy-only.
+The projections ``x B^T``, ``h C^T`` and the backward's weight gradients
+cast their real operand to complex first, so that each is one complex BLAS
+call (NumPy's matmul of a real array with a complex one does not reach BLAS;
+~6x slower), with every backend.
+
+Backends. ``backend="numba"`` runs the same equations: the projections stay
+NumPy GEMMs and ``backend`` is passed to :func:`minirec.scan.linear.forward`,
+whose numba kernels (complex included) run the scan for its
+``BACKEND_METHODS`` and the reverse pass in the backward.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 
@@ -66,11 +72,35 @@ from minirec.scan import linear
 
 METHODS = linear.METHODS
 BACKENDS = ("numpy", "numba")
-# the methods each non-NumPy backend runs (those of scan.linear's numba kernels)
-BACKEND_METHODS = {"numba": ("recurrent", "chunked")}
+# numba: the projections stay NumPy; the recurrence runs in scan.linear's kernels
+BACKEND_METHODS = linear.BACKEND_METHODS
 PARAM_SHAPES = {"nu_log": ("N",), "theta_log": ("N",), "gamma_log": ("N",),
                 "B_re": ("N", "D"), "B_im": ("N", "D"), "C_re": ("D", "N"),
                 "C_im": ("D", "N"), "D": ("D",)}
+
+
+class LRUCache(NamedTuple):
+    """What :func:`backward` needs: ``x (B, T, D)``; ``Bx = x B^T (B, T, N)``;
+    ``h (B, T, N)`` every state; ``scan``, the scan's
+    :class:`~minirec.scan.linear.LinearScanCache`; ``param_shapes``
+    (``{name: shape}`` of the forward's params)."""
+
+    x: np.ndarray
+    Bx: np.ndarray
+    h: np.ndarray
+    scan: linear.LinearScanCache
+    param_shapes: dict
+
+
+class LRUStepCache(NamedTuple):
+    """One step's cache: ``params``, ``x_t (B, D)``, ``h_prev``, ``h`` and
+    ``Bx = x_t B^T`` (each ``(B, N)`` complex)."""
+
+    params: dict
+    x_t: np.ndarray
+    h_prev: np.ndarray
+    h: np.ndarray
+    Bx: np.ndarray
 
 
 def init_params(rng: np.random.Generator, input_size: int, state_size: int,
@@ -118,23 +148,19 @@ def init_params(rng: np.random.Generator, input_size: int, state_size: int,
 
 def eigenvalues(params: dict) -> np.ndarray:
     """``λ = exp(−exp(nu_log) + i·exp(theta_log))`` ``(N,)``, complex."""
+    return np.exp(_log_eigenvalues(params))
+
+
+def _log_eigenvalues(params):
+    """``log λ = −exp(nu_log) + i·exp(theta_log)`` ``(N,)``, complex."""
     nu_log, theta_log = params["nu_log"], params["theta_log"]
-    return np.exp(-np.exp(nu_log) + 1j * np.exp(theta_log)).astype(_complex(nu_log.dtype))
+    return (-np.exp(nu_log) + 1j * np.exp(theta_log)).astype(V.complex_dtype(nu_log.dtype))
 
 
 def zero_state(params: dict, batch_size: int, dtype=None) -> np.ndarray:
     """``h_{-1} = 0`` of shape ``(B, N)``, complex."""
-    dtype = _complex(dtype or params["nu_log"].dtype)
+    dtype = V.complex_dtype(dtype or params["nu_log"].dtype)
     return np.zeros((batch_size, params["nu_log"].shape[0]), dtype)
-
-
-def _complex(dtype) -> np.dtype:
-    return np.result_type(dtype, np.complex64)
-
-
-def _check(params, x, state0):
-    return V.cell_inputs("lru", params, PARAM_SHAPES, x, state0, ("B", "N"),
-                         complex_state=True)[0]
 
 
 def _complex_params(params, cdtype):
@@ -145,9 +171,8 @@ def _complex_params(params, cdtype):
     return lam, gamma, B, C
 
 
-def _param_grads(params, lam, gamma, dlam, dgamma, dB, dC, dD):
-    """Back from (λ, γ, B, C, D) to the real parameters."""
-    dz = dlam * np.conj(lam)  # through λ = exp(z)
+def _param_grads(params, gamma, dz, dgamma, dB, dC, dD):
+    """Back from (z = log λ, γ, B, C, D) to the real parameters."""
     dtype = params["nu_log"].dtype
     grads = {
         "nu_log": -dz.real * np.exp(params["nu_log"]),
@@ -165,43 +190,45 @@ def _param_grads(params, lam, gamma, dlam, dgamma, dB, dC, dD):
 # ---------------------------------------------------------------------------
 
 def step_forward(params: dict, x_t: np.ndarray, h_prev: np.ndarray,
-                 ) -> tuple[np.ndarray, np.ndarray, tuple]:
+                 ) -> tuple[np.ndarray, np.ndarray, LRUStepCache]:
     """One step, for streaming: ``h_t = λ ⊙ h_{t−1} + γ ⊙ (x_t B^T)``,
     ``y_t = Re(h_t C^T) + D ⊙ x_t``.
 
     Unlike the classic cells the output ``y_t`` is not the state, so the step
     returns both: ``x_t (B, D)``, ``h_prev (B, N)`` complex →
-    ``y_t (B, D)``, ``h_t (B, N)`` and the step cache.
+    ``y_t (B, D)``, ``h_t (B, N)`` and an :class:`LRUStepCache`.
     """
-    cdtype = _complex(np.result_type(x_t, params["nu_log"]))
+    cdtype = V.complex_dtype(np.result_type(x_t, params["nu_log"]))
     lam, gamma, B, C = _complex_params(params, cdtype)
-    Bx = x_t @ B.T
+    Bx = x_t.astype(cdtype) @ B.T
     h = lam * h_prev + gamma * Bx
     y = (h @ C.T).real + params["D"] * x_t
-    return y, h, (params, x_t, h_prev, h, Bx)
+    return y, h, LRUStepCache(params, x_t, h_prev, h, Bx)
 
 
-def step_backward(dy_t: np.ndarray | None, dh_t: np.ndarray | None, cache_t: tuple,
+def step_backward(dy_t: np.ndarray | None, dh_t: np.ndarray | None, cache_t: LRUStepCache,
                   ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Back through one step: ``dy_t (B, D)`` and ``dh_t (B, N)`` (either may be
     ``None``) → ``dx_t (B, D)``, ``dh_prev (B, N)`` and the step's parameter
     gradients (the module docstring's equations with T = 1)."""
-    params, x_t, h_prev, h, Bx = cache_t
-    cdtype = h.dtype
-    lam, gamma, B, C = _complex_params(params, cdtype)
-    dy_t = np.zeros(x_t.shape, x_t.dtype) if dy_t is None else dy_t
-    g = (np.zeros(h.shape, cdtype) if dh_t is None else dh_t) + dy_t @ np.conj(C)  # y = Re(h C^T)
-    gg = gamma * g                                                                # u = γ ⊙ Bx
+    c = cache_t
+    cdtype = c.h.dtype
+    lam, gamma, B, C = _complex_params(c.params, cdtype)
+    dy_t = np.zeros(c.x_t.shape, c.x_t.dtype) if dy_t is None else dy_t
+    g = dy_t.astype(cdtype) @ np.conj(C)                       # y = Re(h C^T)
+    if dh_t is not None:
+        g = g + dh_t
+    gg = gamma * g                                             # u = γ ⊙ Bx
     dparams = _param_grads(
-        params, lam, gamma,
-        dlam=np.sum(g * np.conj(h_prev), axis=0),
-        dgamma=np.sum((g * np.conj(Bx)).real, axis=0),
-        dB=gg.T @ x_t.astype(cdtype),
-        dC=dy_t.T @ np.conj(h),
-        dD=np.sum(dy_t * x_t, axis=0),
+        c.params, gamma,
+        dz=np.sum(g * np.conj(c.h_prev), axis=0) * np.conj(lam),   # through λ = exp(z)
+        dgamma=np.sum((g * np.conj(c.Bx)).real, axis=0),
+        dB=gg.T @ c.x_t.astype(cdtype),
+        dC=dy_t.astype(cdtype).T @ np.conj(c.h),
+        dD=np.sum(dy_t * c.x_t, axis=0),
     )
-    dx = (gg @ np.conj(B)).real + params["D"] * dy_t
-    return dx.astype(x_t.dtype), g * np.conj(lam), dparams
+    dx = (gg @ np.conj(B)).real + c.params["D"] * dy_t
+    return dx.astype(c.x_t.dtype), g * np.conj(lam), dparams
 
 
 # ---------------------------------------------------------------------------
@@ -210,39 +237,41 @@ def step_backward(dy_t: np.ndarray | None, dh_t: np.ndarray | None, cache_t: tup
 
 def forward(params: dict, x: np.ndarray, state0: np.ndarray | None = None, *,
             method: str = "recurrent", chunk_size: int | None = None,
-            backend: str = "numpy") -> tuple[np.ndarray, np.ndarray, dict]:
+            backend: str = "numpy") -> tuple[np.ndarray, np.ndarray, LRUCache]:
     """Run the LRU over ``x (B, T, D)`` from ``state0 (B, N)`` (complex; zeros if ``None``).
 
     The recurrence is :func:`minirec.scan.linear.forward` with ``a = λ``
-    broadcast over ``(B, T, N)`` and ``b = γ ⊙ (x B^T)``; ``method`` and
-    ``chunk_size`` are passed through.
+    broadcast over ``(B, T, N)`` (``log_a = log λ`` for ``method="log"``) and
+    ``b = γ ⊙ (x B^T)``; ``method``, ``chunk_size`` and ``backend`` are passed
+    through.
 
     Returns:
-        ``y (B, T, D)`` real, the final state ``h_T (B, N)`` complex, and the
-        cache for :func:`backward`.
+        ``y (B, T, D)`` real, the final state ``h_T (B, N)`` complex, and an
+        :class:`LRUCache` for :func:`backward`.
     """
     V.choice("method", method, METHODS)
-    _backend.resolve(backend, BACKENDS, what="cells.lru")
-    _backend.check_method(method, backend, BACKEND_METHODS, what="cells.lru")
-    dtype = _check(params, x, state0)
-    cdtype = _complex(dtype)
+    _backend.resolve(backend, BACKENDS, what="cells.lru", method=method,
+                     backend_methods=BACKEND_METHODS)
+    V.positive_int("chunk_size", chunk_size, allow_none=True)
+    dtype = V.cell_inputs("lru", params, PARAM_SHAPES, x, state0, ("B", "N"),
+                          complex_state=True)[0]
+    cdtype = V.complex_dtype(dtype)
     lam, gamma, B, C = _complex_params(params, cdtype)
-    # numba path: a complex copy of x makes x B^T one BLAS call (NumPy's matmul
-    # of a real array with a complex one does not reach BLAS; ~6x slower)
-    xm = x.astype(cdtype) if backend == "numba" else x
-    Bx = xm @ B.T                                   # (B, T, N)
+    Bx = x.astype(cdtype) @ B.T                     # (B, T, N)
     u = gamma * Bx
-    a = np.broadcast_to(lam, u.shape)
     h0 = zero_state(params, x.shape[0], dtype) if state0 is None else state0
-    h, h_T, scan_cache = linear.forward(a, u, h0, method=method, chunk_size=chunk_size,
-                                        backend=backend)
+    if method == "log":  # the scan takes log λ itself: λ may underflow, log λ does not
+        a, log_a = None, np.broadcast_to(_log_eigenvalues(params).astype(cdtype), u.shape)
+    else:
+        a, log_a = np.broadcast_to(lam, u.shape), None
+    h, h_T, scan_cache = linear.forward(a, u, h0, log_a=log_a, method=method,
+                                        chunk_size=chunk_size, backend=backend)
     y = (h @ C.T).real + params["D"] * x
-    cache = {"x": x, "Bx": Bx, "h": h, "scan": scan_cache, "method": method,
-             "backend": backend}
-    return y.astype(dtype, copy=False), h_T, cache
+    return (y.astype(dtype, copy=False), h_T,
+            LRUCache(x, Bx, h, scan_cache, V.param_shapes(params)))
 
 
-def backward(params: dict, cache: dict, dy: np.ndarray | None,
+def backward(params: dict, cache: LRUCache, dy: np.ndarray | None,
              dstate: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Hand backward (module docstring) with the reverse scan of the forward's method.
 
@@ -257,31 +286,25 @@ def backward(params: dict, cache: dict, dy: np.ndarray | None,
         ``"x" (B, T, D)`` and ``"state0" (B, N)`` (complex, or real if the
         given ``state0`` was real).
     """
-    x, Bx, h = cache["x"], cache["Bx"], cache["h"]
-    if dy is not None:
-        V.array("dy", dy, allow_complex=False)
-    V.grad_like("dy", dy, x, "y")
-    V.grad_like("dstate", dstate, h[:, 0], "h_T")
+    V.cache("cells.lru.backward", cache, LRUCache)
+    V.params_match("cells.lru.backward", params, cache.param_shapes)
+    x, Bx, h = cache.x, cache.Bx, cache.h
+    dy = V.grad_like("dy", dy, x, "y", fill=True)
+    dstate = V.grad_state("dstate", dstate, h[:, -1], fill=True)
     cdtype = h.dtype
     lam, gamma, B, C = _complex_params(params, cdtype)
-    dy = np.zeros(x.shape, x.dtype) if dy is None else dy.astype(x.dtype, copy=False)
-    dstate = None if dstate is None else dstate.astype(cdtype, copy=False)
-    # through y = Re(h C^T) + D ⊙ x
-    # numba path: complex copies of dy and x, so every product below is one BLAS call
-    fast = cache["backend"] == "numba"
-    dym = dy.astype(cdtype) if fast else dy
-    xm = x.astype(cdtype) if fast else x
-    dh = dym @ np.conj(C)
-    # through the scan h_t = λ ⊙ h_{t−1} + u_t
-    sg = linear.backward(cache["scan"], dh, dstate)
+    dyc, xc = dy.astype(cdtype), x.astype(cdtype)   # complex: one BLAS call per product
+    dh = dyc @ np.conj(C)                           # through y = Re(h C^T) + D ⊙ x
+    sg = linear.backward(cache.scan, dh, dstate)    # through h_t = λ ⊙ h_{t−1} + u_t
     g = sg["b"]
     gg = gamma * g
     grads = _param_grads(
-        params, lam, gamma,
-        dlam=np.sum(sg["a"], axis=(0, 1)),
+        params, gamma,
+        dz=(np.sum(sg["a"], axis=(0, 1)) * np.conj(lam) if "a" in sg  # through λ = exp(z)
+            else np.sum(sg["log_a"], axis=(0, 1))),                  # the scan took z
         dgamma=np.sum((g * np.conj(Bx)).real, axis=(0, 1)),
-        dB=gg.reshape(-1, gg.shape[-1]).T @ xm.reshape(-1, x.shape[-1]),
-        dC=dym.reshape(-1, dy.shape[-1]).T @ np.conj(h).reshape(-1, h.shape[-1]),
+        dB=gg.reshape(-1, gg.shape[-1]).T @ xc.reshape(-1, x.shape[-1]),
+        dC=dyc.reshape(-1, dy.shape[-1]).T @ np.conj(h).reshape(-1, h.shape[-1]),
         dD=np.sum(dy * x, axis=(0, 1)),
     )
     grads["x"] = ((gg @ np.conj(B)).real + params["D"] * dy).astype(x.dtype, copy=False)

@@ -16,7 +16,14 @@ The output is ``y_t = h_t``; the state is ``h (B, H)``. Neither gate looks at
 diagonal affine scan :func:`minirec.scan.linear.forward` — every one of its
 methods (``recurrent`` is the loop; ``hillis_steele``, ``blelloch``,
 ``chunked`` and ``log`` are parallel). ``log`` is the paper's log-space form:
-Heinsen's scan with ``log a_t = −softplus(k_t)``.
+Heinsen's scan on the log gates ``log a_t = log σ(−k_t) = −softplus(k_t)``,
+computed from ``k`` directly, so a saturated gate (``σ(−k)`` below the
+smallest float) still runs.
+
+The scan from the gate logits on, :func:`gated_scan` (``s`` → ``w = σ(s)``,
+``a = 1 − w``, ``b = w ⊙ h̃`` → ``h``) and :func:`gated_scan_backward`, is
+public: minLSTM (:mod:`minirec.cells.minlstm`) is this cell with the write
+gate ``w = i'`` of logit ``s = log i − log f``.
 
 Negative eigenvalues (``negative_eigenvalues=True``, after Grazzi et al.,
 "Unlocking State-Tracking in Linear RNNs Through Negative Eigenvalues", 2024):
@@ -45,25 +52,64 @@ returned state; ``c = 1``, or ``c = 2`` with negative eigenvalues, so that
 for streaming (and a test loops them against ``forward``/``backward``).
 
 ``backend="numba"``: the gates stay vectorised NumPy (GEMMs over all T) and
-the recurrence runs in :mod:`minirec.kernels.numba.linear_scan` (methods
-``recurrent`` and ``chunked``), forward and backward.
+``backend`` is passed to :func:`minirec.scan.linear.forward`, whose numba
+kernels run the recurrence (its ``BACKEND_METHODS``), forward and backward.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
-from scipy.special import expit as _sigmoid  # σ, without overflow; σ(−k) is exact near 0
 
 from minirec import _backend
 from minirec import _validate as V
+from minirec._math import log_sigmoid, sigmoid
 from minirec.scan import linear
 
 METHODS = linear.METHODS  # ("recurrent", "hillis_steele", "blelloch", "chunked", "log")
 BACKENDS = ("numpy", "numba")
-# numba: the gates stay vectorised NumPy (GEMMs over all T); the recurrence runs in
-# scan.linear's numba kernels, which exist for these methods
+# numba: the gates stay NumPy; the recurrence runs in scan.linear's kernels
 BACKEND_METHODS = linear.BACKEND_METHODS
 PARAM_SHAPES = {"W_z": ("H", "D"), "b_z": ("H",), "W_h": ("H", "D"), "b_h": ("H",)}
+
+
+class GatedScanCache(NamedTuple):
+    """What :func:`gated_scan_backward` needs.
+
+    Fields: ``w (B, T, H)`` the write gate ``σ(s)``; ``keep (B, T, H)`` ``1 − w``
+    computed as ``σ(−s)``; ``h_tilde (B, T, H)``; ``negative_eigenvalues``;
+    ``scan`` the :class:`minirec.scan.linear.LinearScanCache`.
+    """
+
+    w: np.ndarray
+    keep: np.ndarray
+    h_tilde: np.ndarray
+    negative_eigenvalues: bool
+    scan: linear.LinearScanCache
+
+
+class MinGRUCache(NamedTuple):
+    """What :func:`backward` needs: ``x (B, T, D)``, the :class:`GatedScanCache`
+    ``core`` and ``param_shapes`` (``{name: shape}`` of the forward's params)."""
+
+    x: np.ndarray
+    core: GatedScanCache
+    param_shapes: dict
+
+
+class MinGRUStepCache(NamedTuple):
+    """One step's cache: ``params``, ``x_t (B, D)``, ``h_prev (B, H)``, ``z = σ(k)``,
+    ``keep = σ(−k)``, ``h_tilde``, ``a`` (each ``(B, H)``) and ``negative_eigenvalues``."""
+
+    params: dict
+    x_t: np.ndarray
+    h_prev: np.ndarray
+    z: np.ndarray
+    keep: np.ndarray
+    h_tilde: np.ndarray
+    a: np.ndarray
+    negative_eigenvalues: bool
 
 
 def init_params(rng: np.random.Generator, input_size: int, hidden_size: int,
@@ -72,10 +118,17 @@ def init_params(rng: np.random.Generator, input_size: int, hidden_size: int,
 
     Returns ``{"W_z": (H, D), "b_z": (H,), "W_h": (H, D), "b_h": (H,)}``.
     """
+    return uniform_params(rng, PARAM_SHAPES, input_size, hidden_size, dtype)
+
+
+def uniform_params(rng: np.random.Generator, shapes: dict, input_size: int, hidden_size: int,
+                   dtype=np.float64) -> dict[str, np.ndarray]:
+    """``{name: U(−1/√D, 1/√D) of shape spec}`` for named specs over ``("H", "D")``
+    (minGRU's and minLSTM's initialisation), drawn in the order of ``shapes``."""
     k = 1.0 / np.sqrt(input_size)
-    shapes = {"W_z": (hidden_size, input_size), "b_z": (hidden_size,),
-              "W_h": (hidden_size, input_size), "b_h": (hidden_size,)}
-    return {n: rng.uniform(-k, k, s).astype(dtype) for n, s in shapes.items()}
+    size = {"H": hidden_size, "D": input_size}
+    return {n: rng.uniform(-k, k, tuple(size[s] for s in spec)).astype(dtype)
+            for n, spec in shapes.items()}
 
 
 def zero_state(params: dict, batch_size: int, dtype=None) -> np.ndarray:
@@ -84,65 +137,140 @@ def zero_state(params: dict, batch_size: int, dtype=None) -> np.ndarray:
     return np.zeros((batch_size, W_h.shape[0]), dtype or W_h.dtype)
 
 
-def _gates(params, x, negative_eigenvalues):
-    """``x (..., D)`` → ``z, h̃, a, b`` (each ``(..., H)``)."""
-    k = x @ params["W_z"].T + params["b_z"]
-    z = _sigmoid(k)
-    one_minus_z = _sigmoid(-k)
-    h_tilde = x @ params["W_h"].T + params["b_h"]
-    a = one_minus_z - z if negative_eigenvalues else one_minus_z
-    return z, h_tilde, a, z * h_tilde
+# ---------------------------------------------------------------------------
+# the pieces minGRU and minLSTM share: projections, the write gate, the scan
+# ---------------------------------------------------------------------------
+
+def project(params: dict, x: np.ndarray, name: str) -> np.ndarray:
+    """``x W_name^T + b_name``: ``x (..., D)`` → ``(..., H)``."""
+    return x @ params["W_" + name].T + params["b_" + name]
 
 
-def _gates_backward(params, x, z, h_tilde, da, db, negative_eigenvalues):
-    """Back through ``_gates`` for ``x (N, D)`` and ``da, db (N, H)``: ``dx`` and dparams."""
-    c = 2 if negative_eigenvalues else 1
-    dz = db * h_tilde - c * da          # through a = 1 − c z and b = z ⊙ h̃
-    dk = dz * z * (1 - z)               # through σ
-    dh_tilde = db * z                   # through b = z ⊙ h̃
-    dparams = {"W_z": dk.T @ x, "b_z": dk.sum(axis=0),
-               "W_h": dh_tilde.T @ x, "b_h": dh_tilde.sum(axis=0)}
-    return dk @ params["W_z"] + dh_tilde @ params["W_h"], dparams
+def project_backward(params: dict, x: np.ndarray,
+                     dk: dict[str, np.ndarray]) -> tuple[np.ndarray, dict]:
+    """Back through :func:`project` for every ``name`` in ``dk`` (``x (N, D)``,
+    ``dk[name] (N, H)``): ``dx = Σ_name dk W_name`` and
+    ``{W_name: dk^T x, b_name: Σ_N dk}``."""
+    dparams, dx = {}, 0
+    for name, d in dk.items():
+        dparams["W_" + name] = d.T @ x
+        dparams["b_" + name] = d.sum(axis=0)
+        dx = dx + d @ params["W_" + name]
+    return dx, dparams
 
 
-def _check(params, x, state0):
-    return V.cell_inputs("mingru", params, PARAM_SHAPES, x, state0, ("B", "H"))[0]
+def write_gate(s: np.ndarray, h_tilde: np.ndarray, negative_eigenvalues: bool = False,
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The scan's coefficients from the write-gate logit ``s`` (each ``(..., H)``):
+    ``w = σ(s)``, ``keep = σ(−s)`` (= 1 − w, exact near 0),
+    ``a = keep`` (``keep − w`` with negative eigenvalues), ``b = w ⊙ h̃``.
+    Returns ``(w, keep, a, b)``."""
+    w, keep = sigmoid(s), sigmoid(-s)
+    a = keep - w if negative_eigenvalues else keep
+    return w, keep, a, w * h_tilde
 
 
-def _check_log(method, negative_eigenvalues):
+def write_gate_backward(w: np.ndarray, keep: np.ndarray, h_tilde: np.ndarray, db: np.ndarray,
+                        *, da: np.ndarray | None = None, dlog_a: np.ndarray | None = None,
+                        negative_eigenvalues: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Back through :func:`write_gate`: ``(ds, dh̃)`` from ``db`` and either ``da``
+    or, when the scan was given ``log a = log σ(−s)`` (the log method), ``dlog_a``
+    (``= da ⊙ a``; ``∂ log a/∂s = −w``)."""
+    if dlog_a is not None:
+        ds = (db * h_tilde * keep - dlog_a) * w
+    else:
+        c = 2 if negative_eigenvalues else 1
+        dw = db * h_tilde - c * da      # through a = 1 − c w and b = w ⊙ h̃
+        ds = dw * w * keep              # σ'(s) = w (1 − w)
+    return ds, db * w                   # b = w ⊙ h̃
+
+
+def check_options(where: str, method: str, backend: str, chunk_size: int | None,
+                  negative_eigenvalues: bool) -> None:
+    """The option checks of :func:`forward` (and minLSTM's): method, backend,
+    ``chunk_size``, and no ``log`` with negative eigenvalues (``a`` may be ≤ 0)."""
+    V.choice("method", method, METHODS)
+    _backend.resolve(backend, BACKENDS, what=where, method=method,
+                     backend_methods=BACKEND_METHODS)
+    V.positive_int("chunk_size", chunk_size, allow_none=True)
     if method == "log" and negative_eigenvalues:
         raise ValueError(
-            "method='log' needs a > 0 (it takes log a), but negative_eigenvalues=True "
-            "gives a = 1 − 2z in (−1, 1). Use method='recurrent', 'hillis_steele', "
-            "'blelloch' or 'chunked'."
-        )
+            "method: 'log' needs a > 0 (it takes log a), but negative_eigenvalues=True "
+            "gives multipliers a in (−1, 1); expected 'recurrent', 'hillis_steele', "
+            f"'blelloch' or 'chunked' with negative_eigenvalues, got {method!r}")
 
+
+def gated_scan(s: np.ndarray, h_tilde: np.ndarray, h0: np.ndarray, *,
+               negative_eigenvalues: bool = False, method: str = "recurrent",
+               chunk_size: int | None = None, backend: str = "numpy",
+               ) -> tuple[np.ndarray, np.ndarray, GatedScanCache]:
+    """``h_t = (1 − w_t) ⊙ h_{t−1} + w_t ⊙ h̃_t`` with ``w = σ(s)``, over axis 1.
+
+    ``s, h_tilde (B, T, H)``, ``h0 (B, H)`` (already checked by the caller).
+    The ``log`` method gets ``log a = log σ(−s)`` from ``s`` itself.
+    Returns ``h (B, T, H)``, ``h_T (B, H)`` and the cache for
+    :func:`gated_scan_backward`.
+    """
+    w, keep, a, b = write_gate(s, h_tilde, negative_eigenvalues)
+    if method == "log":  # the log gates themselves: σ(−s) may underflow, log σ(−s) does not
+        a, log_a = None, log_sigmoid(-s)
+    else:
+        log_a = None
+    h, h_T, scan = linear.forward(a, b, h0, log_a=log_a, method=method, chunk_size=chunk_size,
+                                  backend=backend)
+    return h, h_T, GatedScanCache(w, keep, h_tilde, negative_eigenvalues, scan)
+
+
+def gated_scan_backward(cache: GatedScanCache, dy: np.ndarray | None,
+                        dstate: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Back through :func:`gated_scan`: ``dy (B, T, H)`` ∂L/∂h and ``dstate (B, H)``
+    ∂L/∂h_T (each ``None`` for zeros; checked against the forward's outputs) →
+    ``(ds, dh̃, dh0)``."""
+    V.grad_like("dy", dy, cache.scan.h, "y")
+    V.grad_state("dstate", dstate, cache.scan.h[:, -1])
+    g = linear.backward(cache.scan, dy, dstate)
+    ds, dh_tilde = write_gate_backward(cache.w, cache.keep, cache.h_tilde, g["b"],
+                                       da=g.get("a"), dlog_a=g.get("log_a"),
+                                       negative_eigenvalues=cache.negative_eigenvalues)
+    return ds, dh_tilde, g["initial_state"]
+
+
+# ---------------------------------------------------------------------------
+# one step
+# ---------------------------------------------------------------------------
 
 def step_forward(params: dict, x_t: np.ndarray, h_prev: np.ndarray, *,
-                 negative_eigenvalues: bool = False) -> tuple[np.ndarray, tuple]:
+                 negative_eigenvalues: bool = False) -> tuple[np.ndarray, MinGRUStepCache]:
     """One step: ``h_t = (1 − z_t) ⊙ h_{t−1} + z_t ⊙ h̃_t`` (``a_t = 1 − 2 z_t``
     with negative eigenvalues).
 
-    ``x_t (B, D)``, ``h_prev (B, H)`` → ``h_t (B, H)`` and the step cache
-    ``(params, x_t, h_prev, z_t, h̃_t, a_t, negative_eigenvalues)``.
+    ``x_t (B, D)``, ``h_prev (B, H)`` → ``h_t (B, H)`` and a :class:`MinGRUStepCache`.
     """
-    z, h_tilde, a, b = _gates(params, x_t, negative_eigenvalues)
+    h_tilde = project(params, x_t, "h")
+    z, keep, a, b = write_gate(project(params, x_t, "z"), h_tilde, negative_eigenvalues)
     h = a * h_prev + b
-    return h, (params, x_t, h_prev, z, h_tilde, a, negative_eigenvalues)
+    return h, MinGRUStepCache(params, x_t, h_prev, z, keep, h_tilde, a, negative_eigenvalues)
 
 
-def step_backward(dh_next: np.ndarray, cache_t: tuple):
+def step_backward(dh_next: np.ndarray, cache_t: MinGRUStepCache,
+                  ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Back through one step: returns ``dx_t (B, D)``, ``dh_prev (B, H)`` and the
     step's parameter gradients (``da = dh ⊙ h_{t−1}``, ``db = dh``, then the gates)."""
-    params, x_t, h_prev, z, h_tilde, a, neg = cache_t
-    dx, dparams = _gates_backward(params, x_t, z, h_tilde, dh_next * h_prev, dh_next, neg)
-    return dx, dh_next * a, dparams
+    c = cache_t
+    dk, dh_tilde = write_gate_backward(c.z, c.keep, c.h_tilde, dh_next, da=dh_next * c.h_prev,
+                                       negative_eigenvalues=c.negative_eigenvalues)
+    dx, dparams = project_backward(c.params, c.x_t, {"z": dk, "h": dh_tilde})
+    return dx, dh_next * c.a, dparams
 
+
+# ---------------------------------------------------------------------------
+# the sequence
+# ---------------------------------------------------------------------------
 
 def forward(params: dict, x: np.ndarray, state0: np.ndarray | None = None, *,
             negative_eigenvalues: bool = False, method: str = "recurrent",
             chunk_size: int | None = None,
-            backend: str = "numpy") -> tuple[np.ndarray, np.ndarray, dict]:
+            backend: str = "numpy") -> tuple[np.ndarray, np.ndarray, MinGRUCache]:
     """Run minGRU over ``x (B, T, D)`` from ``state0 (B, H)`` (zeros if ``None``).
 
     Args:
@@ -155,25 +283,19 @@ def forward(params: dict, x: np.ndarray, state0: np.ndarray | None = None, *,
         backend: one of :data:`BACKENDS`.
 
     Returns:
-        ``y (B, T, H)`` (every ``h_t``), the final ``h (B, H)`` and the cache for
-        :func:`backward`: a dict with ``x``, ``z``, ``h_tilde``, ``scan`` (the
-        scan's cache) and ``negative_eigenvalues``.
+        ``y (B, T, H)`` (every ``h_t``), the final ``h (B, H)`` and a
+        :class:`MinGRUCache` for :func:`backward`.
     """
-    V.choice("method", method, METHODS)
-    _backend.resolve(backend, BACKENDS, what="cells.mingru")
-    _backend.check_method(method, backend, BACKEND_METHODS, what="cells.mingru")
-    dtype = _check(params, x, state0)
-    _check_log(method, negative_eigenvalues)
+    check_options("cells.mingru", method, backend, chunk_size, negative_eigenvalues)
+    dtype = V.cell_inputs("mingru", params, PARAM_SHAPES, x, state0, ("B", "H"))[0]
     h0 = zero_state(params, x.shape[0], dtype) if state0 is None else state0
-    z, h_tilde, a, b = _gates(params, x, negative_eigenvalues)
-    y, h_T, scan_cache = linear.forward(a, b, h0, method=method, chunk_size=chunk_size,
-                                        backend=backend)
-    cache = {"x": x, "z": z, "h_tilde": h_tilde, "scan": scan_cache,
-             "negative_eigenvalues": negative_eigenvalues}
-    return y, h_T, cache
+    y, h_T, core = gated_scan(project(params, x, "z"), project(params, x, "h"), h0,
+                              negative_eigenvalues=negative_eigenvalues, method=method,
+                              chunk_size=chunk_size, backend=backend)
+    return y, h_T, MinGRUCache(x, core, V.param_shapes(params))
 
 
-def backward(params: dict, cache: dict, dy: np.ndarray | None,
+def backward(params: dict, cache: MinGRUCache, dy: np.ndarray | None,
              dstate: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Gradients of :func:`forward`: the scan's reverse scan, then the gates by hand.
 
@@ -186,14 +308,13 @@ def backward(params: dict, cache: dict, dy: np.ndarray | None,
     Returns:
         ``{"W_z", "b_z", "W_h", "b_h", "x" (B, T, D), "state0" (B, H)}``.
     """
-    x, z, h_tilde = cache["x"], cache["z"], cache["h_tilde"]
-    g = linear.backward(cache["scan"], dy, dstate)
-    B, T, D = x.shape
-    H = z.shape[-1]
-    flat = lambda u, n: u.reshape(B * T, n)
-    dx, grads = _gates_backward(params, flat(x, D), flat(z, H), flat(h_tilde, H),
-                                flat(g["a"], H), flat(g["b"], H),
-                                cache["negative_eigenvalues"])
+    V.cache("cells.mingru.backward", cache, MinGRUCache)
+    V.params_match("cells.mingru.backward", params, cache.param_shapes)
+    dk, dh_tilde, dh0 = gated_scan_backward(cache.core, dy, dstate)
+    B, T, D = cache.x.shape
+    H = dk.shape[-1]
+    dx, grads = project_backward(params, cache.x.reshape(B * T, D),
+                                 {"z": dk.reshape(B * T, H), "h": dh_tilde.reshape(B * T, H)})
     grads["x"] = dx.reshape(B, T, D)
-    grads["state0"] = g["initial_state"]
+    grads["state0"] = dh0
     return grads

@@ -14,13 +14,16 @@ Parameters: ``W_f (H, D)``, ``b_f (H,)``, ``W_i (H, D)``, ``b_i (H,)``,
 The normalised gates are computed from the log-ratio, as in the paper's
 log-space code, so that they stay finite when ``f`` and ``i`` both underflow:
 
-    d    = log f − log i = softplus(−k_i) − softplus(−k_f)
-    f'   = σ(d),   i' = σ(−d)
+    s    = log i − log f = softplus(−k_f) − softplus(−k_i)
+    i'   = σ(s),   f' = σ(−s)
 
-The output is ``y_t = h_t``; the state is ``h (B, H)``. With ``a = f'`` and
-``b = i' ⊙ h̃`` the recurrence is the diagonal affine scan
-:func:`minirec.scan.linear.forward`, with every one of its methods (``log``:
-``log a = −softplus(−d)``).
+So minLSTM is minGRU (:mod:`minirec.cells.mingru`) with the write gate
+``w = i'`` of logit ``s``: with ``a = f'`` and ``b = i' ⊙ h̃`` the recurrence
+is :func:`minirec.cells.mingru.gated_scan`, the diagonal affine scan
+:func:`minirec.scan.linear.forward` with every one of its methods (``log``
+works on ``log a = log σ(−s)`` directly, so saturated gates run).
+
+The output is ``y_t = h_t``; the state is ``h (B, H)``.
 
 Negative eigenvalues (``negative_eigenvalues=True``; Grazzi et al., "Unlocking
 State-Tracking in Linear RNNs Through Negative Eigenvalues", 2024): the
@@ -35,35 +38,76 @@ write ``a = 1 − c i'`` with ``c = 1``, or ``c = 2`` with negative eigenvalues)
 
     da, db, dh0 = scan.linear.backward(dy, dstate)   reverse scan, same method
     di'   = db ⊙ h̃ − c · da                      through a and b
-    dd    = −di' ⊙ f' ⊙ i'                        through i' = σ(−d)
-    dk_f  = dd ⊙ (1 − f)                          ∂d/∂k_f = σ(−k_f)
-    dk_i  = −dd ⊙ (1 − i)                         ∂d/∂k_i = −σ(−k_i)
+    ds    = di' ⊙ i' ⊙ f'                         through i' = σ(s)
+    dk_f  = −ds ⊙ (1 − f)                         ∂s/∂k_f = −σ(−k_f)
+    dk_i  = ds ⊙ (1 − i)                          ∂s/∂k_i = σ(−k_i)
     dh̃   = db ⊙ i'
     dW_f  = Σ_{B,T} dk_f^T x,  db_f = Σ dk_f    (W_i, b_i and W_h, b_h alike)
     dx    = dk_f W_f + dk_i W_i + dh̃ W_h
     dstate0 = dh0
 
-``backend="numba"``: the gates stay vectorised NumPy (GEMMs over all T) and
-the recurrence runs in :mod:`minirec.kernels.numba.linear_scan` (methods
-``recurrent`` and ``chunked``), forward and backward.
+``backend="numba"``: as minGRU's, the gates stay vectorised NumPy and the
+recurrence runs in :func:`minirec.scan.linear.forward`'s numba kernels.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
-from scipy.special import expit as _sigmoid  # σ, without overflow
 
-from minirec import _backend
 from minirec import _validate as V
-from minirec.scan import linear
+from minirec._math import sigmoid, softplus
+from minirec.cells import mingru
+from minirec.cells.mingru import (
+    GatedScanCache,
+    check_options,
+    gated_scan,
+    gated_scan_backward,
+    project,
+    project_backward,
+    write_gate,
+    write_gate_backward,
+    zero_state,
+)
 
-METHODS = linear.METHODS  # ("recurrent", "hillis_steele", "blelloch", "chunked", "log")
-BACKENDS = ("numpy", "numba")
-# numba: the gates stay vectorised NumPy (GEMMs over all T); the recurrence runs in
-# scan.linear's numba kernels, which exist for these methods
-BACKEND_METHODS = linear.BACKEND_METHODS
+METHODS = mingru.METHODS
+BACKENDS = mingru.BACKENDS
+BACKEND_METHODS = mingru.BACKEND_METHODS
 PARAM_SHAPES = {"W_f": ("H", "D"), "b_f": ("H",), "W_i": ("H", "D"), "b_i": ("H",),
                 "W_h": ("H", "D"), "b_h": ("H",)}
+__all__ = ["METHODS", "BACKENDS", "BACKEND_METHODS", "PARAM_SHAPES", "MinLSTMCache",
+           "MinLSTMStepCache", "init_params", "zero_state", "write_gate_logit",
+           "write_gate_logit_backward", "step_forward", "step_backward", "forward", "backward"]
+
+
+class MinLSTMCache(NamedTuple):
+    """What :func:`backward` needs: ``x (B, T, D)``, the gate logits
+    ``k_f, k_i (B, T, H)``, minGRU's :class:`~minirec.cells.mingru.GatedScanCache`
+    ``core`` and ``param_shapes`` (``{name: shape}`` of the forward's params)."""
+
+    x: np.ndarray
+    k_f: np.ndarray
+    k_i: np.ndarray
+    core: GatedScanCache
+    param_shapes: dict
+
+
+class MinLSTMStepCache(NamedTuple):
+    """One step's cache: ``params``, ``x_t (B, D)``, ``h_prev``, ``k_f``, ``k_i``,
+    ``i_n = i'``, ``f_n = f'``, ``h_tilde``, ``a`` (each ``(B, H)``) and
+    ``negative_eigenvalues``."""
+
+    params: dict
+    x_t: np.ndarray
+    h_prev: np.ndarray
+    k_f: np.ndarray
+    k_i: np.ndarray
+    i_n: np.ndarray
+    f_n: np.ndarray
+    h_tilde: np.ndarray
+    a: np.ndarray
+    negative_eigenvalues: bool
 
 
 def init_params(rng: np.random.Generator, input_size: int, hidden_size: int,
@@ -72,86 +116,58 @@ def init_params(rng: np.random.Generator, input_size: int, hidden_size: int,
 
     Returns ``W_f, W_i, W_h (H, D)`` and ``b_f, b_i, b_h (H,)``.
     """
-    k = 1.0 / np.sqrt(input_size)
-    return {n: rng.uniform(-k, k, (hidden_size, input_size) if n[0] == "W"
-                           else (hidden_size,)).astype(dtype) for n in PARAM_SHAPES}
+    return mingru.uniform_params(rng, PARAM_SHAPES, input_size, hidden_size, dtype)
 
 
-def zero_state(params: dict, batch_size: int, dtype=None) -> np.ndarray:
-    """``h_{-1} = 0`` of shape ``(B, H)``."""
-    W_h = params["W_h"]
-    return np.zeros((batch_size, W_h.shape[0]), dtype or W_h.dtype)
+def write_gate_logit(k_f: np.ndarray, k_i: np.ndarray) -> np.ndarray:
+    """The write gate's logit ``s = log i − log f = softplus(−k_f) − softplus(−k_i)``
+    (finite where ``f`` and ``i`` both underflow), so ``i' = σ(s)``, ``f' = σ(−s)``."""
+    return softplus(-k_f) - softplus(-k_i)
 
 
-def _softplus(u):
-    """log(1 + e^u) without overflow: max(u, 0) + log1p(e^{−|u|})."""
-    return np.maximum(u, 0) + np.log1p(np.exp(-np.abs(u)))
+def write_gate_logit_backward(ds: np.ndarray, k_f: np.ndarray, k_i: np.ndarray,
+                              ) -> tuple[np.ndarray, np.ndarray]:
+    """``(dk_f, dk_i)`` from ``ds``: ``∂s/∂k_f = −σ(−k_f)``, ``∂s/∂k_i = σ(−k_i)``."""
+    return -ds * sigmoid(-k_f), ds * sigmoid(-k_i)
 
 
-def _gates(params, x, negative_eigenvalues):
-    """``x (..., D)`` → ``(k_f, k_i, f', i', h̃)``, ``a``, ``b`` (each ``(..., H)``)."""
-    k_f = x @ params["W_f"].T + params["b_f"]
-    k_i = x @ params["W_i"].T + params["b_i"]
-    h_tilde = x @ params["W_h"].T + params["b_h"]
-    d = _softplus(-k_i) - _softplus(-k_f)    # log f − log i
-    f_n, i_n = _sigmoid(d), _sigmoid(-d)     # f', i'
-    a = f_n - i_n if negative_eigenvalues else f_n
-    return (k_f, k_i, f_n, i_n, h_tilde), a, i_n * h_tilde
-
-
-def _gates_backward(params, x, gates, da, db, negative_eigenvalues):
-    """Back through ``_gates`` for ``x (N, D)``, ``da, db (N, H)``: ``dx`` and dparams."""
-    k_f, k_i, f_n, i_n, h_tilde = gates
-    c = 2 if negative_eigenvalues else 1
-    di_n = db * h_tilde - c * da         # through a = 1 − c i' and b = i' ⊙ h̃
-    dd = -di_n * f_n * i_n               # through i' = σ(−d)
-    dk_f = dd * _sigmoid(-k_f)           # through d = softplus(−k_i) − softplus(−k_f)
-    dk_i = -dd * _sigmoid(-k_i)
-    dh_tilde = db * i_n                  # through b = i' ⊙ h̃
-    dparams = {"W_f": dk_f.T @ x, "b_f": dk_f.sum(axis=0),
-               "W_i": dk_i.T @ x, "b_i": dk_i.sum(axis=0),
-               "W_h": dh_tilde.T @ x, "b_h": dh_tilde.sum(axis=0)}
-    dx = dk_f @ params["W_f"] + dk_i @ params["W_i"] + dh_tilde @ params["W_h"]
-    return dx, dparams
-
-
-def _check(params, x, state0):
-    return V.cell_inputs("minlstm", params, PARAM_SHAPES, x, state0, ("B", "H"))[0]
-
-
-def _check_log(method, negative_eigenvalues):
-    if method == "log" and negative_eigenvalues:
-        raise ValueError(
-            "method='log' needs a > 0 (it takes log a), but negative_eigenvalues=True "
-            "gives a = 2f' − 1 in (−1, 1). Use method='recurrent', 'hillis_steele', "
-            "'blelloch' or 'chunked'."
-        )
-
+# ---------------------------------------------------------------------------
+# one step
+# ---------------------------------------------------------------------------
 
 def step_forward(params: dict, x_t: np.ndarray, h_prev: np.ndarray, *,
-                 negative_eigenvalues: bool = False) -> tuple[np.ndarray, tuple]:
+                 negative_eigenvalues: bool = False) -> tuple[np.ndarray, MinLSTMStepCache]:
     """One step: ``h_t = f'_t ⊙ h_{t−1} + i'_t ⊙ h̃_t`` (``a_t = 2f'_t − 1`` with
     negative eigenvalues).
 
-    ``x_t (B, D)``, ``h_prev (B, H)`` → ``h_t (B, H)`` and the step cache
-    ``(params, x_t, h_prev, gates, a_t, negative_eigenvalues)``.
+    ``x_t (B, D)``, ``h_prev (B, H)`` → ``h_t (B, H)`` and a :class:`MinLSTMStepCache`.
     """
-    gates, a, b = _gates(params, x_t, negative_eigenvalues)
-    return a * h_prev + b, (params, x_t, h_prev, gates, a, negative_eigenvalues)
+    k_f, k_i, h_tilde = (project(params, x_t, n) for n in ("f", "i", "h"))
+    i_n, f_n, a, b = write_gate(write_gate_logit(k_f, k_i), h_tilde, negative_eigenvalues)
+    return a * h_prev + b, MinLSTMStepCache(params, x_t, h_prev, k_f, k_i, i_n, f_n, h_tilde,
+                                            a, negative_eigenvalues)
 
 
-def step_backward(dh_next: np.ndarray, cache_t: tuple):
+def step_backward(dh_next: np.ndarray, cache_t: MinLSTMStepCache,
+                  ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Back through one step: ``dx_t (B, D)``, ``dh_prev (B, H)``, parameter gradients
     (``da = dh ⊙ h_{t−1}``, ``db = dh``, then the gates)."""
-    params, x_t, h_prev, gates, a, neg = cache_t
-    dx, dparams = _gates_backward(params, x_t, gates, dh_next * h_prev, dh_next, neg)
-    return dx, dh_next * a, dparams
+    c = cache_t
+    ds, dh_tilde = write_gate_backward(c.i_n, c.f_n, c.h_tilde, dh_next, da=dh_next * c.h_prev,
+                                       negative_eigenvalues=c.negative_eigenvalues)
+    dk_f, dk_i = write_gate_logit_backward(ds, c.k_f, c.k_i)
+    dx, dparams = project_backward(c.params, c.x_t, {"f": dk_f, "i": dk_i, "h": dh_tilde})
+    return dx, dh_next * c.a, dparams
 
+
+# ---------------------------------------------------------------------------
+# the sequence
+# ---------------------------------------------------------------------------
 
 def forward(params: dict, x: np.ndarray, state0: np.ndarray | None = None, *,
             negative_eigenvalues: bool = False, method: str = "recurrent",
             chunk_size: int | None = None,
-            backend: str = "numpy") -> tuple[np.ndarray, np.ndarray, dict]:
+            backend: str = "numpy") -> tuple[np.ndarray, np.ndarray, MinLSTMCache]:
     """Run minLSTM over ``x (B, T, D)`` from ``state0 (B, H)`` (zeros if ``None``).
 
     Args:
@@ -164,25 +180,20 @@ def forward(params: dict, x: np.ndarray, state0: np.ndarray | None = None, *,
         backend: one of :data:`BACKENDS`.
 
     Returns:
-        ``y (B, T, H)``, the final ``h (B, H)`` and the cache for
-        :func:`backward`: a dict with ``x``, ``gates`` (``k_f, k_i, f', i', h̃``),
-        ``scan`` (the scan's cache) and ``negative_eigenvalues``.
+        ``y (B, T, H)``, the final ``h (B, H)`` and a :class:`MinLSTMCache` for
+        :func:`backward`.
     """
-    V.choice("method", method, METHODS)
-    _backend.resolve(backend, BACKENDS, what="cells.minlstm")
-    _backend.check_method(method, backend, BACKEND_METHODS, what="cells.minlstm")
-    dtype = _check(params, x, state0)
-    _check_log(method, negative_eigenvalues)
+    check_options("cells.minlstm", method, backend, chunk_size, negative_eigenvalues)
+    dtype = V.cell_inputs("minlstm", params, PARAM_SHAPES, x, state0, ("B", "H"))[0]
     h0 = zero_state(params, x.shape[0], dtype) if state0 is None else state0
-    gates, a, b = _gates(params, x, negative_eigenvalues)
-    y, h_T, scan_cache = linear.forward(a, b, h0, method=method, chunk_size=chunk_size,
-                                        backend=backend)
-    cache = {"x": x, "gates": gates, "scan": scan_cache,
-             "negative_eigenvalues": negative_eigenvalues}
-    return y, h_T, cache
+    k_f, k_i, h_tilde = (project(params, x, n) for n in ("f", "i", "h"))
+    y, h_T, core = gated_scan(write_gate_logit(k_f, k_i), h_tilde, h0,
+                              negative_eigenvalues=negative_eigenvalues, method=method,
+                              chunk_size=chunk_size, backend=backend)
+    return y, h_T, MinLSTMCache(x, k_f, k_i, core, V.param_shapes(params))
 
 
-def backward(params: dict, cache: dict, dy: np.ndarray | None,
+def backward(params: dict, cache: MinLSTMCache, dy: np.ndarray | None,
              dstate: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Gradients of :func:`forward`: the scan's reverse scan, then the gates by hand.
 
@@ -195,13 +206,14 @@ def backward(params: dict, cache: dict, dy: np.ndarray | None,
     Returns:
         ``{"W_f", "b_f", "W_i", "b_i", "W_h", "b_h", "x" (B, T, D), "state0" (B, H)}``.
     """
-    x = cache["x"]
-    g = linear.backward(cache["scan"], dy, dstate)
-    B, T, D = x.shape
-    H = g["b"].shape[-1]
-    gates = tuple(u.reshape(B * T, H) for u in cache["gates"])
-    dx, grads = _gates_backward(params, x.reshape(B * T, D), gates, g["a"].reshape(B * T, H),
-                                g["b"].reshape(B * T, H), cache["negative_eigenvalues"])
+    V.cache("cells.minlstm.backward", cache, MinLSTMCache)
+    V.params_match("cells.minlstm.backward", params, cache.param_shapes)
+    ds, dh_tilde, dh0 = gated_scan_backward(cache.core, dy, dstate)
+    dk_f, dk_i = write_gate_logit_backward(ds, cache.k_f, cache.k_i)
+    B, T, D = cache.x.shape
+    flat = lambda u: u.reshape(B * T, u.shape[-1])  # noqa: E731
+    dx, grads = project_backward(params, flat(cache.x),
+                                 {"f": flat(dk_f), "i": flat(dk_i), "h": flat(dh_tilde)})
     grads["x"] = dx.reshape(B, T, D)
-    grads["state0"] = g["initial_state"]
+    grads["state0"] = dh0
     return grads

@@ -26,7 +26,8 @@ and run as the recurrence (state ``(B, D, N)`` complex)
 
 which is :func:`minirec.scan.linear.forward` with ``a = Ā`` broadcast over
 ``(B, T, D, N)`` and ``b_t = B̄ x_t``: every method of that module is a method
-here. Unrolling it gives the third view, a causal convolution (``"conv"``):
+here (with ZOH, ``log`` is given ``log Ā = z`` itself, as ``log_a``, so it runs
+where ``Ā`` underflows). Unrolling it gives the third view, a causal convolution (``"conv"``):
 
     y_t = Σ_{j≤t} K_j ⊙ x_{t−j} + D ⊙ x_t + 2·Re(Σ_n C Ā^{t+1} h0)
     K_j = 2·Re(Σ_n C ⊙ Ā^j ⊙ B̄)                       (D, T) the SSM kernel
@@ -36,14 +37,26 @@ with the convolution done by FFT: ``rfft`` of ``x`` and ``K`` zero-padded to
 ``n ≥ 2T`` (a power of two), multiplied, ``irfft``, first T entries kept (the
 padding makes the circular convolution a linear one).
 
+NaN and inf. An FFT mixes every time step into every frequency, so one NaN in
+``x`` would reach the outputs *before* it. The conv method therefore sets the
+non-finite entries of ``x`` (and, in the backward, of ``dy``) to 0 before each
+FFT and marks afterwards, as NaN, exactly the entries that the sums above take
+them into: ``y_t`` for every ``t`` at or after a non-finite ``x`` (causal, as
+in the recurrence), ``dx_j`` for every ``j`` at or before a non-finite ``dy``
+(the backward runs back in time) and ``dK_m`` wherever ``Σ_t dy_t x_{t−m}``
+meets one. The other terms (the skip ``D x``, the initial state, ``h_T``) are
+not FFTs and propagate them as they are. So the conv method has the
+non-finite entries of the recurrence, forward and backward (their values are
+NaN where the recurrence may give ±inf).
+
 Backward. Complex gradients follow PyTorch, ``g_z = ∂L/∂Re z + i·∂L/∂Im z``;
 for ``w = f(z)`` holomorphic ``g_z = conj(f'(z)) g_w``, and a real leaf ``r``
-gets ``Re(conj(∂w/∂r) g_w)``. ``dy = ∂L/∂y``, ``dh_T = ∂L/∂h_T``.
+gets ``Re(conj(∂w/∂r) g_w)``. ``dy = ∂L/∂y``, ``dstate = ∂L/∂h_T``.
 
 Scan methods (through the recurrence):
 
     dh_t   = 2 dy_t ⊙ conj(C)                          (B, T, D, N) into the scan
-    g_t, dĀ_t, dh0 = scan.linear.backward(dh, dh_T)    g_t = ∂L/∂(B̄ x_t)
+    g_t, dĀ_t, dh0 = scan.linear.backward(dh, dstate)  g_t = ∂L/∂(B̄ x_t)
     dĀ     = Σ_{b,t} dĀ_t                dB̄ = Σ_{b,t} g_t x_t
     dC     = 2 Σ_{b,t} dy_t conj(h_t)    dD = Σ_{b,t} dy_t x_t
     dx_t   = Re(Σ_n g_t ⊙ conj(B̄)) + D ⊙ dy_t
@@ -51,7 +64,7 @@ Scan methods (through the recurrence):
 Conv method (its own backward; ``P_j = Ā^j``, j = 0 … T, the Vandermonde
 powers; ``W = C ⊙ B̄``; sums over b implied for parameters):
 
-    dx_j   = Σ_{t≥j} K_{t−j} dy_t + D dy_j + Re(Σ_n dh_T conj(B̄ P_{T−1−j}))
+    dx_j   = Σ_{t≥j} K_{t−j} dy_t + D dy_j + Re(Σ_n dstate conj(B̄ P_{T−1−j}))
              (the first sum a correlation: irfft(conj(rfft K) · rfft dy))
     dK_m   = Σ_t dy_t x_{t−m}             (a correlation: irfft(conj(rfft x) · rfft dy))
     through K_j = 2·Re(Σ_n W P_j):
@@ -62,8 +75,8 @@ powers; ``W = C ⊙ B̄``; sums over b implied for parameters):
         dC += 2 Q conj(h0)                dh0 = 2 conj(C) Q
         dĀ += 2 conj(C h0) Σ_t (t+1) dy_t conj(P_t)
     through h_T = P_T h0 + B̄ S,  S = Σ_j P_{T−1−j} x_j:
-        dh0 += conj(P_T) dh_T             dB̄ += dh_T conj(S)
-        dĀ  += dh_T conj(T P_{T−1} h0 + B̄ Σ_j (T−1−j) P_{T−2−j} x_j)
+        dh0 += conj(P_T) dstate           dB̄ += dstate conj(S)
+        dĀ  += dstate conj(T P_{T−1} h0 + B̄ Σ_j (T−1−j) P_{T−2−j} x_j)
 
 Both then go back through the discretisation to the parameters:
 
@@ -75,6 +88,9 @@ Both then go back through the discretisation to the parameters:
                 dB  = dB̄ conj(Δ/s)
     dA_re_log = −Re(dA) ⊙ exp(A_re_log)   dA_im = Im(dA)   dlog_dt = dΔ ⊙ Δ
     dB_re, dB_im = Re dB, Im dB           dC_re, dC_im = Re dC, Im dC
+
+(ZOH's log method: the scan, given ``log Ā = z``, returns ``Σ dlog_a = conj(Ā) dĀ``,
+the first term of ``g_z``, itself.)
 
 Initialisations (``init_params``), all with ``B = 1``, ``C ~ CN(0, 1)``,
 ``D ~ N(0, 1)``, ``log Δ ~ U(log dt_min, log dt_max)``, the same A in every
@@ -90,14 +106,15 @@ channel. The S4D paper counts the state size with the conjugates,
                of the 2N eigenvalues of the size-2N matrix keep the N with ω > 0.
 
 Backends. ``backend="numba"`` computes the discretisation, ``B̄ x_t`` and the
-read-out in NumPy and passes the backend through to
-:func:`minirec.scan.linear.forward`, whose numba kernels
-(:mod:`minirec.kernels.numba.linear_scan`, complex included) run the scan for
-``recurrent`` and ``chunked`` and its reverse pass in the backward. ``conv``
-is FFT work and stays NumPy-only.
+read-out in NumPy and passes ``backend`` to :func:`minirec.scan.linear.forward`,
+whose numba kernels (complex included) run the scan for its
+``BACKEND_METHODS`` and the reverse pass in the backward. ``conv`` is FFT
+work and stays NumPy-only.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 
@@ -107,13 +124,58 @@ from minirec.scan import linear
 
 METHODS = linear.METHODS + ("conv",)
 BACKENDS = ("numpy", "numba")
-# the methods each non-NumPy backend runs (those of scan.linear's numba kernels)
-BACKEND_METHODS = {"numba": ("recurrent", "chunked")}
+# numba: the discretisation and read-out stay NumPy; the scan runs in scan.linear's kernels
+BACKEND_METHODS = linear.BACKEND_METHODS
 DISCRETIZATIONS = ("zoh", "bilinear")
 INITS = ("s4d-lin", "s4d-inv", "legs")
 PARAM_SHAPES = {"log_dt": ("D",), "A_re_log": ("D", "N"), "A_im": ("D", "N"),
                 "B_re": ("D", "N"), "B_im": ("D", "N"), "C_re": ("D", "N"),
                 "C_im": ("D", "N"), "D": ("D",)}
+
+
+class ConvCache(NamedTuple):
+    """What the conv method's backward needs (module docstring's names):
+    ``P (D, N, T+1)`` the powers ``Ā^j``; ``W = C ⊙ B̄ (D, N)``; ``K (D, T)``;
+    ``Xf (B, F, D)`` and ``Kf (D, F)`` the FFTs of ``x`` (non-finite entries
+    zeroed) and ``K``; ``S (B, D, N)`` = ``Σ_j Ā^{T−1−j} x_j``; ``n`` the FFT
+    size; ``x_bad (B, T, D)`` where ``x`` is not finite (``None`` if nowhere)."""
+
+    P: np.ndarray
+    W: np.ndarray
+    K: np.ndarray
+    Xf: np.ndarray
+    Kf: np.ndarray
+    S: np.ndarray
+    n: int
+    x_bad: np.ndarray | None
+
+
+class SSMCache(NamedTuple):
+    """What :func:`backward` needs: ``x (B, T, D)``; ``h0 (B, D, N)``;
+    ``discretization``; ``method``; ``param_shapes`` (``{name: shape}`` of the
+    forward's params); for the scan methods ``h (B, T, D, N)`` and ``scan``
+    (the :class:`~minirec.scan.linear.LinearScanCache`), for ``conv`` the
+    :class:`ConvCache` ``conv`` (the others ``None``)."""
+
+    x: np.ndarray
+    h0: np.ndarray
+    discretization: str
+    method: str
+    param_shapes: dict
+    h: np.ndarray | None
+    scan: linear.LinearScanCache | None
+    conv: ConvCache | None
+
+
+class SSMStepCache(NamedTuple):
+    """One step's cache: ``params``, ``discretization``, ``x_t (B, D)``,
+    ``h_prev`` and ``h`` (``(B, D, N)`` complex)."""
+
+    params: dict
+    discretization: str
+    x_t: np.ndarray
+    h_prev: np.ndarray
+    h: np.ndarray
 
 
 # ---------------------------------------------------------------------------
@@ -184,14 +246,10 @@ def init_params(rng: np.random.Generator, input_size: int, state_size: int,
     return {k: np.array(v, dtype=dtype, order="C") for k, v in params.items()}
 
 
-def _complex(dtype) -> np.dtype:
-    return np.result_type(dtype, np.complex64)
-
-
 def zero_state(params: dict, batch_size: int, dtype=None) -> np.ndarray:
     """``h_{-1} = 0`` of shape ``(B, D, N)``, complex."""
     return np.zeros((batch_size,) + params["A_im"].shape,
-                    _complex(dtype or params["A_im"].dtype))
+                    V.complex_dtype(dtype or params["A_im"].dtype))
 
 
 # ---------------------------------------------------------------------------
@@ -203,6 +261,11 @@ def discretize(params: dict, discretization: str = "zoh") -> tuple[np.ndarray, n
     V.choice("discretization", discretization, DISCRETIZATIONS)
     Abar, Bbar, _ = _discretize(params, discretization)
     return Abar, Bbar
+
+
+def _readout(params):
+    """``C = C_re + i·C_im (D, N)``."""
+    return params["C_re"] + 1j * params["C_im"]
 
 
 def _discretize(params, discretization):
@@ -220,11 +283,16 @@ def _discretize(params, discretization):
     return Abar, Bbar, (dt, A, B, z)
 
 
-def _param_grads(params, discretization, aux, Abar, Bbar, dAbar, dBbar, dC, dD):
-    """Back through the discretisation to the real parameters (module docstring)."""
+def _param_grads(params, discretization, aux, Abar, Bbar, dAbar, dBbar, dC, dD, dz=None):
+    """Back through the discretisation to the real parameters (module docstring).
+    ``dz``: ∂L/∂z through ``Ā = exp(z)`` in place of ``dAbar``, when the scan was
+    given ``log Ā = z`` (zoh, the log method)."""
     dt, A, B, z = aux
     if discretization == "zoh":
-        gz = np.conj(Abar) * (dAbar + dBbar * np.conj(B / A))
+        if dz is None:
+            gz = np.conj(Abar) * (dAbar + dBbar * np.conj(B / A))
+        else:
+            gz = dz + np.conj(Abar) * dBbar * np.conj(B / A)
         dA = dt * gz - dBbar * np.conj(Bbar / A)
         ddt = np.sum((gz * np.conj(A)).real, axis=1)
         dB = dBbar * np.conj(np.expm1(z) / A)
@@ -246,53 +314,47 @@ def _param_grads(params, discretization, aux, Abar, Bbar, dAbar, dBbar, dC, dD):
     return {k: np.ascontiguousarray(v, dtype=dtype) for k, v in grads.items()}
 
 
-def _check(params, x, state0, discretization):
-    V.choice("discretization", discretization, DISCRETIZATIONS)
-    return V.cell_inputs("ssm", params, PARAM_SHAPES, x, state0, ("B", "D", "N"),
-                         complex_state=True)[0]
-
-
 # ---------------------------------------------------------------------------
 # one step
 # ---------------------------------------------------------------------------
 
 def step_forward(params: dict, x_t: np.ndarray, h_prev: np.ndarray,
-                 discretization: str = "zoh") -> tuple[np.ndarray, np.ndarray, tuple]:
+                 discretization: str = "zoh") -> tuple[np.ndarray, np.ndarray, SSMStepCache]:
     """One step, for streaming: ``h_t = Ā ⊙ h_{t−1} + B̄ x_t``,
     ``y_t = 2·Re(Σ_n C h_t) + D x_t``.
 
     The output is not the state, so the step returns both: ``x_t (B, D)``,
-    ``h_prev (B, D, N)`` complex → ``y_t (B, D)``, ``h_t (B, D, N)``, cache.
+    ``h_prev (B, D, N)`` complex → ``y_t (B, D)``, ``h_t (B, D, N)`` and an
+    :class:`SSMStepCache`.
     """
     V.choice("discretization", discretization, DISCRETIZATIONS)
     Abar, Bbar, aux = _discretize(params, discretization)
-    C = params["C_re"] + 1j * params["C_im"]
     h = Abar * h_prev + Bbar * x_t[..., None]
-    y = 2 * np.sum(C * h, axis=-1).real + params["D"] * x_t
-    return y, h, (params, discretization, x_t, h_prev, h)
+    y = 2 * np.sum(_readout(params) * h, axis=-1).real + params["D"] * x_t
+    return y, h, SSMStepCache(params, discretization, x_t, h_prev, h)
 
 
-def step_backward(dy_t: np.ndarray | None, dh_t: np.ndarray | None, cache_t: tuple,
+def step_backward(dy_t: np.ndarray | None, dh_t: np.ndarray | None, cache_t: SSMStepCache,
                   ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Back through one step: ``dy_t (B, D)``, ``dh_t (B, D, N)`` (either may be
     ``None``) → ``dx_t (B, D)``, ``dh_prev (B, D, N)``, the step's parameter
     gradients."""
-    params, discretization, x_t, h_prev, h = cache_t
-    Abar, Bbar, aux = _discretize(params, discretization)
-    C = params["C_re"] + 1j * params["C_im"]
-    dy_t = np.zeros(x_t.shape, x_t.dtype) if dy_t is None else dy_t
+    c = cache_t
+    Abar, Bbar, aux = _discretize(c.params, c.discretization)
+    C = _readout(c.params)
+    dy_t = np.zeros(c.x_t.shape, c.x_t.dtype) if dy_t is None else dy_t
     g = 2 * dy_t[..., None] * np.conj(C)                    # y = 2 Re(Σ_n C h)
     if dh_t is not None:
         g = g + dh_t
     dparams = _param_grads(
-        params, discretization, aux, Abar, Bbar,
-        dAbar=np.sum(g * np.conj(h_prev), axis=0),
-        dBbar=np.sum(g * x_t[..., None], axis=0),
-        dC=2 * np.sum(dy_t[..., None] * np.conj(h), axis=0),
-        dD=np.sum(dy_t * x_t, axis=0),
+        c.params, c.discretization, aux, Abar, Bbar,
+        dAbar=np.sum(g * np.conj(c.h_prev), axis=0),
+        dBbar=np.sum(g * c.x_t[..., None], axis=0),
+        dC=2 * np.sum(dy_t[..., None] * np.conj(c.h), axis=0),
+        dD=np.sum(dy_t * c.x_t, axis=0),
     )
-    dx = np.sum(g * np.conj(Bbar), axis=-1).real + params["D"] * dy_t
-    return dx.astype(x_t.dtype), g * np.conj(Abar), dparams
+    dx = np.sum(g * np.conj(Bbar), axis=-1).real + c.params["D"] * dy_t
+    return dx.astype(c.x_t.dtype), g * np.conj(Abar), dparams
 
 
 # ---------------------------------------------------------------------------
@@ -315,9 +377,8 @@ def kernel(params: dict, T: int, discretization: str = "zoh") -> np.ndarray:
     """The SSM convolution kernel ``K_j = 2·Re(Σ_n C Ā^j B̄)``, ``(D, T)``."""
     V.choice("discretization", discretization, DISCRETIZATIONS)
     Abar, Bbar, _ = _discretize(params, discretization)
-    C = params["C_re"] + 1j * params["C_im"]
     P = _powers(Abar, V.positive_int("T", T))
-    return 2 * _state_sum(C * Bbar, P[..., :T]).real
+    return 2 * _state_sum(_readout(params) * Bbar, P[..., :T]).real
 
 
 # per-channel contractions with the powers M (D, N, T'), as batched matmuls over d
@@ -341,34 +402,66 @@ def _time_to_state(u, M):
     return (M @ u.transpose(2, 1, 0)).transpose(2, 0, 1)
 
 
+# non-finite entries around the FFTs (module docstring, "NaN and inf")
+def _finite_part(u):
+    """``(u with its non-finite entries set to 0, where they were)``; ``u`` itself
+    and ``None`` when every entry is finite."""
+    bad = ~np.isfinite(u)
+    if not bad.any():
+        return u, None
+    return np.where(bad, 0, u), bad
+
+
+def _reach(bad, reverse=False):
+    """Along time (axis 1): at or after (``reverse``: at or before) a ``bad`` entry."""
+    if reverse:
+        return np.flip(np.logical_or.accumulate(np.flip(bad, axis=1), axis=1), axis=1)
+    return np.logical_or.accumulate(bad, axis=1)
+
+
 def _conv_forward(params, x, h0, Abar, Bbar, C):
     _, T, _ = x.shape
     n = _fft_size(T)
     P = _powers(Abar, T)                                            # (D, N, T+1)
     W = C * Bbar
     K = 2 * _state_sum(W, P[..., :T]).real                           # (D, T)
-    Xf = np.fft.rfft(x, n, axis=1)                                  # (B, F, D)
+    x_fin, x_bad = _finite_part(x)
+    Xf = np.fft.rfft(x_fin, n, axis=1)                              # (B, F, D)
     Kf = np.fft.rfft(K, n, axis=1)                                  # (D, F)
     y = np.fft.irfft(Xf * Kf.T, n, axis=1)[:, :T]
+    if x_bad is not None:
+        y[_reach(x_bad)] = np.nan                                   # y_t sees every x_{j≤t}
     y = y + params["D"] * x + 2 * _state_to_time(h0, C[..., None] * P[..., 1:]).real
     rev = T - 1 - np.arange(T)                                      # P_{T−1−j}
     S = _time_to_state(x, P[..., rev])
     h_T = P[..., T] * h0 + Bbar * S
-    return y, h_T, {"P": P, "W": W, "K": K, "Xf": Xf, "Kf": Kf, "S": S, "n": n}
+    return y, h_T, ConvCache(P, W, K, Xf, Kf, S, n, x_bad)
 
 
-def _conv_backward(params, x, h0, Abar, Bbar, C, c, dy, dh_T):
+def _conv_backward(params, x, h0, Abar, Bbar, C, c, dy, dstate):
     _, T, _ = x.shape
-    P, W, S, n = c["P"], c["W"], c["S"], c["n"]
+    P, W, S, n = c.P, c.W, c.S, c.n
     rdtype = x.dtype
     t1 = np.arange(1, T + 1, dtype=rdtype)                          # t + 1
-    dyf = np.fft.rfft(dy, n, axis=1)
+    dy_fin, dy_bad = _finite_part(dy)
+    dyf = np.fft.rfft(dy_fin, n, axis=1)
     # dx: correlation with K, the skip term, and the final state's x-path
+    corr = np.fft.irfft(dyf * np.conj(c.Kf).T, n, axis=1)[:, :T]
+    if dy_bad is not None:
+        corr[_reach(dy_bad, reverse=True)] = np.nan                 # dx_j sees every dy_{t≥j}
     rev = T - 1 - np.arange(T)
-    dx = np.fft.irfft(dyf * np.conj(c["Kf"]).T, n, axis=1)[:, :T] + params["D"] * dy
-    dx = dx + _state_to_time(dh_T, np.conj(Bbar[..., None] * P[..., rev])).real
+    dx = corr + params["D"] * dy
+    dx = dx + _state_to_time(dstate, np.conj(Bbar[..., None] * P[..., rev])).real
     # dK: correlation of x with dy, summed over the batch
-    dK = np.fft.irfft(np.conj(c["Xf"]) * dyf, n, axis=1)[:, :T].sum(axis=0).T   # (D, T)
+    dK = np.fft.irfft(np.conj(c.Xf) * dyf, n, axis=1)[:, :T].sum(axis=0).T   # (D, T)
+    if c.x_bad is not None or dy_bad is not None:
+        # dK_m = Σ_t dy_t x_{t−m} meets x_j for m ≤ T−1−j and dy_t for m ≤ t
+        bad = np.zeros(dy.shape, bool)
+        if c.x_bad is not None:
+            bad |= np.flip(_reach(c.x_bad), axis=1)
+        if dy_bad is not None:
+            bad |= _reach(dy_bad, reverse=True)
+        dK[bad.any(axis=0).T] = np.nan
     # through K_j = 2 Re(Σ_n W P_j)
     dW = 2 * _time_sum(dK, np.conj(P[..., :T]))
     dAbar = 2 * np.conj(W) * _time_sum(dK[:, 1:] * t1[:T - 1], np.conj(P[..., :T - 1]))
@@ -381,19 +474,19 @@ def _conv_backward(params, x, h0, Abar, Bbar, C, c, dy, dh_T):
     dAbar = dAbar + 2 * np.conj(C) * np.sum(
         np.conj(h0) * _time_to_state(dy * t1[:, None], np.conj(P[..., :T])), axis=0)
     # through h_T = P_T h0 + B̄ S
-    dh0 = dh0 + np.conj(P[..., T]) * dh_T
-    dBbar = dBbar + np.sum(dh_T * np.conj(S), axis=0)
+    dh0 = dh0 + np.conj(P[..., T]) * dstate
+    dBbar = dBbar + np.sum(dstate * np.conj(S), axis=0)
     rev2 = T - 2 - np.arange(T - 1)                                 # P_{T−2−j}
     w = (T - 1 - np.arange(T - 1)).astype(rdtype)                   # T − 1 − j
     dS = _time_to_state(x[:, :T - 1] * w[:, None], P[..., rev2])
-    dAbar = dAbar + np.sum(dh_T * np.conj(T * P[..., T - 1] * h0 + Bbar * dS), axis=0)
+    dAbar = dAbar + np.sum(dstate * np.conj(T * P[..., T - 1] * h0 + Bbar * dS), axis=0)
     return dx, dh0, dAbar, dBbar, dC
 
 
 def forward(params: dict, x: np.ndarray, state0: np.ndarray | None = None, *,
             discretization: str = "zoh", method: str = "recurrent",
             chunk_size: int | None = None, backend: str = "numpy",
-            ) -> tuple[np.ndarray, np.ndarray, dict]:
+            ) -> tuple[np.ndarray, np.ndarray, SSMCache]:
     """Run the SSM over ``x (B, T, D)`` from ``state0 (B, D, N)`` (complex; zeros if ``None``).
 
     Args:
@@ -402,37 +495,44 @@ def forward(params: dict, x: np.ndarray, state0: np.ndarray | None = None, *,
         state0: ``(B, D, N)`` initial state.
         discretization: ``"zoh"`` or ``"bilinear"``.
         method: a :func:`minirec.scan.linear.forward` method (passed through
-            with ``chunk_size``), or ``"conv"``: the FFT convolution with the
-            kernel ``K`` (module docstring).
+            with ``chunk_size`` and ``backend``), or ``"conv"``: the FFT
+            convolution with the kernel ``K`` (module docstring).
         chunk_size: for ``"chunked"``.
         backend: one of :data:`BACKENDS`.
 
     Returns:
         ``y (B, T, D)`` real, the final state ``h_T (B, D, N)`` complex, and
-        the cache for :func:`backward`.
+        an :class:`SSMCache` for :func:`backward`.
     """
     V.choice("method", method, METHODS)
-    _backend.resolve(backend, BACKENDS, what="cells.ssm")
-    _backend.check_method(method, backend, BACKEND_METHODS, what="cells.ssm")
-    dtype = _check(params, x, state0, discretization)
+    _backend.resolve(backend, BACKENDS, what="cells.ssm", method=method,
+                     backend_methods=BACKEND_METHODS)
+    V.positive_int("chunk_size", chunk_size, allow_none=True)
+    V.choice("discretization", discretization, DISCRETIZATIONS)
+    dtype = V.cell_inputs("ssm", params, PARAM_SHAPES, x, state0, ("B", "D", "N"),
+                          complex_state=True)[0]
     h0 = zero_state(params, x.shape[0], dtype) if state0 is None else state0
     Abar, Bbar, aux = _discretize(params, discretization)
-    C = params["C_re"] + 1j * params["C_im"]
-    cache = {"x": x, "h0": h0, "discretization": discretization, "method": method,
-             "backend": backend}
+    C = _readout(params)
+    h = scan_cache = conv_cache = None
     if method == "conv":
-        y, h_T, cache["conv"] = _conv_forward(params, x, h0, Abar, Bbar, C)
+        y, h_T, conv_cache = _conv_forward(params, x, h0, Abar, Bbar, C)
     else:
         b = Bbar * x[..., None]                                    # (B, T, D, N)
-        a = np.broadcast_to(Abar, b.shape)
-        h, h_T, cache["scan"] = linear.forward(a, b, h0, method=method,
-                                               chunk_size=chunk_size, backend=backend)
+        if method == "log" and discretization == "zoh":  # log Ā = z itself: Ā may underflow
+            z = aux[3]                                             # z = Δ A
+            a, log_a = None, np.broadcast_to(z, b.shape)
+        else:
+            a, log_a = np.broadcast_to(Abar, b.shape), None
+        h, h_T, scan_cache = linear.forward(a, b, h0, log_a=log_a, method=method,
+                                            chunk_size=chunk_size, backend=backend)
         y = 2 * np.sum(h * C, axis=-1).real + params["D"] * x
-        cache["h"] = h
+    cache = SSMCache(x, h0, discretization, method, V.param_shapes(params), h, scan_cache,
+                     conv_cache)
     return y.astype(dtype, copy=False), h_T, cache
 
 
-def backward(params: dict, cache: dict, dy: np.ndarray | None,
+def backward(params: dict, cache: SSMCache, dy: np.ndarray | None,
              dstate: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Hand backward (module docstring) by the forward's own method.
 
@@ -447,34 +547,31 @@ def backward(params: dict, cache: dict, dy: np.ndarray | None,
         ``"x" (B, T, D)`` and ``"state0" (B, D, N)`` (complex, or real if the
         given ``state0`` was real).
     """
-    x, h0, disc = cache["x"], cache["h0"], cache["discretization"]
-    if dy is not None:
-        V.array("dy", dy, allow_complex=False)
-    V.grad_like("dy", dy, x, "y")
-    V.grad_like("dstate", dstate, h0, "h_T")
-    cdtype = _complex(x.dtype)
-    dy = np.zeros(x.shape, x.dtype) if dy is None else dy.astype(x.dtype, copy=False)
-    dstate = (np.zeros(h0.shape, cdtype) if dstate is None
-              else dstate.astype(cdtype, copy=False))
+    V.cache("cells.ssm.backward", cache, SSMCache)
+    V.params_match("cells.ssm.backward", params, cache.param_shapes)
+    x, h0, disc = cache.x, cache.h0, cache.discretization
+    cdtype = V.complex_dtype(x.dtype)
+    dy = V.grad_like("dy", dy, x, "y", fill=True)
+    # the returned state is complex, also when state0 was real
+    dstate = V.grad_state("dstate", dstate, np.empty(h0.shape, cdtype), fill=True)
     Abar, Bbar, aux = _discretize(params, disc)
-    C = params["C_re"] + 1j * params["C_im"]
-    if cache["method"] == "conv":
+    C = _readout(params)
+    dz = None
+    if cache.method == "conv":
         dx, dh0, dAbar, dBbar, dC = _conv_backward(params, x, h0, Abar, Bbar, C,
-                                                    cache["conv"], dy, dstate)
+                                                    cache.conv, dy, dstate)
     else:
-        h = cache["h"]
-        # through y = 2 Re(Σ_n C h) + D x
-        dh = 2 * dy[..., None] * np.conj(C)
-        # through the scan h_t = Ā ⊙ h_{t−1} + B̄ x_t
-        sg = linear.backward(cache["scan"], dh, dstate)
+        dh = 2 * dy[..., None] * np.conj(C)                 # through y = 2 Re(Σ_n C h) + D x
+        sg = linear.backward(cache.scan, dh, dstate)        # through h_t = Ā h_{t−1} + B̄ x_t
         g = sg["b"]
-        dAbar = np.sum(sg["a"], axis=(0, 1))
+        dAbar = np.sum(sg["a"], axis=(0, 1)) if "a" in sg else None
+        dz = np.sum(sg["log_a"], axis=(0, 1)) if "log_a" in sg else None
         dBbar = np.sum(g * x[..., None], axis=(0, 1))
-        dC = 2 * np.sum(dy[..., None] * np.conj(h), axis=(0, 1))
+        dC = 2 * np.sum(dy[..., None] * np.conj(cache.h), axis=(0, 1))
         dx = np.sum(g * np.conj(Bbar), axis=-1).real + params["D"] * dy
         dh0 = sg["initial_state"]
     grads = _param_grads(params, disc, aux, Abar, Bbar, dAbar, dBbar, dC,
-                         dD=np.sum(dy * x, axis=(0, 1)))
+                         dD=np.sum(dy * x, axis=(0, 1)), dz=dz)
     grads["x"] = np.ascontiguousarray(dx, dtype=x.dtype)
     grads["state0"] = dh0.real.copy() if not np.iscomplexobj(h0) else dh0
     return grads

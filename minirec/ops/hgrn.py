@@ -8,8 +8,11 @@ Dimension key: B batch, T time, D channels.
 The gate is passed in log space (``g ≤ 0``, multiplier ``a = exp(g) ∈ (0, 1]``;
 ``g = 0`` keeps the state exactly). The output is every ``h_t`` ``(B, T, D)``,
 the state is ``h (B, D)``. This is the diagonal affine scan
-:func:`minirec.scan.linear.forward` with ``a = exp(g)``, ``b = x``, with every
-one of its methods (``log`` recovers ``log a = g``).
+:func:`minirec.scan.linear.forward` with ``log a = g`` (passed as ``log_a``,
+so ``a = exp(g)``) and ``b = x``, with every one of its methods; ``log`` works
+on ``g`` itself (no ``exp`` then ``log``), so gates whose ``exp(g)``
+underflows (``g = −120`` in float32) run, and only ``g = −inf`` (``a = 0``,
+no logarithm) needs another method.
 
 In the HGRN layer the op sits between a gate and an input computed from the
 layer input ``u`` (one layer of the stack, index ``l``):
@@ -35,16 +38,17 @@ its meaning (the log of a gate in (0, 1], e.g. from :func:`lower_bounded_gate`,
 whose bound γ then bounds ``a ≥ 2γ − 1``). ``method="log"`` is refused in this
 mode (it needs ``a > 0``).
 
-Backward (``dh`` = ∂L/∂h_t from outside, ``dh_T`` through the final state):
+Backward (``dh`` = ∂L/∂h_t from outside, ``dstate`` through the final state):
 
-    da, db, dh0 = scan.linear.backward(dh, dh_T)     reverse scan, same method
+    da, db, dh0 = scan.linear.backward(dh, dstate)   reverse scan, same method
     dx  = db
-    dg  = da ⊙ exp(g)        (da ⊙ 2 exp(g) with negative eigenvalues)
+    dg  = da ⊙ exp(g)        (the scan's dlog_a; da ⊙ 2 exp(g) with negative
+                              eigenvalues, where the scan is given a)
     d initial_state = dh0
 
-``backend="numba"``: the gates stay vectorised NumPy (GEMMs over all T) and
-the recurrence runs in :mod:`minirec.kernels.numba.linear_scan` (methods
-``recurrent`` and ``chunked``), forward and backward.
+``backend="numba"``: ``backend`` is passed to :func:`minirec.scan.linear.forward`,
+whose numba kernels run the recurrence (its ``BACKEND_METHODS``), forward and
+backward.
 """
 
 from __future__ import annotations
@@ -55,21 +59,24 @@ import numpy as np
 
 from minirec import _backend
 from minirec import _validate as V
+from minirec._math import log_sigmoid
 from minirec.scan import linear
 
 METHODS = linear.METHODS  # ("recurrent", "hillis_steele", "blelloch", "chunked", "log")
 BACKENDS = ("numpy", "numba")
-# numba: the gates stay vectorised NumPy (GEMMs over all T); the recurrence runs in
-# scan.linear's numba kernels, which exist for these methods
+# numba: the recurrence runs in scan.linear's kernels
 BACKEND_METHODS = linear.BACKEND_METHODS
 
 
 class HGRNCache(NamedTuple):
-    """What :func:`backward` needs: ``e^g (B, T, D)``, the flag, and the scan's cache."""
+    """What :func:`backward` needs: ``negative_eigenvalues``; ``scan``, the scan's
+    :class:`~minirec.scan.linear.LinearScanCache`; with negative eigenvalues
+    ``exp_g = e^g (B, T, D)`` (``None`` otherwise: the scan was given ``log a = g``
+    and returns ``dg`` itself)."""
 
-    exp_g: np.ndarray
     negative_eigenvalues: bool
     scan: linear.LinearScanCache
+    exp_g: np.ndarray | None
 
 
 def forward(x: np.ndarray, g: np.ndarray, *, initial_state: np.ndarray | None = None,
@@ -83,8 +90,8 @@ def forward(x: np.ndarray, g: np.ndarray, *, initial_state: np.ndarray | None = 
         g: ``(B, T, D)`` log forget gates (``g ≤ 0`` by convention; not enforced).
         initial_state: ``(B, D)`` ``h_{−1}``; ``None`` means zeros.
         negative_eigenvalues: multiplier ``2 exp(g) − 1 ∈ (−1, 1]`` instead of ``exp(g)``.
-        method: one of :data:`METHODS` (``log`` needs ``exp(g) > 0``, i.e. finite ``g``,
-            and ``negative_eigenvalues=False``).
+        method: one of :data:`METHODS` (``log`` works on ``g`` directly; it needs
+            ``g > −inf`` and ``negative_eigenvalues=False``).
         chunk_size: chunk length for ``method="chunked"`` (default ⌈√T⌉).
         backend: one of :data:`BACKENDS`.
 
@@ -92,46 +99,70 @@ def forward(x: np.ndarray, g: np.ndarray, *, initial_state: np.ndarray | None = 
         ``h (B, T, D)``, the final state ``(B, D)`` and the cache for :func:`backward`.
     """
     V.choice("method", method, METHODS)
-    _backend.resolve(backend, BACKENDS, what="ops.hgrn")
-    _backend.check_method(method, backend, BACKEND_METHODS, what="ops.hgrn")
+    _backend.resolve(backend, BACKENDS, what="ops.hgrn", method=method,
+                     backend_methods=BACKEND_METHODS)
+    V.positive_int("chunk_size", chunk_size, allow_none=True)
     s = V.Shapes()
     V.array("x", x, ndim=3, allow_complex=False)
     s.check("x", x, ("B", "T", "D"))
+    V.time_steps("x", x)
     V.array("g", g, ndim=3, allow_complex=False)
     s.check("g", g, ("B", "T", "D"))
     if initial_state is not None:
         V.array("initial_state", initial_state, allow_complex=False)
         s.check("initial_state", initial_state, ("B", "D"))
     V.common_dtype(x=x, g=g, initial_state=initial_state)
-    if method == "log" and negative_eigenvalues:
+    if method == "log":
+        _check_log_method(g, negative_eigenvalues)
+    if negative_eigenvalues:
+        exp_g = np.exp(g)
+        h, h_T, scan = linear.forward(2 * exp_g - 1, x, initial_state, method=method,
+                                      chunk_size=chunk_size, backend=backend)
+    else:  # a = exp(g): the scan takes the log gate itself
+        exp_g = None
+        h, h_T, scan = linear.forward(None, x, initial_state, log_a=g, method=method,
+                                      chunk_size=chunk_size, backend=backend)
+    return h, h_T, HGRNCache(negative_eigenvalues, scan, exp_g)
+
+
+def _check_log_method(g, negative_eigenvalues):
+    others = "'recurrent', 'hillis_steele', 'blelloch' or 'chunked'"
+    if negative_eigenvalues:
         raise ValueError(
-            "method='log' needs a > 0 (it takes log a), but negative_eigenvalues=True "
-            "gives a = 2 exp(g) − 1 in (−1, 1]. Use method='recurrent', 'hillis_steele', "
-            "'blelloch' or 'chunked'."
-        )
-    exp_g = np.exp(g)
-    a = 2 * exp_g - 1 if negative_eigenvalues else exp_g
-    h, h_T, scan_cache = linear.forward(a, x, initial_state, method=method,
-                                        chunk_size=chunk_size, backend=backend)
-    return h, h_T, HGRNCache(exp_g, negative_eigenvalues, scan_cache)
+            "method: 'log' needs a > 0 (it takes log a), but negative_eigenvalues=True "
+            f"gives a = 2 exp(g) − 1 in (−1, 1]; expected {others} with "
+            "negative_eigenvalues, got 'log'")
+    bad = np.isneginf(g)
+    if np.any(bad):
+        raise ValueError(
+            f"g: method='log' expected g > -inf (exp(g) = 0 resets the state, which a "
+            f"log-space scan cannot represent), got -inf at index "
+            f"{tuple(int(i) for i in np.argwhere(bad)[0])} (use method={others} for "
+            f"such gates)")
 
 
 def backward(cache: HGRNCache, dh: np.ndarray | None,
-             dh_T: np.ndarray | None = None) -> dict[str, np.ndarray]:
+             dstate: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Gradients of :func:`forward` by the reverse scan of the same method.
 
     Args:
         cache: from :func:`forward`.
         dh: ``(B, T, D)`` ∂L/∂h (``None`` means zeros).
-        dh_T: ``(B, D)`` ∂L/∂h through the final state (``None`` means zeros).
+        dstate: ``(B, D)`` ∂L/∂h through the final state (``None`` means zeros).
 
     Returns:
         ``{"x", "g", "initial_state"}`` with the forward's shapes (``initial_state``
         also when it was ``None``).
     """
-    grads = linear.backward(cache.scan, dh, dh_T)
-    da_dg = 2 * cache.exp_g if cache.negative_eigenvalues else cache.exp_g
-    return {"x": grads["b"], "g": grads["a"] * da_dg, "initial_state": grads["initial_state"]}
+    V.cache("ops.hgrn.backward", cache, HGRNCache)
+    V.grad_like("dh", dh, cache.scan.h, "h")
+    V.grad_state("dstate", dstate, cache.scan.h[:, -1])
+    grads = linear.backward(cache.scan, dh, dstate)
+    if cache.negative_eigenvalues:  # a = 2 exp(g) − 1
+        dg = grads["a"] * (2 * cache.exp_g)
+    else:                           # log a = g
+        dg = grads["log_a"]
+    return {"x": grads["b"], "g": dg, "initial_state": grads["initial_state"]}
 
 
 # ---------------------------------------------------------------------------
@@ -156,10 +187,6 @@ def _check_gate_args(f_logits, lower_bound):
     return lower_bound
 
 
-def _log_sigmoid(u):
-    return -np.logaddexp(0, -u)
-
-
 def lower_bounded_gate(f_logits: np.ndarray, lower_bound: float | np.ndarray) -> np.ndarray:
     """HGRN's forget gate in log space: ``g = log(γ + (1 − γ) σ(f_logits))``.
 
@@ -179,7 +206,7 @@ def lower_bounded_gate(f_logits: np.ndarray, lower_bound: float | np.ndarray) ->
     gamma = _check_gate_args(f_logits, lower_bound)
     with np.errstate(divide="ignore"):  # γ = 0: log γ = −inf, and logaddexp(−inf, y) = y
         log_gamma = np.log(gamma)
-    return np.logaddexp(log_gamma, np.log1p(-gamma) + _log_sigmoid(f_logits))
+    return np.logaddexp(log_gamma, np.log1p(-gamma) + log_sigmoid(f_logits))
 
 
 def lower_bounded_gate_backward(f_logits: np.ndarray, lower_bound: float | np.ndarray,
@@ -207,7 +234,7 @@ def lower_bounded_gate_backward(f_logits: np.ndarray, lower_bound: float | np.nd
     gamma = _check_gate_args(f_logits, lower_bound)
     V.grad_like("dg", dg, f_logits, "f_logits")
     g = lower_bounded_gate(f_logits, gamma)
-    log_s, log_1ms = _log_sigmoid(f_logits), _log_sigmoid(-f_logits)
+    log_s, log_1ms = log_sigmoid(f_logits), log_sigmoid(-f_logits)
     df = dg * (1 - gamma) * np.exp(log_1ms) * np.exp(log_s - g)
     with np.errstate(over="ignore"):
         dgamma = dg * np.exp(log_1ms - g)

@@ -1,5 +1,9 @@
-"""cells.lru: every scan method equals the definition, forward and backward;
-gradients by finite differences; the ring initialisation; golden values."""
+"""cells.lru: golden values from an independent loop, the ring initialisation,
+eigenvalues near zero in the log method; and, for the LRU and S4D alike (a
+complex diagonal state read out to a real output), the step pair, the log
+method where the eigenvalues underflow, real initial states. Agreement of every
+method and backend, gradient checks, split-resume and bad input are
+tests/test_contract.py's."""
 
 import cmath
 import math
@@ -7,29 +11,24 @@ import math
 import numpy as np
 import pytest
 
-from minirec import gradcheck
-from minirec.cells import lru
+from minirec import bptt, registry
+from minirec.cells import lru, ssm
 from tests.conftest import TOL, assert_close
 
-GRAD_TOL = 1e-6  # DESIGN §6: float64 central differences, relative error
+
+def inputs(dtype=np.float64, name="lru", **dims):
+    """The registry's example (LRU: ring init with |λ| in [0.3, 1); S4D: S4D-Lin
+    with B moved off 1), a complex state0."""
+    d = registry.get(name).make_inputs(np.random.default_rng(0), dtype, "small", **dims)
+    return d["params"], d["x"], d["state0"]
 
 
-def make(rng, B=2, T=7, D=3, N=4, dtype=np.float64, r_min=0.3):
-    params = lru.init_params(rng, D, N, dtype=dtype, r_min=r_min)
-    x = rng.standard_normal((B, T, D)).astype(dtype)
-    cdtype = np.result_type(dtype, np.complex64)
-    h0 = (rng.standard_normal((B, N)) + 1j * rng.standard_normal((B, N))).astype(cdtype)
-    return params, x, h0
-
-
-def upstream(rng, y, h_T):
-    dy = rng.standard_normal(y.shape)
-    dh = rng.standard_normal(h_T.shape) + 1j * rng.standard_normal(h_T.shape)
+def upstream(y, h_T, seed=1):
+    """Random dy (real, like y) and dstate (complex, like h_T)."""
+    rng = np.random.default_rng(seed)
+    dy = rng.standard_normal(y.shape).astype(y.dtype)
+    dh = (rng.standard_normal(h_T.shape) + 1j * rng.standard_normal(h_T.shape)).astype(h_T.dtype)
     return dy, dh
-
-
-def to64(params):
-    return {k: v.astype(np.float64) for k, v in params.items()}
 
 
 def linspace_params(D, N):
@@ -63,67 +62,6 @@ def loop(p, x, h0):
     return y, h_T
 
 
-@pytest.mark.parametrize("method", lru.METHODS)
-@pytest.mark.parametrize("T", [1, 2, 13])
-def test_method_equals_definition_forward_and_backward(method, T, rng):
-    params, x, h0 = make(rng, T=T)
-    ref_y, ref_h, ref_cache = lru.forward(params, x, h0)
-    dy, dh = upstream(rng, ref_y, ref_h)
-    ref_g = lru.backward(params, ref_cache, dy, dh)
-    for chunk in (None, 4):  # 13 is not a multiple of 4
-        y, h_T, cache = lru.forward(params, x, h0, method=method, chunk_size=chunk)
-        g = lru.backward(params, cache, dy, dh)
-        assert_close(y, ref_y, 1e-10, "y")
-        assert_close(h_T, ref_h, 1e-10, "h_T")
-        assert set(g) == set(ref_g)
-        for k in ref_g:
-            assert g[k].dtype == ref_g[k].dtype, k
-            assert_close(g[k], ref_g[k], 1e-10, f"d{k}")
-
-
-@pytest.mark.parametrize("method", lru.METHODS)
-def test_float32_matches_float64_definition(method, rng):
-    params, x, h0 = make(rng, T=37, D=4, N=8, dtype=np.float32)
-    ref_y, ref_h, ref_cache = lru.forward(to64(params), x.astype(np.float64),
-                                          h0.astype(np.complex128))
-    dy, dh = upstream(rng, ref_y, ref_h)
-    ref_g = lru.backward(to64(params), ref_cache, dy, dh)
-    y, h_T, cache = lru.forward(params, x, h0, method=method, chunk_size=5)
-    g = lru.backward(params, cache, dy.astype(np.float32), dh.astype(np.complex64))
-    assert y.dtype == np.float32 and h_T.dtype == np.complex64
-    tol = TOL[np.dtype(np.float32)]  # 1e-4 relative RMS
-    assert_close(y, ref_y, tol, "y")
-    assert_close(h_T, ref_h, tol, "h_T")
-    for k in ref_g:
-        assert g[k].dtype == (np.complex64 if k == "state0" else np.float32), k
-        assert_close(g[k], ref_g[k], tol, f"d{k}")
-
-
-@pytest.mark.parametrize("method", lru.METHODS)
-def test_gradcheck(method, rng):
-    params, x, h0 = make(rng, T=5)
-    report = gradcheck.check_cell(lru, params, x, h0, method=method, chunk_size=2,
-                                  tol=GRAD_TOL)
-    assert report.passed, str(report)
-    assert set(report.errors) == set(params) | {"x", "state0"}
-
-
-def test_gradcheck_without_initial_state(rng):
-    params, x, _ = make(rng, T=4)
-    report = gradcheck.check_cell(lru, params, x, None, tol=GRAD_TOL)
-    assert report.passed, str(report)
-
-
-@pytest.mark.parametrize("method", lru.METHODS)
-def test_split_resume_equals_one_call(method, rng):
-    params, x, h0 = make(rng, T=23)
-    y, h_T, _ = lru.forward(params, x, h0, method=method, chunk_size=4)
-    y1, s1, _ = lru.forward(params, x[:, :10], h0, method=method, chunk_size=4)
-    y2, s2, _ = lru.forward(params, x[:, 10:], s1, method=method, chunk_size=4)
-    assert_close(np.concatenate([y1, y2], axis=1), y, 1e-12, "y")
-    assert_close(s2, h_T, 1e-12, "h_T")
-
-
 def test_golden_values_from_linspace():
     B, T, D, N = 2, 6, 3, 4
     params = linspace_params(D, N)
@@ -149,31 +87,6 @@ def test_golden_scalar_worked_by_hand():
         y, h_T, _ = lru.forward(params, x, method=method, chunk_size=3)
         np.testing.assert_allclose(y.ravel(), [1, 0, -1 / e**2, 0], atol=1e-15, err_msg=method)
         np.testing.assert_allclose(h_T.ravel(), [-1j / e**3], atol=1e-15, err_msg=method)
-
-
-def test_step_pair_equals_sequence(rng):
-    params, x, h0 = make(rng, T=6)
-    y, h_T, cache = lru.forward(params, x, h0)
-    dy, dh = upstream(rng, y, h_T)
-    g = lru.backward(params, cache, dy, dh)
-    h, ys, caches = h0, [], []
-    for t in range(x.shape[1]):
-        y_t, h, c = lru.step_forward(params, x[:, t], h)
-        ys.append(y_t)
-        caches.append(c)
-    assert_close(np.stack(ys, axis=1), y, 1e-13, "y")
-    assert_close(h, h_T, 1e-13, "h_T")
-    dh_t, dxs = dh, []
-    sums = {k: np.zeros_like(v) for k, v in params.items()}
-    for t in reversed(range(x.shape[1])):
-        dx_t, dh_t, dp = lru.step_backward(dy[:, t], dh_t, caches[t])
-        dxs.append(dx_t)
-        for k in sums:
-            sums[k] += dp[k]
-    assert_close(np.stack(dxs[::-1], axis=1), g["x"], 1e-12, "dx")
-    assert_close(dh_t, g["state0"], 1e-12, "dstate0")
-    for k in sums:
-        assert_close(sums[k], g[k], 1e-12, f"d{k}")
 
 
 @pytest.mark.parametrize("r_min, r_max, max_phase", [(0.0, 1.0, 2 * np.pi),
@@ -206,8 +119,8 @@ def test_init_shapes_and_dtype():
     assert y.dtype == np.float32 and h_T.dtype == np.complex64 and h_T.shape == (2, 5)
 
 
-def test_log_method_with_eigenvalues_near_zero(rng):
-    params, x, h0 = make(rng, T=40, r_min=0.0)
+def test_log_method_with_eigenvalues_near_zero():
+    params, x, h0 = inputs(T=40)
     params["nu_log"] = np.full_like(params["nu_log"], math.log(8.0))  # |λ| = e^-8
     ref, ref_h, _ = lru.forward(params, x, h0)
     y, h_T, _ = lru.forward(params, x, h0, method="log")
@@ -215,40 +128,80 @@ def test_log_method_with_eigenvalues_near_zero(rng):
     assert_close(h_T, ref_h, 1e-10, "h_T")
 
 
-def test_real_initial_state_gets_a_real_gradient(rng):
-    params, x, h0 = make(rng)
-    y, h_T, cache = lru.forward(params, x, h0.real.copy())
-    g = lru.backward(params, cache, np.ones_like(y), None)
-    assert not np.iscomplexobj(g["state0"])
-    _, _, cache_c = lru.forward(params, x, h0.real.astype(complex))
-    np.testing.assert_allclose(g["state0"], lru.backward(params, cache_c, np.ones_like(y))
-                               ["state0"].real, rtol=1e-14)
-
-
-@pytest.mark.parametrize("change, match", [
-    (lambda p, x, h: (dict(p, B_re=p["B_re"][:3]), x, h), r"B_re: expected shape \(N=4, D\)"),
-    (lambda p, x, h: (p, x[..., :2], h), r"x: expected shape"),
-    (lambda p, x, h: (p, x + 0j, h), "expected dtype"),
-    (lambda p, x, h: (p, x, h[:, :3]), r"state0: expected shape \(B=2, N=4\)"),
-    (lambda p, x, h: (p, x.astype(np.float32), h), "mixed precisions"),
-    (lambda p, x, h: ({k: v for k, v in p.items() if k != "D"}, x, h), "missing"),
-    (lambda p, x, h: (dict(p, D=p["D"] + 0j), x, h), "expected dtype"),
-    (lambda p, x, h: (p, x[:, :0], h), "T >= 1"),
-])
-def test_bad_input_is_refused_with_a_clear_message(change, match, rng):
-    params, x, h0 = change(*make(rng))
-    with pytest.raises((ValueError, TypeError), match=match):
-        lru.forward(params, x, h0)
-
-
-def test_bad_arguments(rng):
-    params, x, h0 = make(rng)
-    with pytest.raises(ValueError, match="method"):
-        lru.forward(params, x, h0, method="conv")
-    with pytest.raises(ValueError, match="r_min"):
+def test_init_refuses_a_bad_ring():
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match=r"r_min, r_max: expected 0 <= r_min < r_max <= 1, "
+                                         r"got r_min=0.5, r_max=0.4"):
         lru.init_params(rng, 3, 4, r_min=0.5, r_max=0.4)
-    _, _, cache = lru.forward(params, x, h0)
-    with pytest.raises(ValueError, match=r"dy: expected shape \(2, 7, 3\)"):
-        lru.backward(params, cache, np.zeros((2, 6, 3)))
-    with pytest.raises(ValueError, match=r"dstate: expected shape \(2, 4\)"):
-        lru.backward(params, cache, None, np.zeros((2, 5), complex))
+    with pytest.raises(ValueError, match=r"max_phase: expected a positive angle, got 0"):
+        lru.init_params(rng, 3, 4, max_phase=0)
+
+
+# ---------------------------------------------------------------------------
+# LRU and S4D alike
+# ---------------------------------------------------------------------------
+
+def _underflow_lru(params):
+    """|λ| = exp(−e^ν) with e^ν = 200 in modes 0, 1: 0 in float32."""
+    params["nu_log"][:2] = np.float32(math.log(200.0))
+    return lru.eigenvalues(params)[:2]
+
+
+def _underflow_ssm(params):
+    """ZOH's Ā = exp(Δ A) with Δ·Re A = −200 in channel 0: 0 in float32."""
+    params["A_re_log"][0] = np.float32(math.log(200.0)) - params["log_dt"][0]
+    return ssm.discretize(params, "zoh")[0][0]
+
+
+@pytest.mark.parametrize("name", ["lru", "ssm", "ssm_bilinear"])
+def test_step_pair_equals_sequence(name):
+    """Looping the step pair (bptt's separate-output form) is forward/backward."""
+    entry = registry.get(name)
+    cell, kw = entry.module, entry.forward_kwargs
+    params, x, h0 = inputs(name=name, T=6)
+    y, h_T, cache = cell.forward(params, x, h0, **kw)
+    dy, dh = upstream(y, h_T)
+    g = cell.backward(params, cache, dy, dh)
+    ys, hs, steps = bptt.sequence_forward(cell.step_forward, params, x, h0,
+                                          separate_output=True, **kw)
+    g_steps = bptt.sequence_backward(cell.step_backward, params, steps, dy, dh,
+                                     separate_output=True)
+    assert_close(ys, y, 1e-13, "y")
+    assert_close(hs, h_T, 1e-13, "h_T")
+    assert set(g_steps) == set(g)
+    for k in g:
+        assert_close(g_steps[k], g[k], 1e-12, f"d{k}")
+
+
+@pytest.mark.parametrize("name, underflow", [("lru", _underflow_lru), ("ssm", _underflow_ssm)])
+def test_log_method_runs_where_the_eigenvalues_underflow(name, underflow):
+    """Where λ (the LRU's) or Ā (S4D's, ZOH) is 0 in float32 no log could be taken
+    (issue 7, defect 3, for these cells): the log method is given log λ =
+    −e^ν + i e^θ, or log Ā = Δ A, itself and agrees with the recurrence, gradients
+    included."""
+    cell = registry.get(name).module
+    params, x, h0 = inputs(np.float32, name=name, T=5)
+    assert np.all(underflow(params) == 0)
+    y, h_T, cache = cell.forward(params, x, h0, method="log")
+    ref_y, ref_h, ref_cache = cell.forward(params, x, h0)
+    dy, dh = upstream(y, h_T)
+    g, ref_g = cell.backward(params, cache, dy, dh), cell.backward(params, ref_cache, dy, dh)
+    tol = TOL[np.dtype(np.float32)]  # 1e-4 relative RMS
+    assert_close(y, ref_y, tol, "y")
+    assert_close(h_T, ref_h, tol, "h_T")
+    for k in ref_g:
+        assert np.all(np.isfinite(g[k])), k
+        assert_close(g[k], ref_g[k], tol, f"d{k}")
+
+
+@pytest.mark.parametrize("name, method", [("lru", "recurrent"), ("ssm", "recurrent"),
+                                          ("ssm", "conv")])
+def test_real_initial_state_gets_a_real_gradient(name, method):
+    cell = registry.get(name).module
+    params, x, h0 = inputs(name=name, T=7)
+    y, _, cache = cell.forward(params, x, h0.real.copy(), method=method)
+    g = cell.backward(params, cache, np.ones_like(y))
+    assert not np.iscomplexobj(g["state0"])
+    _, _, cache_c = cell.forward(params, x, h0.real.astype(complex), method=method)
+    g_c = cell.backward(params, cache_c, np.ones_like(y))
+    np.testing.assert_allclose(g["state0"], g_c["state0"].real, rtol=1e-13)

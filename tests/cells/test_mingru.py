@@ -1,175 +1,172 @@
-"""cells.mingru: every method equals the definition, forward and backward; the
-negative-eigenvalue option; streaming steps; gates at their limits."""
+"""cells.mingru, and what minLSTM shares with it (the write-gate scan): the
+paper's equations, streaming steps, saturated and negative-eigenvalue gates,
+golden values. Agreement of every method and backend, gradient checks,
+split-resume and bad input are tests/test_contract.py's."""
 
 import math
 
 import numpy as np
 import pytest
 
-from minirec import bptt, gradcheck
-from minirec.cells import mingru
-from tests.conftest import assert_close
+from minirec import bptt, registry
+from minirec.cells import mingru, minlstm
+from tests.conftest import TOL, assert_close
 
-# (method, negative_eigenvalues): log-space needs a > 0, so no log with a ∈ (−1, 1)
-CASES = [(m, neg) for neg in (False, True) for m in mingru.METHODS
-         if not (neg and m == "log")]
-
-
-def make(rng, B=2, T=7, D=3, H=4, dtype=np.float64, gate_scale=1.0):
-    params = mingru.init_params(rng, D, H, dtype=np.float64)
-    params["b_z"] = gate_scale * rng.standard_normal(H)  # gates spread over (0, 1)
-    params = {k: v.astype(dtype) for k, v in params.items()}
-    x = rng.standard_normal((B, T, D)).astype(dtype)
-    h0 = rng.standard_normal((B, H)).astype(dtype)
-    return params, x, h0
+CELLS = {"mingru": mingru, "minlstm": minlstm}
+# the bias that moves each cell's write gate w (minGRU's z, minLSTM's i')
+GATE_BIAS = {"mingru": "b_z", "minlstm": "b_f"}
 
 
-def run(params, x, h0, dy, dstate, **kw):
-    y, h_T, cache = mingru.forward(params, x, h0, **kw)
-    return y, h_T, mingru.backward(params, cache, dy, dstate)
+def shut(name):
+    """Write gate shut: w = 0, a = 1 exactly (the state is held)."""
+    return {"b_z": -1000.0} if name == "mingru" else {"b_i": -1000.0}
 
 
-@pytest.mark.parametrize("method, neg", CASES)
-@pytest.mark.parametrize("T", [1, 7, 37])
-def test_method_equals_definition_forward_and_backward(method, neg, T, rng):
-    params, x, h0 = make(rng, T=T)
-    dy, dstate = rng.standard_normal((2, T, 4)), rng.standard_normal((2, 4))
-    ref = run(params, x, h0, dy, dstate, negative_eigenvalues=neg)
-    for chunk in (None, 3, 8):  # 37 is prime: never a multiple of the chunk
-        y, h_T, g = run(params, x, h0, dy, dstate, method=method, chunk_size=chunk,
-                        negative_eigenvalues=neg)
-        assert_close(y, ref[0], 1e-10, "y")
-        assert_close(h_T, ref[1], 1e-10, "h_T")
-        assert set(g) == set(ref[2]) == set(params) | {"x", "state0"}
-        for k in g:
-            assert_close(g[k], ref[2][k], 1e-10, f"d{k}")
+def opened(name, bias=1000.0):
+    """Write gate open: w = 1, a = σ(−bias) (0 in floating point for 1000, and for
+    200 in float32): h_t = h̃_t. minLSTM's forget gate is shut for it."""
+    return {"b_z": bias} if name == "mingru" else {"b_i": bias, "b_f": -bias}
 
 
-@pytest.mark.parametrize("method, neg", CASES)
-def test_gradcheck_every_parameter_input_and_state(method, neg, rng):
-    params, x, h0 = make(rng, T=5)
-    for state0 in (h0, None):
-        report = gradcheck.check_cell(mingru, params, x, state0, method=method, chunk_size=2,
-                                      negative_eigenvalues=neg)
-        assert report.passed, str(report)  # relative error < 1e-6, float64
-        assert set(report.errors) == set(params) | {"x", "state0"}
+def inputs(name, dtype=np.float64, **dims):
+    d = registry.get(name).make_inputs(np.random.default_rng(0), dtype, "small", **dims)
+    return d["params"], d["x"], d["state0"]
 
 
-def test_recurrent_is_the_scan_of_the_paper_equations(rng):
-    params, x, h0 = make(rng)
+def with_biases(params, biases, channels=slice(None)):
+    p = {k: v.copy() for k, v in params.items()}
+    for k, v in biases.items():
+        p[k][channels] = v
+    return p
+
+
+def upstream(y, h_T, seed=1):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal(y.shape).astype(y.dtype), rng.standard_normal(h_T.shape
+                                                                             ).astype(y.dtype)
+
+
+def candidate(params, x):
+    return x @ params["W_h"].T + params["b_h"]
+
+
+def test_recurrent_is_the_scan_of_the_paper_equations():
+    params, x, h0 = inputs("mingru", T=7)
     y, h_T, _ = mingru.forward(params, x, h0)
     h = h0
     for t in range(x.shape[1]):
         z = 1 / (1 + np.exp(-(x[:, t] @ params["W_z"].T + params["b_z"])))
-        h_tilde = x[:, t] @ params["W_h"].T + params["b_h"]
-        h = (1 - z) * h + z * h_tilde
+        h = (1 - z) * h + z * candidate(params, x[:, t])
         assert_close(y[:, t], h, 1e-13, f"h_{t}")
     assert_close(h_T, h, 1e-13, "h_T")
 
 
 @pytest.mark.parametrize("neg", [False, True])
-def test_step_loop_equals_forward_and_backward(neg, rng):
+@pytest.mark.parametrize("name", CELLS)
+def test_step_loop_equals_forward_and_backward(name, neg):
     """Streaming: looping step_forward (and BPTT over step_backward) is forward/backward."""
-    params, x, h0 = make(rng, T=9)
-    dy, dstate = rng.standard_normal((2, 9, 4)), rng.standard_normal((2, 4))
-    y, h_T, g = run(params, x, h0, dy, dstate, method="blelloch", negative_eigenvalues=neg)
-    h = h0
-    for t in range(9):
-        h, _ = mingru.step_forward(params, x[:, t], h, negative_eigenvalues=neg)
-        assert_close(h, y[:, t], 1e-12, f"h_{t}")
-    ys, hs, cache = bptt.sequence_forward(mingru.step_forward, params, x, h0,
+    cell = CELLS[name]
+    params, x, h0 = inputs(name, T=9)
+    y, h_T, cache = cell.forward(params, x, h0, method="blelloch", negative_eigenvalues=neg)
+    dy, dstate = upstream(y, h_T)
+    g = cell.backward(params, cache, dy, dstate)
+    ys, hs, steps = bptt.sequence_forward(cell.step_forward, params, x, h0,
                                           negative_eigenvalues=neg)
-    g_steps = bptt.sequence_backward(mingru.step_backward, params, cache, dy, dstate)
+    g_steps = bptt.sequence_backward(cell.step_backward, params, steps, dy, dstate)
     assert_close(ys, y, 1e-12, "y")
     assert_close(hs, h_T, 1e-12, "h_T")
+    assert set(g_steps) == set(g)
     for k in g:
         assert_close(g_steps[k], g[k], 1e-12, f"d{k}")
 
 
-@pytest.mark.parametrize("method, neg", CASES)
-def test_split_resume_equals_one_call(method, neg, rng):
-    params, x, h0 = make(rng, T=23)
-    kw = dict(method=method, chunk_size=4, negative_eigenvalues=neg)
-    y, h_T, _ = mingru.forward(params, x, h0, **kw)
-    y1, s1, _ = mingru.forward(params, x[:, :10], h0, **kw)
-    y2, s2, _ = mingru.forward(params, x[:, 10:], s1, **kw)
-    assert_close(np.concatenate([y1, y2], axis=1), y, 1e-12, "y")
-    assert_close(s2, h_T, 1e-12, "h_T")
-
-
-@pytest.mark.parametrize("method, neg", CASES)
-def test_float32_stays_float32_and_close(method, neg, rng):
-    params, x, h0 = make(rng, T=37, dtype=np.float32)
-    dy = rng.standard_normal((2, 37, 4)).astype(np.float32)
-    ds = rng.standard_normal((2, 4)).astype(np.float32)
-    to64 = lambda d: {k: v.astype(np.float64) for k, v in d.items()}
-    ref = run(to64(params), x.astype(np.float64), h0.astype(np.float64),
-              dy.astype(np.float64), ds.astype(np.float64), negative_eigenvalues=neg)
-    y, h_T, g = run(params, x, h0, dy, ds, method=method, chunk_size=8,
-                    negative_eigenvalues=neg)
-    assert y.dtype == h_T.dtype == np.float32
-    assert_close(y, ref[0], 1e-4, "y")
-    for k in g:
-        assert g[k].dtype == np.float32, k
-        assert_close(g[k], ref[2][k], 1e-4, f"d{k}")
-
-
 @pytest.mark.parametrize("method", mingru.METHODS)
-def test_gates_exactly_closed_in_log_space(method, rng):
-    """b_z = −1000: z = 0 and a = 1 exactly (log a = 0): the state is held exactly,
-    every method (log-space included) agrees, and the gradients are finite."""
-    params, x, h0 = make(rng, T=11)
-    params["b_z"][:2] = -1000.0
-    dy, dstate = rng.standard_normal((2, 11, 4)), rng.standard_normal((2, 4))
-    y, h_T, g = run(params, x, h0, dy, dstate, method=method, chunk_size=4)
-    ref = run(params, x, h0, dy, dstate)
-    held = np.broadcast_to(h0[:, None, :2], (2, 11, 2))
-    if method == "log":  # exp(log h) rounds
+@pytest.mark.parametrize("name", CELLS)
+def test_shut_gates_hold_the_state_in_every_method(name, method):
+    """Write gate shut in channels 0, 1: a = 1 exactly (log a = 0), so the state
+    is held, every method (log-space included) agrees, the gradients are finite
+    and the held channels pass the state's gradient through unchanged."""
+    cell = CELLS[name]
+    params, x, h0 = inputs(name, T=11)
+    params = with_biases(params, shut(name), slice(0, 2))
+    y, h_T, cache = cell.forward(params, x, h0, method=method, chunk_size=4)
+    ref_y, _, ref_cache = cell.forward(params, x, h0)
+    dy, dstate = upstream(y, h_T)
+    g, ref_g = cell.backward(params, cache, dy, dstate), cell.backward(params, ref_cache, dy,
+                                                                       dstate)
+    held = np.broadcast_to(h0[:, None, :2], y[:, :, :2].shape)
+    if method == "log":  # exp(log-sums) rounds
         np.testing.assert_allclose(y[:, :, :2], held, rtol=1e-14)
     else:
         np.testing.assert_array_equal(y[:, :, :2], held)
-    assert_close(y, ref[0], 1e-10, "y")
+    assert_close(y, ref_y, 1e-10, "y")
     for k in g:
         assert np.all(np.isfinite(g[k])), k
-        assert_close(g[k], ref[2][k], 1e-10, f"d{k}")
-    # the held channels pass the state's gradient through unchanged
+        assert_close(g[k], ref_g[k], 1e-10, f"d{k}")
     np.testing.assert_allclose(g["state0"][:, :2], dy[:, :, :2].sum(1) + dstate[:, :2],
                                rtol=1e-13)
 
 
-def test_gates_exactly_open(rng):
-    """b_z = +1000: z = 1, a = 0 exactly: h_t = h̃_t, every method but log (log 0)."""
-    params, x, h0 = make(rng, T=6)
-    params["b_z"][:] = 1000.0
-    h_tilde = x @ params["W_h"].T + params["b_h"]
-    for method in ("recurrent", "hillis_steele", "blelloch", "chunked"):
-        y, _, _ = mingru.forward(params, x, h0, method=method, chunk_size=4)
-        assert_close(y, h_tilde, 1e-14, method)
-    with pytest.raises(ValueError, match="a > 0"):
-        mingru.forward(params, x, h0, method="log")
+@pytest.mark.parametrize("method", mingru.METHODS)
+@pytest.mark.parametrize("name", CELLS)
+def test_open_gates_give_the_candidate_in_every_method(name, method):
+    """Write gate open: a = 0 (log a = −1000, finite), h_t = h̃_t; the log method
+    runs too, on the log gates (a = σ(−1000) is 0 in floating point)."""
+    cell = CELLS[name]
+    params, x, h0 = inputs(name, T=6)
+    params = with_biases(params, opened(name))
+    y, _, _ = cell.forward(params, x, h0, method=method, chunk_size=4)
+    assert_close(y, candidate(params, x), 1e-12, method)
 
 
-def test_negative_eigenvalues_multiplier_spans_minus_one_to_one(rng):
-    """a = 1 − 2z ∈ [−1, 1]; at b_z = +1000 it is exactly −1: h_t = h̃_t − h_{t−1}."""
-    params, x, h0 = make(rng, T=200, gate_scale=4.0)
-    _, _, cache = mingru.forward(params, x, h0, negative_eigenvalues=True)
-    a = cache["scan"].a
+@pytest.mark.parametrize("dtype, bias", [(np.float32, 200.0), (np.float64, 1000.0)])
+@pytest.mark.parametrize("name", CELLS)
+def test_log_method_runs_saturated_gates(name, dtype, bias):
+    """Issue 7, defect 3: the log method used to take log of a = σ(−k), which is 0
+    at saturated pre-activations (σ(−200) underflows in float32), and refused
+    with "needs a > 0". It now works on log σ(−k) = −softplus(k) directly."""
+    cell = CELLS[name]
+    params, x, h0 = inputs(name, dtype, T=5)
+    params = with_biases(params, opened(name, bias), slice(0, 2))
+    y, h_T, cache = cell.forward(params, x, h0, method="log")
+    ref_y, ref_h, ref_cache = cell.forward(params, x, h0)
+    dy, dstate = upstream(y, h_T)
+    g, ref_g = cell.backward(params, cache, dy, dstate), cell.backward(params, ref_cache, dy,
+                                                                       dstate)
+    tol = TOL[np.dtype(dtype)]  # float64 1e-10, float32 1e-4 relative RMS
+    assert_close(y, ref_y, tol, "y")
+    assert_close(h_T, ref_h, tol, "h_T")
+    for k in ref_g:
+        assert np.all(np.isfinite(g[k])), k
+        assert_close(g[k], ref_g[k], tol, f"d{k}")
+
+
+@pytest.mark.parametrize("name", CELLS)
+def test_negative_eigenvalues_multiplier_spans_minus_one_to_one(name):
+    """a = 1 − 2w ∈ [−1, 1]; with the write gate open it is exactly −1:
+    h_t = h̃_t − h_{t−1}."""
+    cell = CELLS[name]
+    params, x, h0 = inputs(name, T=200)
+    params = with_biases(params, {GATE_BIAS[name]: np.array([-4.0, -2.0, 2.0, 4.0])})
+    _, _, cache = cell.forward(params, x, h0, negative_eigenvalues=True)
+    a, core = cache.core.scan.a, cache.core
     assert a.min() >= -1 and a.max() <= 1
     assert a.min() < -0.5 and a.max() > 0.5  # both signs really occur
-    np.testing.assert_allclose(a, 1 - 2 * cache["z"], rtol=0, atol=1e-15)
-    params["b_z"][:] = 1000.0
-    y, _, _ = mingru.forward(params, x[:, :5], h0, negative_eigenvalues=True)
-    h_tilde = x[:, :5] @ params["W_h"].T + params["b_h"]
+    np.testing.assert_allclose(a, 1 - 2 * core.w, rtol=0, atol=1e-15)
+    params = with_biases(params, opened(name))
+    y, _, _ = cell.forward(params, x[:, :5], h0, negative_eigenvalues=True)
     h = h0
     for t in range(5):
-        h = h_tilde[:, t] - h
+        h = candidate(params, x[:, t]) - h
         np.testing.assert_allclose(y[:, t], h, rtol=1e-14)
 
 
-def test_log_method_refuses_negative_eigenvalues(rng):
-    params, x, h0 = make(rng)
-    with pytest.raises(ValueError, match=r"method='log' needs a > 0.*negative_eigenvalues"):
-        mingru.forward(params, x, h0, method="log", negative_eigenvalues=True)
+@pytest.mark.parametrize("name", CELLS)
+def test_log_method_refuses_negative_eigenvalues(name):
+    params, x, h0 = inputs(name)
+    with pytest.raises(ValueError, match=r"method: 'log' needs a > 0.*negative_eigenvalues"
+                                         r".*expected.*got 'log'"):
+        CELLS[name].forward(params, x, h0, method="log", negative_eigenvalues=True)
 
 
 def test_golden_values_worked_by_hand():
@@ -181,9 +178,11 @@ def test_golden_values_worked_by_hand():
               "W_h": np.ones((1, 1)), "b_h": np.zeros(1)}
     x = np.linspace(1.0, 4.0, 4).reshape(1, 4, 1)
     expected = {False: [0.75, 1.6875, 2.671875, 3.66796875], True: [0.75, 1.125, 1.6875, 2.15625]}
-    for method, neg in CASES:
-        y, _, _ = mingru.forward(params, x, method=method, chunk_size=3, negative_eigenvalues=neg)
-        np.testing.assert_allclose(y.ravel(), expected[neg], rtol=1e-14, err_msg=method)
+    for neg, entry in ((False, "mingru"), (True, "mingru_neg")):
+        for method in registry.get(entry).methods:
+            y, _, _ = mingru.forward(params, x, method=method, chunk_size=3,
+                                     negative_eigenvalues=neg)
+            np.testing.assert_allclose(y.ravel(), expected[neg], rtol=1e-14, err_msg=method)
 
 
 def test_golden_values_from_a_scalar_loop():
@@ -215,35 +214,7 @@ def test_init_params_shapes_and_dtype(rng):
     assert all(np.abs(v).max() <= 1 / np.sqrt(3) for v in p.values())
 
 
-@pytest.mark.parametrize("change, match", [
-    (lambda p, x, h: (p, x[0], h), r"x: expected a 3-d array, got shape \(7, 3\)"),
-    (lambda p, x, h: (p, x[..., :2], h), r"x: expected shape .*D=3"),
-    (lambda p, x, h: (p, x, h[:, :3]), r"state0: expected shape \(B=2, H=4\), got \(2, 3\)"),
-    (lambda p, x, h: ({k: v for k, v in p.items() if k != "b_h"}, x, h), r"missing \['b_h'\]"),
-    (lambda p, x, h: (p, x.astype(np.float32), h), "mixed precisions"),
-    (lambda p, x, h: (p, x.astype(np.int64), h), "expected dtype"),
-    (lambda p, x, h: (p, x.astype(np.complex128), h), "expected dtype"),
-    (lambda p, x, h: (p, x[:, :0], h), "T >= 1"),
-])
-def test_bad_input_is_refused_with_a_clear_message(change, match, rng):
-    params, x, h0 = make(rng)
-    with pytest.raises((ValueError, TypeError), match=match):
-        mingru.forward(*change(params, x, h0))
-
-
-def test_bad_method_backend_and_gradient_shape(rng):
-    params, x, h0 = make(rng)
-    with pytest.raises(ValueError, match="method"):
-        mingru.forward(params, x, h0, method="fft")
-    with pytest.raises(ValueError, match="backend"):
-        mingru.forward(params, x, h0, backend="cupy")
-    _, _, cache = mingru.forward(params, x, h0)
-    with pytest.raises(ValueError, match=r"dh: expected shape \(2, 7, 4\)"):
-        mingru.backward(params, cache, np.zeros((2, 6, 4)))
-
-
 def test_registry_negative_entry_runs_every_method_but_log():
-    from minirec import registry
     entry = registry.get("mingru_neg")
     assert entry.forward_kwargs == {"negative_eigenvalues": True}
     assert entry.methods == tuple(m for m in mingru.METHODS if m != "log")

@@ -1,6 +1,10 @@
-"""cells.ssm (S4D / LSSL): every scan method and the FFT convolution equal the
-definition, forward and backward, for both discretisations; gradients by finite
-differences; the initialisations (HiPPO-LegS eigenvalues included); golden values."""
+"""cells.ssm (S4D / LSSL): golden values from an independent loop, the kernel as
+impulse response, ZOH vs bilinear, the initialisations (HiPPO-LegS eigenvalues
+included, with a gradient check for each), NaN in the FFT convolution. The step
+pair, ZOH's log method where Ā underflows and real initial states are tested
+with the LRU's in tests/cells/test_lru.py; agreement of every method and
+backend (conv included), gradient checks, split-resume and bad input are
+tests/test_contract.py's."""
 
 import cmath
 import math
@@ -8,31 +12,16 @@ import math
 import numpy as np
 import pytest
 
-from minirec import gradcheck
+from minirec import gradcheck, registry
 from minirec.cells import ssm
-from tests.conftest import TOL, assert_close
 
 GRAD_TOL = 1e-6  # DESIGN §6: float64 central differences, relative error
 
 
-def make(rng, B=2, T=7, D=3, N=4, dtype=np.float64, init="s4d-lin"):
-    params = ssm.init_params(rng, D, N, dtype=dtype, init=init)
-    for k in ("B_re", "B_im"):  # move B off S4D's special B = 1
-        params[k] = params[k] + (0.2 * rng.standard_normal(params[k].shape)).astype(dtype)
-    x = rng.standard_normal((B, T, D)).astype(dtype)
-    cdtype = np.result_type(dtype, np.complex64)
-    h0 = (rng.standard_normal((B, D, N)) + 1j * rng.standard_normal((B, D, N))).astype(cdtype)
-    return params, x, h0
-
-
-def upstream(rng, y, h_T):
-    dy = rng.standard_normal(y.shape)
-    dh = rng.standard_normal(h_T.shape) + 1j * rng.standard_normal(h_T.shape)
-    return dy, dh
-
-
-def to64(params):
-    return {k: v.astype(np.float64) for k, v in params.items()}
+def inputs(dtype=np.float64, **dims):
+    """The registry's example: S4D-Lin with B moved off 1, a complex state0."""
+    d = registry.get("ssm").make_inputs(np.random.default_rng(0), dtype, "small", **dims)
+    return d["params"], d["x"], d["state0"]
 
 
 def linspace_params(D, N):
@@ -74,71 +63,15 @@ def loop(p, x, h0, discretization):
     return y, h_T
 
 
-@pytest.mark.parametrize("discretization", ssm.DISCRETIZATIONS)
-@pytest.mark.parametrize("method", ssm.METHODS)
-@pytest.mark.parametrize("T", [1, 2, 13])
-def test_method_equals_definition_forward_and_backward(method, T, discretization, rng):
-    params, x, h0 = make(rng, T=T)
-    kw = {"discretization": discretization}
-    ref_y, ref_h, ref_cache = ssm.forward(params, x, h0, **kw)
-    dy, dh = upstream(rng, ref_y, ref_h)
-    ref_g = ssm.backward(params, ref_cache, dy, dh)
-    for chunk in (None, 4):  # 13 is not a multiple of 4
-        y, h_T, cache = ssm.forward(params, x, h0, method=method, chunk_size=chunk, **kw)
-        g = ssm.backward(params, cache, dy, dh)
-        assert_close(y, ref_y, 1e-10, "y")
-        assert_close(h_T, ref_h, 1e-10, "h_T")
-        assert set(g) == set(ref_g)
-        for k in ref_g:
-            assert g[k].dtype == ref_g[k].dtype, k
-            assert_close(g[k], ref_g[k], 1e-10, f"d{k}")
-
-
-@pytest.mark.parametrize("discretization", ssm.DISCRETIZATIONS)
-@pytest.mark.parametrize("method", ssm.METHODS)
-def test_float32_matches_float64_definition(method, discretization, rng):
-    params, x, h0 = make(rng, T=37, D=4, N=8, dtype=np.float32)
-    kw = {"discretization": discretization}
-    ref_y, ref_h, ref_cache = ssm.forward(to64(params), x.astype(np.float64),
-                                          h0.astype(np.complex128), **kw)
-    dy, dh = upstream(rng, ref_y, ref_h)
-    ref_g = ssm.backward(to64(params), ref_cache, dy, dh)
-    y, h_T, cache = ssm.forward(params, x, h0, method=method, chunk_size=5, **kw)
-    g = ssm.backward(params, cache, dy.astype(np.float32), dh.astype(np.complex64))
-    assert y.dtype == np.float32 and h_T.dtype == np.complex64
-    tol = TOL[np.dtype(np.float32)]  # 1e-4 relative RMS
-    assert_close(y, ref_y, tol, "y")
-    assert_close(h_T, ref_h, tol, "h_T")
-    for k in ref_g:
-        assert g[k].dtype == (np.complex64 if k == "state0" else np.float32), k
-        assert_close(g[k], ref_g[k], tol, f"d{k}")
-
-
-@pytest.mark.parametrize("discretization", ssm.DISCRETIZATIONS)
-@pytest.mark.parametrize("method", ssm.METHODS)
-def test_gradcheck(method, discretization, rng):
-    params, x, h0 = make(rng, T=5, D=2, N=3)
-    report = gradcheck.check_cell(ssm, params, x, h0, method=method, chunk_size=2,
-                                  discretization=discretization, tol=GRAD_TOL)
-    assert report.passed, str(report)
-    assert set(report.errors) == set(params) | {"x", "state0"}
-
-
 @pytest.mark.parametrize("init", ssm.INITS)
-def test_gradcheck_every_init_with_conv_and_no_initial_state(init, rng):
-    params, x, _ = make(rng, T=4, D=2, N=3, init=init)
+def test_gradcheck_every_init_with_conv_and_no_initial_state(init):
+    rng = np.random.default_rng(1234)
+    params = ssm.init_params(rng, 2, 3, init=init)
+    for k in ("B_re", "B_im"):  # move B off S4D's special B = 1
+        params[k] = params[k] + 0.2 * rng.standard_normal(params[k].shape)
+    x = rng.standard_normal((2, 4, 2))
     report = gradcheck.check_cell(ssm, params, x, None, method="conv", tol=GRAD_TOL)
     assert report.passed, str(report)
-
-
-@pytest.mark.parametrize("method", ssm.METHODS)
-def test_split_resume_equals_one_call(method, rng):
-    params, x, h0 = make(rng, T=23)
-    y, h_T, _ = ssm.forward(params, x, h0, method=method, chunk_size=4)
-    y1, s1, _ = ssm.forward(params, x[:, :10], h0, method=method, chunk_size=4)
-    y2, s2, _ = ssm.forward(params, x[:, 10:], s1, method=method, chunk_size=4)
-    assert_close(np.concatenate([y1, y2], axis=1), y, 1e-12, "y")
-    assert_close(s2, h_T, 1e-12, "h_T")
 
 
 @pytest.mark.parametrize("discretization", ssm.DISCRETIZATIONS)
@@ -175,8 +108,8 @@ def test_golden_step_response_worked_by_hand(discretization, expected):
 
 
 @pytest.mark.parametrize("discretization", ssm.DISCRETIZATIONS)
-def test_kernel_is_the_impulse_response(discretization, rng):
-    params, _, _ = make(rng, T=1)
+def test_kernel_is_the_impulse_response(discretization):
+    params, _, _ = inputs(T=1, D=3)
     params["D"] = np.zeros_like(params["D"])
     x = np.zeros((1, 9, 3))
     x[0, 0] = 1.0
@@ -186,11 +119,11 @@ def test_kernel_is_the_impulse_response(discretization, rng):
     np.testing.assert_allclose(y[0].T, K, rtol=1e-12, atol=1e-14)
 
 
-def test_zoh_and_bilinear_agree_to_second_order_in_dt(rng):
+def test_zoh_and_bilinear_agree_to_second_order_in_dt():
     """Bilinear is the (1,1) Padé approximant of exp: Ā differs by O((ΔA)³), so the
     kernels over a fixed horizon differ by O(Δ²): halving Δ (and doubling T) divides
     the gap by about 4."""
-    params, _, _ = make(rng, D=1, N=4)
+    params, _, _ = inputs(D=1, N=4)
     gaps = []
     for k in range(3):
         p = dict(params, log_dt=np.array([math.log(0.05 / 2**k)]))
@@ -200,32 +133,6 @@ def test_zoh_and_bilinear_agree_to_second_order_in_dt(rng):
         gaps.append(np.max(np.abs(K_z - K_b)))
     ratios = [gaps[i] / gaps[i + 1] for i in range(2)]
     assert all(3.5 < r < 4.5 for r in ratios), (gaps, ratios)
-
-
-def test_step_pair_equals_sequence(rng):
-    params, x, h0 = make(rng, T=6)
-    for disc in ssm.DISCRETIZATIONS:
-        y, h_T, cache = ssm.forward(params, x, h0, discretization=disc)
-        dy, dh = upstream(rng, y, h_T)
-        g = ssm.backward(params, cache, dy, dh)
-        h, ys, caches = h0, [], []
-        for t in range(x.shape[1]):
-            y_t, h, c = ssm.step_forward(params, x[:, t], h, disc)
-            ys.append(y_t)
-            caches.append(c)
-        assert_close(np.stack(ys, axis=1), y, 1e-13, "y")
-        assert_close(h, h_T, 1e-13, "h_T")
-        dh_t, dxs = dh, []
-        sums = {k: np.zeros_like(v) for k, v in params.items()}
-        for t in reversed(range(x.shape[1])):
-            dx_t, dh_t, dp = ssm.step_backward(dy[:, t], dh_t, caches[t])
-            dxs.append(dx_t)
-            for k in sums:
-                sums[k] += dp[k]
-        assert_close(np.stack(dxs[::-1], axis=1), g["x"], 1e-12, "dx")
-        assert_close(dh_t, g["state0"], 1e-12, "dstate0")
-        for k in sums:
-            assert_close(sums[k], g[k], 1e-12, f"d{k}")
 
 
 @pytest.mark.parametrize("N", [1, 4, 16, 64])
@@ -272,46 +179,52 @@ def test_float32_init_and_state_dtypes():
         assert y.dtype == np.float32 and h_T.dtype == np.complex64 and h_T.shape == (2, 3, 5)
 
 
-def test_real_initial_state_gets_a_real_gradient(rng):
-    params, x, h0 = make(rng)
-    for method in ("recurrent", "conv"):
-        y, _, cache = ssm.forward(params, x, h0.real.copy(), method=method)
-        g = ssm.backward(params, cache, np.ones_like(y))
-        assert not np.iscomplexobj(g["state0"])
-        _, _, cache_c = ssm.forward(params, x, h0.real.astype(complex), method=method)
-        g_c = ssm.backward(params, cache_c, np.ones_like(y))
-        np.testing.assert_allclose(g["state0"], g_c["state0"].real, rtol=1e-13)
+def _nan_masks(params, x, h0, dy, dstate, **kw):
+    """Non-finite masks of the outputs, final state and every gradient."""
+    with np.errstate(all="ignore"):
+        y, h_T, cache = ssm.forward(params, x, h0, **kw)
+        g = ssm.backward(params, cache, dy, dstate)
+    return {"y": ~np.isfinite(y), "h_T": ~np.isfinite(h_T),
+            **{"d" + k: ~np.isfinite(v) for k, v in g.items()}}
 
 
-@pytest.mark.parametrize("change, match", [
-    (lambda p, x, h: (dict(p, B_re=p["B_re"][:, :3]), x, h), r"B_re: expected shape \(D=3, N=4\)"),
-    (lambda p, x, h: (p, x[..., :2], h), r"x: expected shape"),
-    (lambda p, x, h: (p, x + 0j, h), "expected dtype"),
-    (lambda p, x, h: (p, x, h[:, :, :3]), r"state0: expected shape \(B=2, D=3, N=4\)"),
-    (lambda p, x, h: (p, x.astype(np.float32), h), "mixed precisions"),
-    (lambda p, x, h: (dict(p, extra=p["D"]), x, h), "unexpected"),
-    (lambda p, x, h: (dict(p, A_im=p["A_im"] + 0j), x, h), "expected dtype"),
-    (lambda p, x, h: (p, x[:, :0], h), "T >= 1"),
-])
-def test_bad_input_is_refused_with_a_clear_message(change, match, rng):
-    params, x, h0 = change(*make(rng))
-    with pytest.raises((ValueError, TypeError), match=match):
-        ssm.forward(params, x, h0)
+@pytest.mark.parametrize("where", ["x", "dy"])
+@pytest.mark.parametrize("t_bad", [0, 3, 8])
+@pytest.mark.parametrize("discretization", ssm.DISCRETIZATIONS)
+def test_conv_keeps_nan_causal_like_the_recurrence(discretization, t_bad, where):
+    """Issue 7, defect 2: one NaN in x at t = 3 made the conv method's outputs at
+    t = 0..2 NaN too (the FFT mixes all steps). Now y_t is NaN exactly from the
+    NaN on (in its batch row and channel), a NaN in dy reaches dx_j exactly for
+    j ≤ t, and every output and gradient has the recurrence's non-finite mask."""
+    params, x, h0 = inputs(T=9)
+    rng = np.random.default_rng(1)
+    dy, dstate = rng.standard_normal(x.shape), rng.standard_normal(h0.shape) + 0j
+    if where == "x":
+        x = x.copy()
+        x[0, t_bad, 1] = np.nan
+    else:
+        dy[0, t_bad, 1] = np.inf
+    kw = {"discretization": discretization}
+    got = _nan_masks(params, x, h0, dy, dstate, method="conv", **kw)
+    ref = _nan_masks(params, x, h0, dy, dstate, **kw)
+    if where == "x":
+        expected_y = np.zeros(x.shape, bool)
+        expected_y[0, t_bad:, 1] = True
+        np.testing.assert_array_equal(got["y"], expected_y)
+    else:
+        expected_dx = np.zeros(x.shape, bool)
+        expected_dx[0, :t_bad + 1, 1] = True
+        np.testing.assert_array_equal(got["dx"], expected_dx)
+    for k in ref:
+        np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
 
 
-def test_bad_arguments(rng):
-    params, x, h0 = make(rng)
-    with pytest.raises(ValueError, match="discretization"):
+def test_bad_discretization_and_init_arguments():
+    params, x, h0 = inputs()
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match=r"discretization: expected one of .*got 'euler'"):
         ssm.forward(params, x, h0, discretization="euler")
-    with pytest.raises(ValueError, match="method"):
-        ssm.forward(params, x, h0, method="fft")
-    with pytest.raises(ValueError, match="init"):
+    with pytest.raises(ValueError, match=r"init: expected one of .*got 'hippo'"):
         ssm.init_params(rng, 3, 4, init="hippo")
-    with pytest.raises(ValueError, match="dt_min"):
+    with pytest.raises(ValueError, match=r"dt_min, dt_max: expected 0 < dt_min <= dt_max"):
         ssm.init_params(rng, 3, 4, dt_min=0.5, dt_max=0.1)
-    for method in ("recurrent", "conv"):
-        _, _, cache = ssm.forward(params, x, h0, method=method)
-        with pytest.raises(ValueError, match=r"dy: expected shape \(2, 7, 3\)"):
-            ssm.backward(params, cache, np.zeros((2, 6, 3)))
-        with pytest.raises(ValueError, match=r"dstate: expected shape \(2, 3, 4\)"):
-            ssm.backward(params, cache, None, np.zeros((2, 3, 5), complex))
