@@ -102,8 +102,3 @@ def xp_of(x) -> ModuleType:
         return importlib.import_module("cupy")
     return importlib.import_module("numpy")
 
-
-def blas_single_thread():
-    """Transitional alias of :func:`minirec.kernels.numba._blas.blas_single_thread`."""
-    from minirec.kernels.numba._blas import blas_single_thread as limit
-    return limit()

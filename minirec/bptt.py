@@ -56,12 +56,6 @@ class SequenceCache(NamedTuple):
         x_t_shape: the shape of one input step ``x_t (B, D)``.
         param_shapes: ``{name: shape}`` of the params the forward ran with.
         separate_output: the form of step pair that made the cache.
-        extra: whatever the caller attaches (minirec's cells put ``method`` and
-            ``backend`` here).
-
-    Transitional, for code written when the cache was a dict: ``cache["steps"]``
-    reads a field or an ``extra`` entry, and ``cache.update(method=...)`` writes
-    into ``extra``. New code reads the fields (``cache.steps``).
     """
 
     steps: list
@@ -70,26 +64,6 @@ class SequenceCache(NamedTuple):
     x_t_shape: tuple[int, ...]
     param_shapes: dict
     separate_output: bool
-    extra: dict
-
-    def __getitem__(self, key):
-        """``cache[i]`` as for any tuple; ``cache["name"]`` reads a field or ``extra``."""
-        if not isinstance(key, str):
-            return tuple.__getitem__(self, key)
-        if key in self._fields:
-            return getattr(self, key)
-        if key in self.extra:
-            return self.extra[key]
-        raise KeyError(f"cache: expected a field {list(self._fields)} or an extra entry "
-                       f"{list(self.extra)}, got {key!r}")
-
-    def update(self, **entries: Any) -> None:
-        """Store ``entries`` in ``extra`` (transitional, like ``dict.update``)."""
-        clash = [k for k in entries if k in self._fields]
-        if clash:
-            raise ValueError(f"cache.update: expected names other than the fields "
-                             f"{list(self._fields)}, got {clash}")
-        self.extra.update(entries)
 
 
 def _is_tuple(s) -> bool:
@@ -295,7 +269,7 @@ def sequence_forward(step_forward: Callable, params: dict, x: np.ndarray, state0
     return y, state, SequenceCache(steps=caches, state0=state0, y_like=np.zeros_like(ys[0]),
                                    x_t_shape=(x.shape[0],) + tuple(x.shape[2:]),
                                    param_shapes={k: np.shape(v) for k, v in params.items()},
-                                   separate_output=separate_output, extra={})
+                                   separate_output=separate_output)
 
 
 def sequence_backward(step_backward: Callable, params: dict, cache: SequenceCache,

@@ -162,18 +162,12 @@ def test_dx_t_and_dstate_prev_of_the_wrong_shape_are_refused():
         run_backward(backward_with(lambda dx, dh, dp: (dx, (dh, dh), dp)), params, x, h0)
 
 
-def test_the_cache_is_a_sequence_cache_with_transitional_dict_access():
+def test_the_cache_is_a_sequence_cache():
     params, x, h0 = make_rnn()
     y, h, cache = bptt.sequence_forward(rnn.step_forward, params, x, h0)
-    cache.update(method="recurrent", backend="numpy")
     assert isinstance(cache, bptt.SequenceCache)
-    assert cache["steps"] is cache.steps and len(cache.steps) == 5
-    assert cache["state0"] is cache.state0
-    assert cache["backend"] == "numpy" and cache.extra["method"] == "recurrent"
-    with pytest.raises(KeyError, match="no_such_entry"):
-        cache["no_such_entry"]
-    with pytest.raises(ValueError, match=r"cache.update: expected names other than the fields"):
-        cache.update(steps=[])
+    assert len(cache.steps) == 5 and cache.state0 is h0
+    assert cache.param_shapes == {k: v.shape for k, v in params.items()}
 
 
 def test_sequence_backward_refuses_another_cache():
