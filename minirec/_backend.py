@@ -1,10 +1,17 @@
-"""The one place that resolves ``backend="numpy" | "numba" | "cupy"``.
+"""The one place that resolves ``backend="numpy" | "numba" | "cupy" | "cuda-emulated"``.
 
 The NumPy reference never imports a kernel module itself: it asks
 :func:`kernels` for one by family name, and this module imports
 ``minirec.kernels.numba.<family>`` or ``minirec.kernels.cuda.<family>`` on first
 use. ``import minirec`` therefore imports neither Numba nor CuPy, and compiles
-nothing. When a backend's package is missing the error says what to install.
+nothing. When a backend's package (or device, or compiler) is missing the
+error says what to install.
+
+``cupy`` and ``cuda-emulated`` share one kernel module per family (the same
+CUDA C source: launched by CuPy on a GPU, or compiled by the host C++ compiler
+against minirec's emulation header and run on the CPU); :func:`kernels` hands
+the definition that module with the backend bound, so the definition's call
+is the same one line for every backend.
 """
 
 from __future__ import annotations
@@ -13,7 +20,8 @@ import importlib
 from collections.abc import Iterable
 from types import ModuleType
 
-BACKENDS = ("numpy", "numba", "cupy")
+BACKENDS = ("numpy", "numba", "cupy", "cuda-emulated")
+CUDA_BACKENDS = ("cupy", "cuda-emulated")
 
 _INSTALL_HINT = {
     "numba": "pip install numba",
@@ -65,15 +73,24 @@ def check_method(method: str, backend: str, backend_methods: dict, *,
 
 
 def available(backend: str, *, raise_error: bool = False) -> bool:
-    """Whether ``backend``'s package imports (CuPy also needs a usable GPU)."""
+    """Whether ``backend`` can run here: its package imports (CuPy also needs a
+    usable GPU; ``cuda-emulated`` needs a C++20 host compiler)."""
     if backend == "numpy":
         return True
     try:
-        mod = importlib.import_module(_PACKAGE[backend])
-        if backend == "cupy":
-            mod.cuda.runtime.getDeviceCount()
-    except Exception as exc:  # ImportError, or CuPy without a driver/GPU
+        if backend in CUDA_BACKENDS:
+            from minirec.kernels.cuda import _build
+            if backend == "cupy":
+                _build.import_cupy()
+            elif _build.host_compiler() is None:
+                raise ImportError("backend='cuda-emulated' needs a C++20 host compiler (g++ "
+                                  "or clang++ on PATH, or $CXX): e.g. apt-get install g++")
+        else:
+            importlib.import_module(_PACKAGE[backend])
+    except ImportError as exc:
         if raise_error:
+            if backend in CUDA_BACKENDS:
+                raise
             raise ImportError(
                 f"backend={backend!r} needs the {_PACKAGE[backend]!r} package and it could "
                 f"not be used ({type(exc).__name__}: {exc}). Install it with: "
@@ -83,16 +100,34 @@ def available(backend: str, *, raise_error: bool = False) -> bool:
     return True
 
 
-def kernels(family: str, backend: str) -> ModuleType:
-    """Import and return the kernel module of ``family`` for ``backend``.
+class _Bound:
+    """A CUDA kernel module with its backend fixed (``cupy`` or ``cuda-emulated``)."""
 
-    ``kernels("linear_scan", "numba")`` is ``minirec.kernels.numba.linear_scan``.
+    def __init__(self, module: ModuleType, backend: str) -> None:
+        self.module, self.backend = module, backend
+
+    def forward(self, *args, **kwargs):
+        """The module's ``forward`` with ``backend=`` bound."""
+        return self.module.forward(*args, backend=self.backend, **kwargs)
+
+    def backward(self, *args, **kwargs):
+        """The module's ``backward`` with ``backend=`` bound."""
+        return self.module.backward(*args, backend=self.backend, **kwargs)
+
+
+def kernels(family: str, backend: str) -> ModuleType | _Bound:
+    """The kernel module of ``family`` for ``backend``, imported on first use.
+
+    ``kernels("linear_scan", "numba")`` is ``minirec.kernels.numba.linear_scan``;
+    for ``"cupy"`` and ``"cuda-emulated"`` it is ``minirec.kernels.cuda.<family>``
+    with that backend bound to its ``forward``/``backward``.
     """
     if backend == "numpy":
         raise ValueError("the numpy backend is the reference; it has no kernel module")
-    sub = {"numba": "numba", "cupy": "cuda"}[backend]
     available(backend, raise_error=True)
-    return importlib.import_module(f"minirec.kernels.{sub}.{family}")
+    if backend in CUDA_BACKENDS:
+        return _Bound(importlib.import_module(f"minirec.kernels.cuda.{family}"), backend)
+    return importlib.import_module(f"minirec.kernels.{backend}.{family}")
 
 
 def xp_of(x) -> ModuleType:

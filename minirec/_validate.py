@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from minirec._backend import xp_of
+
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _OPTIONS = {"check_finite": os.environ.get("MINIREC_CHECK_FINITE", "") not in ("", "0")}
 COMPLEX_DTYPES = (np.dtype(np.complex64), np.dtype(np.complex128))
@@ -236,7 +238,7 @@ def grad_like(name: str, g: Any, like: Any, like_name: str, *, fill: bool = Fals
     ``like``'s dtype (a new array when a cast is needed; never written to).
     """
     if g is None:
-        return np.zeros(like.shape, like.dtype) if fill else None
+        return xp_of(like).zeros(like.shape, like.dtype) if fill else None
     array(name, g)
     same_shape(name, g, like_name, like)
     if np.dtype(g.dtype).kind == "c" and np.dtype(like.dtype).kind != "c":
@@ -261,7 +263,7 @@ def grad_state(name: str, dstate: Any, state: Any, *, fill: bool = False) -> Any
                             f"state's), got a {type(dstate).__name__} of length {len(dstate)}")
         return grad_like(name, dstate, state, "the state", fill=fill)
     if dstate is None:
-        return tuple(np.zeros(s.shape, s.dtype) for s in state) if fill else None
+        return tuple(xp_of(s).zeros(s.shape, s.dtype) for s in state) if fill else None
     if not isinstance(dstate, (tuple, list)) or len(dstate) != len(state):
         shapes = ", ".join(str(tuple(s.shape)) for s in state)
         got = (f"a {type(dstate).__name__} of length {len(dstate)}"

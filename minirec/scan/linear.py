@@ -67,9 +67,10 @@ from minirec import _validate as V
 from minirec.scan import associative
 
 METHODS = ("recurrent", "hillis_steele", "blelloch", "chunked", "log")
-BACKENDS = ("numpy", "numba")
+BACKENDS = ("numpy", "numba", "cupy", "cuda-emulated")
 # the methods each non-NumPy backend has kernels for (NumPy runs them all)
-BACKEND_METHODS = {"numba": ("recurrent", "chunked")}
+BACKEND_METHODS = {"numba": ("recurrent", "chunked"), "cupy": ("recurrent", "chunked"),
+                   "cuda-emulated": ("recurrent", "chunked")}
 
 
 class LinearScanCache(NamedTuple):
@@ -276,13 +277,15 @@ def forward(a: np.ndarray | None, b: np.ndarray, initial_state: np.ndarray | Non
                              f"got {tuple(initial_state.shape)}")
     chunk_size = V.positive_int("chunk_size", chunk_size, allow_none=True)
     if method == "chunked" and chunk_size is None:
-        chunk_size = default_chunk_size(T)
+        # ⌈√T⌉ on the CPU; a CUDA block scan picks its own tile (kernels/cuda/linear_scan)
+        chunk_size = None if backend in _backend.CUDA_BACKENDS else default_chunk_size(T)
     dtype = V.common_dtype(**{name: coef}, b=b, initial_state=initial_state)
     if method == "log":
         _check_log_coefficients(a, log_a)
     if log_a is not None:
         a = np.exp(log_a)
-    h0 = np.zeros(state_shape, dtype) if initial_state is None else initial_state
+    xp = _backend.xp_of(b)  # CuPy arrays stay on the GPU (backend="cupy")
+    h0 = xp.zeros(state_shape, dtype) if initial_state is None else initial_state
     if backend != "numpy":
         h, h_T, kernel = _backend.kernels("linear_scan", backend).forward(
             a, b, h0, method=method, chunk_size=chunk_size)
@@ -356,5 +359,5 @@ def _realify(grads: dict[str, np.ndarray], real: dict[str, bool]) -> dict[str, n
     """
     for name, is_real in real.items():
         if is_real and np.iscomplexobj(grads[name]):
-            grads[name] = np.ascontiguousarray(grads[name].real)
+            grads[name] = _backend.xp_of(grads[name]).ascontiguousarray(grads[name].real)
     return grads
