@@ -2,8 +2,8 @@
 
 On the CPU through the emulator (``cuda-emulated``): several blocks, idle tail
 threads, T not a multiple of the chunk, T = 1, every dtype, real gates with
-complex inputs. Then the compile checks (nvcc for sm_80/sm_90, NVRTC), the
-sanitizers on the real kernel, and, marked ``gpu``, the same through CuPy.
+complex inputs. Then the sanitizers on the real kernel and, marked ``gpu``, the
+same through CuPy. The compile checks of every family are test_cuda_compile.py.
 """
 
 import numpy as np
@@ -181,34 +181,6 @@ def test_plans_launch_only_compiled_kernels_within_cuda_limits(dtype, method):
         assert all(g <= _launch.MAX_GRID_YZ for g in launch.grid[1:])
         for x in launch.args:  # arrays, or scalars with an explicit C type
             assert isinstance(x, np.ndarray) or isinstance(x, np.int64)
-
-
-# ---------------------------------------------------------------------------
-# compile checks: nvcc and NVRTC for the GPU architectures
-# ---------------------------------------------------------------------------
-
-@pytest.mark.skipif(_build.nvcc() is None, reason="nvcc (CUDA toolkit) not installed")
-@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-def test_nvcc_compiles_every_kernel_without_warnings_or_spills(arch):
-    report, log = _build.nvcc_check(ls.SOURCE, ALL_NAMES, arch)  # -Werror all-warnings
-    assert len(report) == len(ALL_NAMES), log
-    for kernel, r in report.items():
-        assert r.spill_store_bytes == 0 and r.spill_load_bytes == 0, (kernel, r)
-        assert r.stack_bytes == 0, (kernel, r)
-
-
-@pytest.mark.skipif(_build.nvrtc_library() is None,
-                    reason='libnvrtc not installed (pip install "nvidia-cuda-nvrtc==13.0.*")')
-@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-def test_nvrtc_compiles_every_kernel_without_warnings_or_spills(arch):
-    result = _build.nvrtc_compile(ls.SOURCE, ALL_NAMES, arch, ("--ptxas-options=-v",))
-    assert result.version[0] >= 13
-    # NVRTC has no -Werror: any log line that is not ptxas's -v report is a warning
-    assert [line for line in result.log.splitlines() if not line.startswith("ptxas")] == []
-    report = _build.parse_ptxas(result.log)
-    assert set(report) == set(result.lowered.values())
-    assert all(r.spill_store_bytes == r.spill_load_bytes == 0 for r in report.values())
-    assert result.binary[:4] == b"\x7fELF"  # a cubin
 
 
 # ---------------------------------------------------------------------------

@@ -44,6 +44,8 @@ ITEMS_PER_THREAD = 4
 MAX_BLOCK = 256
 DEFAULT_CHUNK = MAX_BLOCK * ITEMS_PER_THREAD
 BACKENDS = ("cupy", "cuda-emulated")
+# the dtypes the kernels are instantiated for (name_expressions; the compile checks)
+DTYPES = (np.float64, np.float32, np.complex128, np.complex64)
 
 
 def kernel_names(dtype: Any) -> tuple[str, ...]:
