@@ -294,8 +294,10 @@ class Stack:
             params: flat dict with keys ``"l<k>.<name>"``.
             x: ``(B, T, D)``.
             state0: flat tuple of every layer's initial state, or ``None`` (zeros).
-            method, chunk_size, backend: checked, then passed to every layer
-                (when given; otherwise each layer's default).
+            method: checked, then passed to every layer (when given; otherwise
+                each layer's default).
+            chunk_size: the same.
+            backend: the same.
             **kw: passed to every layer's ``forward`` (``nonlinearity``, …).
 
         Returns:
@@ -406,8 +408,10 @@ class Bidirectional:
             x: ``(B, T, D)``.
             state0: flat tuple (forward direction's state, then reverse's) or
                 ``None`` (zeros).
-            method, chunk_size, backend: checked, then passed to both
-                directions (when given; otherwise the cell's default).
+            method: checked, then passed to both directions (when given;
+                otherwise the cell's default).
+            chunk_size: the same.
+            backend: the same.
             **kw: passed to both directions' ``forward``.
 
         Returns:
