@@ -50,7 +50,10 @@ Backends: ``backend="numba"`` keeps the projections (``x W_k^T``,
 ``x W_v^T``, ``o W_o^T`` and the weight gradients) as NumPy GEMMs over all
 tokens and passes the backend to :mod:`minirec.ops.softmax_scan`, whose numba
 kernel runs the ``recurrent`` scan (and its backward) as one fused loop over
-time; ``blelloch`` is NumPy-only.
+time; ``blelloch`` is NumPy-only. ``backend="cupy"`` and ``"cuda-emulated"``
+do the same with softmax_scan's CUDA kernels (one warp per (batch, head)); for
+``"cupy"`` the parameters and ``x`` are CuPy arrays and the projections are
+CuPy GEMMs (cuBLAS).
 """
 
 from __future__ import annotations
@@ -64,9 +67,10 @@ from minirec import _validate as V
 from minirec.ops import softmax_scan
 
 METHODS = softmax_scan.METHODS
-BACKENDS = ("numpy", "numba")
+BACKENDS = ("numpy", "numba", "cupy", "cuda-emulated")
 # the methods each non-NumPy backend runs (those of softmax_scan's kernels)
-BACKEND_METHODS = {"numba": ("recurrent",)}
+BACKEND_METHODS = {"numba": ("recurrent",), "cupy": ("recurrent",),
+                   "cuda-emulated": ("recurrent",)}
 PARAM_SHAPES = {"q": ("NH", "K"), "W_k": ("NH*K", "D"), "W_v": ("NH*V", "D"),
                 "W_o": ("O", "NH*V"), "b_o": ("O",)}
 
@@ -172,7 +176,7 @@ def _project(params, x):
     lead = x.shape[:-1]
     k = (x @ params["W_k"].T).reshape(lead + (NH, K))
     v = (x @ params["W_v"].T).reshape(lead + (NH, Vd))
-    s = np.sum(k * params["q"], axis=-1) / np.sqrt(K).astype(x.dtype)
+    s = (k * params["q"]).sum(axis=-1) / np.sqrt(K).astype(x.dtype)
     return k, v, s
 
 
@@ -263,11 +267,12 @@ def backward(params: dict, cache: AarenCache, dy: np.ndarray | None,
     x, k, o_flat = c.x, c.k, c.o_flat
     B, T = x.shape[:2]
     NH, _, Vd = _sizes(params)
-    y_like = np.broadcast_to(np.zeros((), x.dtype), (B, T) + params["b_o"].shape)
+    xp = _backend.xp_of(x)  # CuPy arrays for backend="cupy"
+    y_like = xp.broadcast_to(xp.zeros((), x.dtype), (B, T) + params["b_o"].shape)
     dy = V.grad_like("dy", dy, y_like, "y")
     if dy is None:
         do = None
-        dout = {"W_o": np.zeros_like(params["W_o"]), "b_o": np.zeros_like(params["b_o"])}
+        dout = {"W_o": xp.zeros_like(params["W_o"]), "b_o": xp.zeros_like(params["b_o"])}
     else:
         do_flat, dout = _readout_backward(params, o_flat, dy)
         do = do_flat.reshape(B, T, NH, Vd)

@@ -100,9 +100,13 @@ Backends: ``"numpy"`` runs both methods; ``"numba"``
 (:mod:`minirec.kernels.numba.softmax_scan`) runs ``recurrent`` as one fused
 loop over time per (batch, head) — the ``(m, u, w)`` update and the output in
 the same step, ``prange`` over the ``B·H`` rows — and its backward as one fused
-reverse loop of :func:`step_backward`'s equations. The empty prefix
-``m = −inf`` is handled as above (α = 1 where ``m_{t−1} = m_t``), so it gives
-no NaN there either.
+reverse loop of :func:`step_backward`'s equations. ``"cupy"`` and
+``"cuda-emulated"`` (:mod:`minirec.kernels.cuda.softmax_scan`, the same CUDA C
+on a GPU or in the CPU emulator) run ``recurrent`` with one warp per (batch,
+head): lanes over ``V`` in the forward, and in the backward the same reverse
+loop with the three sums over ``V`` of each step as one warp reduction. The
+empty prefix ``m = −inf`` is handled as above (α = 1 where ``m_{t−1} = m_t``),
+so it gives no NaN there either.
 """
 
 from __future__ import annotations
@@ -116,9 +120,10 @@ from minirec import _validate as V
 from minirec.scan import associative, linear
 
 METHODS = ("recurrent", "blelloch")
-BACKENDS = ("numpy", "numba")
+BACKENDS = ("numpy", "numba", "cupy", "cuda-emulated")
 # the methods each non-NumPy backend has kernels for (NumPy runs them all)
-BACKEND_METHODS = {"numba": ("recurrent",)}
+BACKEND_METHODS = {"numba": ("recurrent",), "cupy": ("recurrent",),
+                   "cuda-emulated": ("recurrent",)}
 
 State = tuple  # (m (B, H), u (B, H), w (B, H, V))
 
@@ -167,12 +172,13 @@ def _rescale(m_old: np.ndarray, m_new: np.ndarray) -> np.ndarray:
     return np.exp(diff)
 
 
-def empty_state(batch_size: int, num_heads: int, value_size: int, dtype=np.float64) -> State:
+def empty_state(batch_size: int, num_heads: int, value_size: int, dtype=np.float64, *,
+                xp=np) -> State:
     """The empty prefix ``(m, u, w) = (−inf, 0, 0)``: shapes ``(B, H)``, ``(B, H)``,
-    ``(B, H, V)``."""
-    return (np.full((batch_size, num_heads), -np.inf, dtype),
-            np.zeros((batch_size, num_heads), dtype),
-            np.zeros((batch_size, num_heads, value_size), dtype))
+    ``(B, H, V)``; ``xp`` allocates them (``numpy``, or ``cupy`` for GPU arrays)."""
+    return (xp.full((batch_size, num_heads), -np.inf, dtype),
+            xp.zeros((batch_size, num_heads), dtype),
+            xp.zeros((batch_size, num_heads, value_size), dtype))
 
 
 # ---------------------------------------------------------------------------
@@ -322,9 +328,9 @@ def forward(s: np.ndarray, v: np.ndarray, *, initial_state: State | None = None,
     dtype = _check_inputs(s, v, initial_state)
     B, T, H, Vd = v.shape
     if initial_state is None:
-        initial_state = empty_state(B, H, Vd, dtype)
+        initial_state = empty_state(B, H, Vd, dtype, xp=_backend.xp_of(s))
     m0, u0, w0 = initial_state
-    if backend != "numpy":  # a fused loop: state update and output per step
+    if backend != "numpy":  # a fused loop per (batch, head): state update and output
         o, state, (M, U, W) = _backend.kernels("softmax_scan", backend).forward(
             s, v, initial_state)
     else:

@@ -49,6 +49,11 @@ Backends: ``"numpy"`` runs every method; ``"numba"``
 complex: the forward as one fused loop of ``d × d`` matrix-vector products per
 batch row (``prange`` over the batch), the backward as one fused reverse pass
 computing ``g_t``, ``dA_t = g_t h_{t-1}^H`` and ``dh0`` together.
+``"cupy"`` and ``"cuda-emulated"`` (:mod:`minirec.kernels.cuda.matrix_scan`,
+the same CUDA C on a GPU or in the CPU emulator) run ``recurrent`` with one
+block per batch row and a thread per state entry: per step a matrix-vector
+product from the previous state in shared memory, and the reverse scan with
+``A^H`` for the backward.
 """
 
 from __future__ import annotations
@@ -63,9 +68,10 @@ from minirec.scan import associative
 from minirec.scan.linear import _realify
 
 METHODS = ("recurrent", "hillis_steele", "blelloch")
-BACKENDS = ("numpy", "numba")
+BACKENDS = ("numpy", "numba", "cupy", "cuda-emulated")
 # the methods each non-NumPy backend has kernels for (NumPy runs them all)
-BACKEND_METHODS = {"numba": ("recurrent",)}
+BACKEND_METHODS = {"numba": ("recurrent",), "cupy": ("recurrent",),
+                   "cuda-emulated": ("recurrent",)}
 
 
 class MatrixScanCache(NamedTuple):
@@ -170,7 +176,8 @@ def forward(A: np.ndarray, b: np.ndarray, initial_state: np.ndarray | None = Non
         s.check("initial_state", initial_state, ("B", "d"))
     V.positive_int("chunk_size", chunk_size, allow_none=True)
     dtype = V.common_dtype(A=A, b=b, initial_state=initial_state)
-    h0 = np.zeros((s["B"], s["d"]), dtype) if initial_state is None else initial_state
+    xp = _backend.xp_of(b)  # CuPy arrays stay on the GPU (backend="cupy")
+    h0 = xp.zeros((s["B"], s["d"]), dtype) if initial_state is None else initial_state
     if backend != "numpy":
         h, h_T, kernel = _backend.kernels("matrix_scan", backend).forward(A, b, h0, method=method)
     else:
