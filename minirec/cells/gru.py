@@ -33,7 +33,9 @@ Post-activation values ``r, z, n`` and ``gh_n`` are cached:
 ``step_forward``/``step_backward`` (the definition). Other backends run the same
 equations behind the backend seam, ``_backend.kernels("gru", backend)``
 (:mod:`minirec.kernels.numba.gru`: one GEMM for ``gi`` over all T, the fused
-time loop with ``gh``, GEMMs for the weight gradients from ``dgi`` and ``dgh``).
+time loop with ``gh``, GEMMs for the weight gradients from ``dgi`` and ``dgh``;
+:mod:`minirec.kernels.cuda.gru` for ``"cupy"`` and ``"cuda-emulated"``: the same
+GEMMs, and per step one GEMM ``h_{t-1} W_hh^T`` and one fused gate kernel).
 """
 
 from __future__ import annotations
@@ -47,8 +49,10 @@ from minirec import _math as M
 from minirec import _validate as V
 
 METHODS = ("recurrent",)
-BACKENDS = ("numpy", "numba")
-BACKEND_METHODS = {"numba": ("recurrent",)}  # NumPy runs every method
+BACKENDS = ("numpy", "numba", "cupy", "cuda-emulated")
+# the methods each non-NumPy backend has kernels for (NumPy runs them all)
+BACKEND_METHODS = {"numba": ("recurrent",), "cupy": ("recurrent",),
+                   "cuda-emulated": ("recurrent",)}
 GATES = 3  # r, z, n
 PARAM_SHAPES = {"W_ih": ("G", "D"), "W_hh": ("G", "H"), "b_ih": ("G",), "b_hh": ("G",)}
 
@@ -102,9 +106,9 @@ def init_params(rng: np.random.Generator, input_size: int, hidden_size: int,
 
 
 def zero_state(params: dict, batch_size: int, dtype=None) -> np.ndarray:
-    """``h_{-1} = 0`` of shape ``(B, H)``."""
+    """``h_{-1} = 0`` of shape ``(B, H)`` (a CuPy array when the params are)."""
     W_hh = params["W_hh"]
-    return np.zeros((batch_size, W_hh.shape[1]), dtype or W_hh.dtype)
+    return _backend.xp_of(W_hh).zeros((batch_size, W_hh.shape[1]), dtype or W_hh.dtype)
 
 
 def _check(params, x, state0):
@@ -113,6 +117,13 @@ def _check(params, x, state0):
         raise ValueError(f"gru: W_hh: expected shape (3H, H) = ({GATES * s['H']}, {s['H']}) "
                          f"(gates r, z, n stacked on axis 0), got {params['W_hh'].shape}")
     return dtype
+
+
+def _zeros_view(a):
+    """Zeros shaped and typed like ``a``, a read-only view that holds no memory, where
+    ``a`` lives (NumPy or CuPy): what an upstream gradient is checked against."""
+    xp = _backend.xp_of(a)
+    return xp.broadcast_to(xp.zeros((), a.dtype), a.shape)
 
 
 def step_forward(params: dict, x_t: np.ndarray, h_prev: np.ndarray) -> tuple[np.ndarray,
@@ -174,9 +185,8 @@ def forward(params: dict, x: np.ndarray, state0: np.ndarray | None = None, *,
         y, h, seq = bptt.sequence_forward(step_forward, params, x, h0)
     else:
         y, h, kernel = _backend.kernels("gru", backend).forward(params, x, h0)
-    return y, h, GRUCache(seq, kernel, np.broadcast_to(np.zeros((), y.dtype), y.shape),
-                          np.broadcast_to(np.zeros((), h.dtype), h.shape),
-                          V.param_shapes(params), method, backend)
+    return y, h, GRUCache(seq, kernel, _zeros_view(y), _zeros_view(h), V.param_shapes(params),
+                          method, backend)
 
 
 def backward(params: dict, cache: GRUCache, dy: np.ndarray | None,

@@ -32,7 +32,9 @@ in a cached value:
 ``step_forward``/``step_backward`` (the definition). Other backends run the same
 equations behind the backend seam, ``_backend.kernels("lstm", backend)``
 (:mod:`minirec.kernels.numba.lstm`: one GEMM for ``gi = x W_ih^T + b_ih + b_hh``
-over all T, the fused time loop, GEMMs for the weight gradients).
+over all T, the fused time loop, GEMMs for the weight gradients;
+:mod:`minirec.kernels.cuda.lstm` for ``"cupy"`` and ``"cuda-emulated"``: the same
+GEMMs, and per step one GEMM ``h_{t-1} W_hh^T`` and one fused gate kernel).
 """
 
 from __future__ import annotations
@@ -46,8 +48,10 @@ from minirec import _math as M
 from minirec import _validate as V
 
 METHODS = ("recurrent",)
-BACKENDS = ("numpy", "numba")
-BACKEND_METHODS = {"numba": ("recurrent",)}  # NumPy runs every method
+BACKENDS = ("numpy", "numba", "cupy", "cuda-emulated")
+# the methods each non-NumPy backend has kernels for (NumPy runs them all)
+BACKEND_METHODS = {"numba": ("recurrent",), "cupy": ("recurrent",),
+                   "cuda-emulated": ("recurrent",)}
 GATES = 4  # i, f, g, o
 PARAM_SHAPES = {"W_ih": ("G", "D"), "W_hh": ("G", "H"), "b_ih": ("G",), "b_hh": ("G",)}
 
@@ -103,10 +107,11 @@ def init_params(rng: np.random.Generator, input_size: int, hidden_size: int,
 
 
 def zero_state(params: dict, batch_size: int, dtype=None) -> tuple[np.ndarray, np.ndarray]:
-    """``(h_{-1}, c_{-1}) = (0, 0)``, each of shape ``(B, H)``."""
+    """``(h_{-1}, c_{-1}) = (0, 0)``, each of shape ``(B, H)`` (CuPy arrays when the
+    params are)."""
     W_hh = params["W_hh"]
-    shape = (batch_size, W_hh.shape[1])
-    return np.zeros(shape, dtype or W_hh.dtype), np.zeros(shape, dtype or W_hh.dtype)
+    xp, shape = _backend.xp_of(W_hh), (batch_size, W_hh.shape[1])
+    return xp.zeros(shape, dtype or W_hh.dtype), xp.zeros(shape, dtype or W_hh.dtype)
 
 
 def _check(params, x, state0):
@@ -116,6 +121,13 @@ def _check(params, x, state0):
         raise ValueError(f"lstm: W_hh: expected shape (4H, H) = ({GATES * s['H']}, {s['H']}) "
                          f"(gates i, f, g, o stacked on axis 0), got {params['W_hh'].shape}")
     return dtype
+
+
+def _zeros_view(a):
+    """Zeros shaped and typed like ``a``, a read-only view that holds no memory, where
+    ``a`` lives (NumPy or CuPy): what an upstream gradient is checked against."""
+    xp = _backend.xp_of(a)
+    return xp.broadcast_to(xp.zeros((), a.dtype), a.shape)
 
 
 def step_forward(params: dict, x_t: np.ndarray,
@@ -181,9 +193,8 @@ def forward(params: dict, x: np.ndarray, state0: tuple | None = None, *,
         y, state, seq = bptt.sequence_forward(step_forward, params, x, s0)
     else:
         y, state, kernel = _backend.kernels("lstm", backend).forward(params, x, s0)
-    state_like = tuple(np.broadcast_to(np.zeros((), s.dtype), s.shape) for s in state)
-    return y, state, LSTMCache(seq, kernel, np.broadcast_to(np.zeros((), y.dtype), y.shape),
-                               state_like, V.param_shapes(params), method, backend)
+    return y, state, LSTMCache(seq, kernel, _zeros_view(y), tuple(map(_zeros_view, state)),
+                               V.param_shapes(params), method, backend)
 
 
 def backward(params: dict, cache: LSTMCache, dy: np.ndarray | None,

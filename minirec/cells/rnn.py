@@ -22,7 +22,9 @@ Backward through one step (dh = ∂L/∂h_t, from the output and from t+1):
 ``step_forward``/``step_backward`` (the definition). Other backends run the same
 equations behind the backend seam, ``_backend.kernels("rnn", backend)``
 (:mod:`minirec.kernels.numba.rnn`: one GEMM for ``gi = x W_ih^T + b_ih + b_hh``
-over all T, the fused time loop, GEMMs for the weight gradients).
+over all T, the fused time loop, GEMMs for the weight gradients;
+:mod:`minirec.kernels.cuda.rnn` for ``"cupy"`` and ``"cuda-emulated"``: the same
+GEMMs, and per step one GEMM ``h_{t-1} W_hh^T`` and one fused gate kernel).
 """
 
 from __future__ import annotations
@@ -36,8 +38,10 @@ from minirec import _math as M
 from minirec import _validate as V
 
 METHODS = ("recurrent",)
-BACKENDS = ("numpy", "numba")
-BACKEND_METHODS = {"numba": ("recurrent",)}  # NumPy runs every method
+BACKENDS = ("numpy", "numba", "cupy", "cuda-emulated")
+# the methods each non-NumPy backend has kernels for (NumPy runs them all)
+BACKEND_METHODS = {"numba": ("recurrent",), "cupy": ("recurrent",),
+                   "cuda-emulated": ("recurrent",)}
 NONLINEARITIES = ("tanh", "relu")
 PARAM_SHAPES = {"W_ih": ("H", "D"), "W_hh": ("H", "H"), "b_ih": ("H",), "b_hh": ("H",)}
 
@@ -87,13 +91,20 @@ def init_params(rng: np.random.Generator, input_size: int, hidden_size: int,
 
 
 def zero_state(params: dict, batch_size: int, dtype=None) -> np.ndarray:
-    """``h_{-1} = 0`` of shape ``(B, H)``."""
+    """``h_{-1} = 0`` of shape ``(B, H)`` (a CuPy array when the params are)."""
     W_hh = params["W_hh"]
-    return np.zeros((batch_size, W_hh.shape[1]), dtype or W_hh.dtype)
+    return _backend.xp_of(W_hh).zeros((batch_size, W_hh.shape[1]), dtype or W_hh.dtype)
 
 
 def _check(params, x, state0):
     return V.cell_inputs("rnn", params, PARAM_SHAPES, x, state0, ("B", "H"))[0]
+
+
+def _zeros_view(a):
+    """Zeros shaped and typed like ``a``, a read-only view that holds no memory, where
+    ``a`` lives (NumPy or CuPy): what an upstream gradient is checked against."""
+    xp = _backend.xp_of(a)
+    return xp.broadcast_to(xp.zeros((), a.dtype), a.shape)
 
 
 def step_forward(params: dict, x_t: np.ndarray, h_prev: np.ndarray,
@@ -145,9 +156,8 @@ def forward(params: dict, x: np.ndarray, state0: np.ndarray | None = None, *,
     else:
         y, h, kernel = _backend.kernels("rnn", backend).forward(params, x, h0,
                                                                 nonlinearity=nonlinearity)
-    return y, h, RNNCache(seq, kernel, np.broadcast_to(np.zeros((), y.dtype), y.shape),
-                          np.broadcast_to(np.zeros((), h.dtype), h.shape),
-                          V.param_shapes(params), nonlinearity, method, backend)
+    return y, h, RNNCache(seq, kernel, _zeros_view(y), _zeros_view(h), V.param_shapes(params),
+                          nonlinearity, method, backend)
 
 
 def backward(params: dict, cache: RNNCache, dy: np.ndarray | None,
