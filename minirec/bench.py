@@ -19,9 +19,19 @@
    of ``scan.linear`` (B·D = 32, where chunking over time is meant to pay) and
    ``rnn``.
 
+``--backend`` restricts which backends are timed. ``backend="cupy"`` cases
+(``minirec bench --backend cupy``; CuPy is imported only then) are timed with
+CUDA events (``cupyx.profiler.benchmark``) and read against the GPU's
+device-to-device copy bandwidth, measured in the same run; the scans are also
+timed as a naive CuPy loop over T (a Python loop of elementwise ops, what one
+writes without a kernel) and, in a separate process, as the same loop in
+PyTorch CUDA where ``torch.cuda`` is available. The report names the GPU.
+``cuda-emulated`` (CUDA C run on the CPU, one host thread per CUDA thread) is
+a teaching and test backend, not a fast one: it is skipped unless asked for.
+
 It writes ``RESULTS.md`` (with ``analysis.md`` from ``--out`` appended, the
-hand-written reading of the numbers), ``results.json`` and PNG plots to
-``--out`` (default ``benchmarks/``).
+hand-written reading of the numbers, unless ``--backend`` restricted the run),
+``results.json`` and PNG plots to ``--out`` (default ``benchmarks/``).
 Timings are never asserted anywhere in the tests.
 """
 
@@ -34,7 +44,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +67,74 @@ def _median_time(fn: Callable[[], object], repeats: int, budget_s: float) -> flo
         if time.perf_counter() > deadline and len(times) >= 3:
             break
     return float(np.median(times))
+
+
+# ---------------------------------------------------------------------------
+# the GPU (backend="cupy"): CuPy is imported only by these functions
+# ---------------------------------------------------------------------------
+
+def _cupy():
+    """CuPy with a usable GPU, imported on first use; an ``ImportError`` that says
+    what to install (or that no GPU is visible) otherwise."""
+    from minirec.kernels.cuda import _build
+    return _build.import_cupy()
+
+
+def _synchronize() -> None:
+    """Wait until the GPU has finished the work queued so far."""
+    _cupy().cuda.Device().synchronize()
+
+
+def _cuda_event_time(fn: Callable[[], object], repeats: int, budget_s: float) -> float:
+    """Median GPU time of ``fn()`` in seconds: CUDA events recorded before and after
+    each call (``cupyx.profiler.benchmark``), after one untimed warm-up call, for
+    ``repeats`` calls (at least 3) or until ``budget_s`` seconds have passed."""
+    from cupyx.profiler import benchmark
+
+    result = benchmark(fn, n_repeat=max(int(repeats), 3), n_warmup=1, max_duration=budget_s)
+    return float(np.median(np.asarray(result.gpu_times)[0]))
+
+
+def timer_for(backend: str) -> Callable[[Callable[[], object], int, float], float]:
+    """The timing function for ``backend``'s cases: CUDA events for ``"cupy"`` (a
+    host clock would time the launches, not the kernels), the median wall time of
+    :func:`_median_time` otherwise. Both take ``(fn, repeats, budget_s)``."""
+    return _cuda_event_time if backend == "cupy" else _median_time
+
+
+def _to_device(x):
+    """``x`` (an array, or dicts/tuples/lists of them) copied to the GPU."""
+    if isinstance(x, dict):
+        return {k: _to_device(v) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return type(x)(_to_device(v) for v in x)
+    return _cupy().asarray(x) if isinstance(x, np.ndarray) else x
+
+
+def gpu_limits(repeats: int = 20) -> tuple[dict, dict]:
+    """The GPU's device-to-device copy bandwidth measured now, and what the GPU is.
+
+    Returns ``({"gpu_copy_GBps": ...}, info)``: ``cupy.copyto`` of up to 1 GiB
+    (at most a quarter of the free memory), 2 bytes moved per byte copied, timed
+    with CUDA events; ``info`` has the GPU's name, compute capability and
+    memory, and the CuPy and CUDA runtime/driver versions.
+    """
+    cupy = _cupy()
+    runtime = cupy.cuda.runtime
+    device = cupy.cuda.Device()
+    props = runtime.getDeviceProperties(device.id)
+    name = props["name"]
+    name = name.decode() if isinstance(name, bytes) else str(name)
+    free, total = runtime.memGetInfo()
+    n_bytes = int(min(2**30, free // 4)) // 4 * 4
+    src = cupy.ones(n_bytes // 4, cupy.float32)
+    dst = cupy.empty_like(src)
+    t = _cuda_event_time(lambda: cupy.copyto(dst, src), repeats, 10.0)
+    info = {"gpu": name, "gpu_compute_capability": f"{props['major']}.{props['minor']}",
+            "gpu_memory_GiB": round(total / 2**30, 1), "cupy": cupy.__version__,
+            "cuda_runtime": runtime.runtimeGetVersion(),
+            "cuda_driver": runtime.driverGetVersion()}
+    return {"gpu_copy_GBps": 2 * n_bytes / t / 1e9}, info
 
 
 def machine_limits(repeats: int = 5) -> dict:
@@ -109,20 +187,31 @@ def _nbytes(x) -> int:
 
 def bench_case(entry, method: str, backend: str, dims: tuple, dtype, repeats: int,
                budget_s: float) -> dict:
-    """Time one entry × method × backend × size; returns a result row."""
+    """Time one entry × method × backend × size; returns a result row.
+
+    ``backend="cupy"`` cases run on CuPy copies of the inputs and are timed by
+    :func:`timer_for` (CUDA events); the first call (which compiles the kernels
+    through NVRTC) is timed to the end of its GPU work.
+    """
     from minirec import registry
 
     rng = np.random.default_rng(0)
     inputs = entry.make_inputs(rng, dtype, dims, method=method)
+    on_gpu = backend == "cupy"
+    if on_gpu:
+        inputs = _to_device(inputs)
+    xp = _cupy() if on_gpu else np
     kw = registry._method_kwargs(entry, method, backend)
     if "chunk_size" in kw:
         kw["chunk_size"] = None  # the module's default chunk length
     t0 = time.perf_counter()
     out, state, cache = registry.run_forward(entry, inputs, **kw)
+    if on_gpu:
+        _synchronize()
     first = time.perf_counter() - t0
-    d_out = np.ones_like(out)
-    d_state = (tuple(np.zeros_like(s) for s in state) if isinstance(state, tuple)
-               else np.zeros_like(state))
+    d_out = xp.ones_like(out)
+    d_state = (tuple(xp.zeros_like(s) for s in state) if isinstance(state, tuple)
+               else xp.zeros_like(state))
     registry.run_backward(entry, inputs, cache, d_out, d_state)
 
     def fwd():
@@ -132,12 +221,14 @@ def bench_case(entry, method: str, backend: str, dims: tuple, dtype, repeats: in
         _, _, c = registry.run_forward(entry, inputs, **kw)
         return registry.run_backward(entry, inputs, c, d_out, d_state)
 
-    t_f = _median_time(fwd, repeats, budget_s)
-    t_fb = _median_time(fwd_bwd, repeats, budget_s)
+    timer = timer_for(backend)
+    t_f = timer(fwd, repeats, budget_s)
+    t_fb = timer(fwd_bwd, repeats, budget_s)
     moved = _nbytes(inputs) + _nbytes(out) + _nbytes(state)
     return {"name": entry.name, "method": method, "backend": backend, "dims": list(dims),
             "dtype": np.dtype(dtype).name, "first_call_s": first, "fwd_s": t_f,
-            "fwd_bwd_s": t_fb, "fwd_GBps": moved / t_f / 1e9}
+            "fwd_bwd_s": t_fb, "fwd_GBps": moved / t_f / 1e9,
+            "timer": "CUDA events" if on_gpu else "wall clock"}
 
 
 # ---------------------------------------------------------------------------
@@ -150,16 +241,22 @@ SWEEP_TS = (64, 256, 1024, 4096, 16384)
 SWEEPS = (("scan.linear", 1, 32, 32), ("rnn", 4, 32, 32))
 
 
-def t_sweep(repeats: int, budget_s: float, dtype=np.float32) -> list[dict]:
+def t_sweep(repeats: int, budget_s: float, dtype=np.float32,
+            backends: Collection[str] | None = None) -> list[dict]:
     """Forward+backward time against T for every (method, backend) of the sweep
-    entries, at fixed B and D (the rows of :func:`bench_case` with ``sweep=True``)."""
+    entries, at fixed B and D (the rows of :func:`bench_case` with ``sweep=True``).
+
+    ``backends``: the backends to time (default: every one available here but
+    ``cuda-emulated``, as :func:`plan_jobs` chooses)."""
     from minirec import _backend, registry
 
     rows = []
     for name, B, D, H in SWEEPS:
         entry = registry.get(name)
         for m, b in entry.pairs:
-            if not _backend.available(b):
+            wanted = (b in backends if backends is not None
+                      else b not in NOT_TIMED_BY_DEFAULT and _backend.available(b))
+            if not wanted:
                 continue
             for T in SWEEP_TS:
                 if b == "numpy" and m == "recurrent" and T > 4096 and entry.kind == "cell":
@@ -233,6 +330,120 @@ def speedup_targets(repeats: int, budget_s: float) -> list[dict]:
     return rows
 
 
+# the GPU targets' shape, (B, T, D) float32; cupy cases of these entries are also timed
+# at it (as (B, T, D, H)) when --sizes is not given
+GPU_SCAN_TARGET_SHAPE = (8, 4096, 4096)
+GPU_SIZES = {"scan.linear": GPU_SCAN_TARGET_SHAPE + (GPU_SCAN_TARGET_SHAPE[2],)}
+
+
+def bandwidth_row(what: str, shape: tuple, seconds: float, nbytes: int, copy_GBps: float,
+                  min_fraction: float) -> dict:
+    """A performance-target row: ``nbytes`` moved in ``seconds`` against the copy
+    bandwidth ``copy_GBps``, met when the achieved fraction is ≥ ``min_fraction``.
+    ``reference`` is the time the bytes take at the copy bandwidth (the bound)."""
+    bound = nbytes / (copy_GBps * 1e9)
+    achieved = nbytes / seconds / 1e9
+    return {"what": what, "shape": str(tuple(shape)), "measured": seconds, "reference": bound,
+            "ratio": seconds / bound, "target": f"≥ {min_fraction:.0%} of copy BW",
+            "met": achieved >= min_fraction * copy_GBps,
+            "note": f"{achieved:.0f} GB/s = {achieved / copy_GBps:.0%} of the measured "
+                    f"{copy_GBps:.0f} GB/s"}
+
+
+def gpu_scan_bandwidth_target(copy_GBps: float, repeats: int, budget_s: float) -> list[dict]:
+    """``scan.linear`` on the GPU (every cupy method) at :data:`GPU_SCAN_TARGET_SHAPE`,
+    float32, against the GPU's copy bandwidth: forward 12 bytes/element (read a,
+    b; write h), ≥ 80%; backward 20 (read a, h, dh; write da, db), ≥ 70%. CUDA
+    events; the backward is timed alone, from one forward's cache."""
+    from minirec import registry
+
+    cupy = _cupy()
+    entry = registry.get("scan.linear")
+    B, T, R = GPU_SCAN_TARGET_SHAPE
+    rng = np.random.default_rng(0)
+    inputs = {"a": cupy.asarray(2 * rng.random((B, T, R), dtype=np.float32) - 1),
+              "b": cupy.asarray(rng.standard_normal((B, T, R), dtype=np.float32)),
+              "initial_state": cupy.asarray(rng.standard_normal((B, R), dtype=np.float32))}
+    n = B * T * R
+    rows = []
+    for method in entry.module.BACKEND_METHODS["cupy"]:
+        kw = {"method": method, "backend": "cupy"}
+        out, state, cache = registry.run_forward(entry, inputs, **kw)
+        dh, dstate = cupy.ones_like(out), cupy.zeros_like(state)
+        registry.run_backward(entry, inputs, cache, dh, dstate)
+        t_f = _cuda_event_time(lambda kw=kw: registry.run_forward(entry, inputs, **kw),
+                               repeats, budget_s)
+        t_b = _cuda_event_time(
+            lambda c=cache, d=dh, s=dstate: registry.run_backward(entry, inputs, c, d, s),
+            repeats, budget_s)
+        rows.append(bandwidth_row(f"scan.linear cupy {method} forward", GPU_SCAN_TARGET_SHAPE,
+                                  t_f, 12 * n, copy_GBps, 0.8))
+        rows.append(bandwidth_row(f"scan.linear cupy {method} backward", GPU_SCAN_TARGET_SHAPE,
+                                  t_b, 20 * n, copy_GBps, 0.7))
+        del out, state, cache, dh, dstate
+    return rows
+
+
+def naive_linear_scan_forward(xp, a, b, h0):
+    """``h_t = a_t ⊙ h_{t-1} + b_t`` as a Python loop over T of elementwise ops on
+    ``xp`` arrays (NumPy or CuPy): what one writes without a kernel (on a GPU, a
+    few kernel launches per step). ``a, b (B, T, ...)``, ``h0 (B, ...)``; real."""
+    h = xp.empty_like(b)
+    state = h0
+    for t in range(b.shape[1]):
+        state = a[:, t] * state + b[:, t]
+        h[:, t] = state
+    return h
+
+
+def naive_linear_scan_backward(xp, a, h, h0, dh, dstate):
+    """``(da, db, dh0)`` of :func:`naive_linear_scan_forward` by the reverse loop
+    ``g_{T-1} = dh_{T-1} + dstate``, ``g_t = dh_t + a_{t+1} g_{t+1}``; ``db = g``,
+    ``da_t = g_t h_{t-1}``, ``dh0 = a_0 g_0`` (real inputs)."""
+    T = h.shape[1]
+    da, db = xp.empty_like(h), xp.empty_like(h)
+    g = dstate
+    for t in range(T - 1, -1, -1):
+        g = dh[:, t] + (g if t == T - 1 else a[:, t + 1] * g)
+        db[:, t] = g
+        da[:, t] = g * (h[:, t - 1] if t > 0 else h0)
+    return da, db, a[:, 0] * g
+
+
+def _naive_linear_scan(xp, inputs):
+    a, b, h0 = inputs["a"], inputs["b"], inputs["initial_state"]
+    dh, dstate = xp.ones_like(b), xp.zeros_like(h0)  # as bench_case's upstream gradients
+    fwd = lambda: naive_linear_scan_forward(xp, a, b, h0)
+    fwd_bwd = lambda: naive_linear_scan_backward(xp, a, fwd(), h0, dh, dstate)
+    return fwd, fwd_bwd
+
+
+# entry name -> (xp, inputs) -> (forward, forward+backward) callables
+NAIVE_LOOPS = {"scan.linear": _naive_linear_scan}
+
+
+def naive_cupy_times(rows: Sequence[dict], repeats: int, budget_s: float) -> list[dict]:
+    """The naive CuPy loop over T (:data:`NAIVE_LOOPS`) at the entry, size and
+    dtype of every cupy row that has one, timed with CUDA events."""
+    from minirec import registry
+
+    xp = _cupy()
+    out, seen = [], set()
+    for r in rows:
+        key = (r["name"], tuple(r["dims"]), r["dtype"])
+        if r["backend"] != "cupy" or r["name"] not in NAIVE_LOOPS or key in seen:
+            continue
+        seen.add(key)
+        entry = registry.get(r["name"])
+        inputs = _to_device(entry.make_inputs(np.random.default_rng(0), r["dtype"],
+                                              tuple(r["dims"]), method="recurrent"))
+        fwd, fwd_bwd = NAIVE_LOOPS[r["name"]](xp, inputs)
+        out.append({"name": r["name"], "dims": list(r["dims"]), "dtype": r["dtype"],
+                    "naive_fwd_s": _cuda_event_time(fwd, repeats, budget_s),
+                    "naive_fwd_bwd_s": _cuda_event_time(fwd_bwd, repeats, budget_s)})
+    return out
+
+
 _COMPILE_WORKER = r"""
 import json, time
 import numpy as np
@@ -288,21 +499,46 @@ import json, sys, time
 import numpy as np
 import torch
 cfg = json.loads(sys.argv[1])
-torch.set_num_threads(cfg["threads"])
+device = cfg.get("device", "cpu")
+if device == "cuda":
+    if not torch.cuda.is_available():
+        print(json.dumps({"skipped": f"torch {torch.__version__}: torch.cuda.is_available() "
+                                     "is False"}))
+        sys.exit(0)
+    extra = {"gpu": torch.cuda.get_device_name(0)}
+else:
+    torch.set_num_threads(cfg["threads"])
+    extra = {}
+
+
+def timed(fn, repeats):
+    fn()  # warm-up
+    ts = []
+    for _ in range(repeats):
+        if device == "cuda":  # CUDA events around the call, as cupyx.profiler.benchmark
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record(); fn(); end.record(); end.synchronize()
+            ts.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter(); fn(); ts.append(time.perf_counter() - t0)
+    return float(np.median(ts))
+
+
 out = []
 for case in cfg["cases"]:
     B, T, D, H = case["dims"]
     dt = getattr(torch, case["dtype"])
-    x = torch.randn(B, T, D, dtype=dt, requires_grad=True)
+    x = torch.randn(B, T, D, dtype=dt, device=device, requires_grad=True)
     kind = case["kind"]
     if kind in ("rnn", "lstm", "gru"):
         mod = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[kind](
-            D, H, batch_first=True).to(dt)
+            D, H, batch_first=True).to(device=device, dtype=dt)
         fwd = lambda: mod(x)[0]
     elif kind == "scan.linear":
-        a = torch.rand(B, T, D, dtype=dt)
+        a = torch.rand(B, T, D, dtype=dt, device=device)
         def fwd():
-            h = torch.zeros(B, D, dtype=dt); hs = []
+            h = torch.zeros(B, D, dtype=dt, device=device); hs = []
             for t in range(T):
                 h = a[:, t] * h + x[:, t]; hs.append(h)
             return torch.stack(hs, 1)
@@ -311,29 +547,39 @@ for case in cfg["cases"]:
     def fb():
         y = fwd(); y.sum().backward()
     res = {}
-    for label, fn in (("fwd_s", fwd), ("fwd_bwd_s", fb)):
-        with torch.no_grad() if label == "fwd_s" else torch.enable_grad():
-            fn()
-            ts = []
-            for _ in range(case["repeats"]):
-                t0 = time.perf_counter(); fn(); ts.append(time.perf_counter() - t0)
-        res[label] = float(np.median(ts))
-    out.append({**case, **res, "torch": torch.__version__})
+    with torch.no_grad():
+        res["fwd_s"] = timed(fwd, case["repeats"])
+    res["fwd_bwd_s"] = timed(fb, case["repeats"])
+    out.append({**case, **res, "torch": torch.__version__, "device": device, **extra})
 print(json.dumps(out))
 """
 
 
-def torch_times(cases: list[dict], threads: int) -> list[dict]:
-    """Run the PyTorch worker in a child process; ``[]`` when torch is missing."""
-    cfg = json.dumps({"threads": threads, "cases": cases})
+def run_torch_worker(cases: list[dict], device: str = "cpu", threads: int = 1
+                     ) -> tuple[list[dict], str | None]:
+    """Time ``cases`` (``{"kind", "dims", "dtype", "repeats"}``) in PyTorch in a child
+    process (sharing a process with OpenBLAS, or with CuPy's memory pool, distorts
+    both), on ``device`` (``"cpu"`` with ``threads`` threads, wall clock; or
+    ``"cuda"``, CUDA events). Returns ``(rows, None)``, or ``([], reason)`` when
+    PyTorch (or its CUDA) is missing or the worker failed."""
+    cfg = json.dumps({"device": device, "threads": threads, "cases": cases})
     try:
         proc = subprocess.run([sys.executable, "-c", _TORCH_WORKER, cfg], capture_output=True,
                               text=True, timeout=1800)
-    except (OSError, subprocess.TimeoutExpired):
-        return []
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return [], f"{type(exc).__name__}: {exc}"
     if proc.returncode != 0:
-        return []
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        lines = proc.stderr.strip().splitlines()
+        return [], lines[-1] if lines else f"the worker exited with {proc.returncode}"
+    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    if isinstance(data, dict):
+        return [], data["skipped"]
+    return data, None
+
+
+def torch_times(cases: list[dict], threads: int) -> list[dict]:
+    """Run the PyTorch CPU worker in a child process; ``[]`` when torch is missing."""
+    return run_torch_worker(cases, "cpu", threads)[0]
 
 
 # ---------------------------------------------------------------------------
@@ -347,11 +593,21 @@ def _fmt_t(s: float) -> str:
 def write_report(out_dir: Path, env: dict, limits: dict, rows: list[dict], torch_rows: list[dict],
                  command: str, targets: list[dict] | None = None,
                  compile_info: dict | None = None, sweep_rows: list[dict] | None = None,
-                 analysis: str | None = None) -> Path:
-    """Write ``RESULTS.md`` and plots into ``out_dir``; returns the markdown path."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+                 analysis: str | None = None, notes: Sequence[str] | None = None,
+                 gpu: dict | None = None) -> Path:
+    """Write ``RESULTS.md`` and plots into ``out_dir``; returns the markdown path.
+
+    ``notes``: what was skipped and why (printed under the machine). ``gpu``:
+    ``{"naive": naive_cupy_times(...), "torch": rows, "torch_skipped": reason}``
+    for a run with cupy cases (``limits`` then has ``gpu_copy_GBps`` and ``env``
+    the GPU's name).
+    """
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # a bare machine (a lent GPU): the tables without the plots
+        plt = None
 
     out_dir.mkdir(parents=True, exist_ok=True)
     ref = {(r["name"], tuple(r["dims"]), r["dtype"]): r for r in rows
@@ -361,22 +617,31 @@ def write_report(out_dir: Path, env: dict, limits: dict, rows: list[dict], torch
              "## Machine", ""]
     lines += [f"- {k}: {v}" for k, v in env.items()]
     lines += [f"- measured {k}: {v:.1f}" for k, v in limits.items()]
+    if notes:
+        lines += ["", "Not timed in this run:", ""] + [f"- {n}" for n in notes]
+    on_gpu = any(r["backend"] == "cupy" for r in rows)
     lines += ["", "## Every entry × method × backend", "",
               "Times are medians after a warm-up call (the first call, which compiles "
               "Numba kernels, is in its own column). `GB/s` counts every input and "
               "output once; `vs def` is the NumPy recurrent definition's time over "
-              "this row's (forward + backward).", "",
+              "this row's (forward + backward)."
+              + (" `cupy` rows are GPU times from CUDA events (`cupyx.profiler.benchmark`; "
+                 "their first call includes the NVRTC compile) and their `% copy BW` is "
+                 "of the GPU's measured copy bandwidth." if on_gpu else ""), "",
               "| entry | method | backend | (B, T, D, H) | dtype | first call | fwd | fwd+bwd "
               "| GB/s (fwd) | % copy BW | vs def |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         base = ref.get((r["name"], tuple(r["dims"]), r["dtype"]))
-        speed = base["fwd_bwd_s"] / r["fwd_bwd_s"] if base else float("nan")
+        speed = f"{base['fwd_bwd_s'] / r['fwd_bwd_s']:.2f}×" if base else "—"
+        bandwidth = limits["gpu_copy_GBps" if r["backend"] == "cupy" else "copy_GBps"]
         lines.append(
             f"| {r['name']} | {r['method']} | {r['backend']} | {tuple(r['dims'])} | {r['dtype']} "
             f"| {_fmt_t(r['first_call_s'])} | {_fmt_t(r['fwd_s'])} | {_fmt_t(r['fwd_bwd_s'])} "
-            f"| {r['fwd_GBps']:.2f} | {100 * r['fwd_GBps'] / limits['copy_GBps']:.0f}% "
-            f"| {speed:.2f}× |")
+            f"| {r['fwd_GBps']:.2f} | {100 * r['fwd_GBps'] / bandwidth:.0f}% "
+            f"| {speed} |")
+    if gpu is not None:
+        lines += _gpu_section(env, limits, rows, gpu)
     if targets:
         lines += ["", "## Performance targets", "",
                   "| what | shape | measured | reference | ratio | target | met |",
@@ -408,46 +673,51 @@ def write_report(out_dir: Path, env: dict, limits: dict, rows: list[dict], torch
                   "fwd+bwd | minirec / torch |", "|---|---|---|---|---|---|---|"]
         for tr in torch_rows:
             mine = [r for r in rows if r["name"] == tr["kind"] and tuple(r["dims"]) ==
-                    tuple(tr["dims"]) and r["dtype"] == tr["dtype"]]
+                    tuple(tr["dims"]) and r["dtype"] == tr["dtype"] and r["backend"] != "cupy"]
             best = min((r["fwd_bwd_s"] for r in mine), default=float("nan"))
             lines.append(f"| {tr['kind']} | {tuple(tr['dims'])} | {tr['dtype']} "
                          f"| {_fmt_t(tr['fwd_s'])} | {_fmt_t(tr['fwd_bwd_s'])} | "
                          f"{_fmt_t(best)} | {best / tr['fwd_bwd_s']:.2f}× |")
-    else:
+    elif any(r["backend"] != "cupy" for r in rows):
         lines += ["", "PyTorch was not installed (or failed to run): no comparison."]
-    # plot: forward time against T for every method of each entry (medium vs long sizes)
-    names = sorted({r["name"] for r in rows})
-    fig, axes = plt.subplots(1, 1, figsize=(8, 5))
-    for name in names:
-        for r in rows:
-            if r["name"] == name and r["dims"] == list(BENCH_SIZES["medium"]):
-                axes.bar(f"{name}\n{r['method']}/{r['backend']}", r["fwd_GBps"], color="C0")
-    axes.axhline(limits["copy_GBps"], color="k", ls="--", label="copy bandwidth")
-    axes.set_ylabel("achieved GB/s (forward, medium size)")
-    axes.tick_params(axis="x", labelrotation=90, labelsize=6)
-    axes.legend()
-    fig.tight_layout()
-    fig.savefig(out_dir / "efficiency.png", dpi=120)
-    plt.close(fig)
-    lines += ["", "![achieved bandwidth](efficiency.png)", ""]
+    # plot: achieved bandwidth of every CPU method at the medium size (none for a GPU-only run)
+    names = sorted({r["name"] for r in rows if r["backend"] != "cupy"})
+    if names and plt is not None:
+        fig, axes = plt.subplots(1, 1, figsize=(8, 5))
+        for name in names:
+            for r in rows:
+                if (r["name"] == name and r["dims"] == list(BENCH_SIZES.get("medium", ()))
+                        and r["backend"] != "cupy"):
+                    axes.bar(f"{name}\n{r['method']}/{r['backend']}", r["fwd_GBps"],
+                             color="C0")
+        axes.axhline(limits["copy_GBps"], color="k", ls="--", label="copy bandwidth")
+        axes.set_ylabel("achieved GB/s (forward, medium size, CPU backends)")
+        axes.tick_params(axis="x", labelrotation=90, labelsize=6)
+        axes.legend()
+        fig.tight_layout()
+        fig.savefig(out_dir / "efficiency.png", dpi=120)
+        plt.close(fig)
+        lines += ["", "![achieved bandwidth](efficiency.png)", ""]
     sweep = [r for r in sweep_rows or []]
     if sweep:
         names = sorted({r["name"] for r in sweep})
-        fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 4.5), squeeze=False)
-        for ax, name in zip(axes[0], names):
-            mine = [r for r in sweep if r["name"] == name]
-            for key in sorted({(r["method"], r["backend"]) for r in mine}):
-                pts = sorted((r["dims"][1], r["fwd_bwd_s"]) for r in mine
-                             if (r["method"], r["backend"]) == key)
-                ax.loglog(*zip(*pts), "o-", label=f"{key[0]} / {key[1]}")
-            B, _, D, _ = mine[0]["dims"]
-            ax.set_title(f"{name}: forward+backward, B={B}, D={D}, {mine[0]['dtype']}")
-            ax.set_xlabel("T")
-            ax.set_ylabel("seconds")
-            ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out_dir / "time_vs_T.png", dpi=120)
-        plt.close(fig)
+        if plt is not None:
+            fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 4.5),
+                                     squeeze=False)
+            for ax, name in zip(axes[0], names):
+                mine = [r for r in sweep if r["name"] == name]
+                for key in sorted({(r["method"], r["backend"]) for r in mine}):
+                    pts = sorted((r["dims"][1], r["fwd_bwd_s"]) for r in mine
+                                 if (r["method"], r["backend"]) == key)
+                    ax.loglog(*zip(*pts), "o-", label=f"{key[0]} / {key[1]}")
+                B, _, D, _ = mine[0]["dims"]
+                ax.set_title(f"{name}: forward+backward, B={B}, D={D}, {mine[0]['dtype']}")
+                ax.set_xlabel("T")
+                ax.set_ylabel("seconds")
+                ax.legend(fontsize=7)
+            fig.tight_layout()
+            fig.savefig(out_dir / "time_vs_T.png", dpi=120)
+            plt.close(fig)
         lines += ["## Time against T", "", "| entry | method | backend | "
                   + " | ".join(f"T={T}" for T in SWEEP_TS) + " |",
                   "|---|---|---|" + "---|" * len(SWEEP_TS)]
@@ -458,16 +728,50 @@ def write_report(out_dir: Path, env: dict, limits: dict, rows: list[dict], torch
                 lines.append(f"| {name} | {key[0]} | {key[1]} | "
                              + " | ".join(_fmt_t(by_T[T]) if T in by_T else "—"
                                           for T in SWEEP_TS) + " |")
-        lines += ["", "![time against T](time_vs_T.png)", ""]
+        lines += ["", "![time against T](time_vs_T.png)", ""] if plt is not None else [""]
     if analysis:
         lines += ["", analysis.rstrip(), ""]
     path = out_dir / "RESULTS.md"
     path.write_text("\n".join(lines) + "\n")
     (out_dir / "results.json").write_text(json.dumps(
         {"env": env, "limits": limits, "rows": rows, "torch": torch_rows,
-         "targets": targets, "compile": compile_info, "sweep": sweep_rows}, indent=1,
-        default=str))
+         "targets": targets, "compile": compile_info, "sweep": sweep_rows,
+         "notes": list(notes or []), "gpu": gpu}, indent=1, default=str))
     return path
+
+
+def _gpu_section(env: dict, limits: dict, rows: list[dict], gpu: dict) -> list[str]:
+    """The report's GPU section: the GPU, its bandwidth, and minirec's cupy rows against
+    the naive CuPy loop and PyTorch CUDA at the same sizes."""
+    lines = ["", f"## GPU: {env.get('gpu', 'unknown')}", "",
+             f"Measured device-to-device copy bandwidth: {limits['gpu_copy_GBps']:.0f} GB/s "
+             "(`cupy.copyto` of up to 1 GiB, 2 bytes moved per byte copied, CUDA events). "
+             "GPU times are medians of CUDA-event times. The naive CuPy loop is a Python "
+             "loop over T of elementwise CuPy ops (what one writes without a kernel); "
+             "PyTorch CUDA runs the same loop under autograd (cuDNN for RNN/LSTM/GRU) in "
+             "a separate process. `best minirec` is the fastest cupy method at that size.",
+             "", "| entry | (B, T, D, H) | dtype | best minirec fwd | best minirec fwd+bwd "
+             "| naive CuPy fwd | naive CuPy fwd+bwd | naive / minirec | torch CUDA fwd "
+             "| torch CUDA fwd+bwd | minirec / torch |", "|---" * 11 + "|"]
+    naive = {(n["name"], tuple(n["dims"]), n["dtype"]): n for n in gpu.get("naive", [])}
+    torch_rows = {(t["kind"], tuple(t["dims"]), t["dtype"]): t for t in gpu.get("torch", [])}
+    keys = dict.fromkeys((r["name"], tuple(r["dims"]), r["dtype"]) for r in rows
+                         if r["backend"] == "cupy")
+    for key in keys:
+        mine = [r for r in rows if r["backend"] == "cupy"
+                and (r["name"], tuple(r["dims"]), r["dtype"]) == key]
+        f = min(r["fwd_s"] for r in mine)
+        fb = min(r["fwd_bwd_s"] for r in mine)
+        n, t = naive.get(key), torch_rows.get(key)
+        cells = [key[0], str(key[1]), key[2], _fmt_t(f), _fmt_t(fb)]
+        cells += ([_fmt_t(n["naive_fwd_s"]), _fmt_t(n["naive_fwd_bwd_s"]),
+                   f"{n['naive_fwd_bwd_s'] / fb:.1f}×"] if n else ["—"] * 3)
+        cells += ([_fmt_t(t["fwd_s"]), _fmt_t(t["fwd_bwd_s"]), f"{fb / t['fwd_bwd_s']:.2f}×"]
+                  if t else ["—"] * 3)
+        lines.append("| " + " | ".join(cells) + " |")
+    if gpu.get("torch_skipped"):
+        lines += ["", f"PyTorch CUDA was not timed: {gpu['torch_skipped']}."]
+    return lines
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -477,14 +781,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="minirec bench", description=__doc__.splitlines()[0],
         epilog="Exit status 2 (and RESULTS.md left as it was) when the selection has "
-               "nothing to time.")
+               "nothing to time or a --backend asked for cannot run here (CuPy not "
+               "installed, no GPU).")
     p.add_argument("names", nargs="*", metavar="NAME",
                    help="registry entries (see `minirec list`) or glob patterns such as "
                         "'scan.*' (default: every entry)")
-    p.add_argument("--sizes", type=_size_names, default=",".join(BENCH_SIZES),
+    p.add_argument("--sizes", type=_size_names, default=None,
                    help="comma-separated sizes, each (B, T, D, H): "
                         + ", ".join(f"{k} {v}" for k, v in BENCH_SIZES.items())
-                        + " (default: %(default)s)")
+                        + " (default: all of them; cupy cases of "
+                        + ", ".join(f"{k} also at {v}" for k, v in GPU_SIZES.items()) + ")")
+    p.add_argument("--backend", type=_backend_names, action="append", metavar="BACKEND[,...]",
+                   help="time only these backends (comma-separated or repeated): "
+                        "numpy, numba, cupy (CUDA-event timing, read against the GPU's "
+                        "measured copy bandwidth) or cuda-emulated; each must be usable here "
+                        "(default: every backend available here except cuda-emulated, which "
+                        "runs CUDA C on the CPU for tests and teaching, not for speed)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                    help="dtype of every timed case (default: %(default)s)")
     p.add_argument("--repeats", type=positive_int_arg, default=7,
@@ -494,16 +806,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     p.add_argument("--out", type=folder_path_arg, default="benchmarks",
                    help="folder for RESULTS.md, results.json and the plots; its analysis.md, "
-                        "if any, is appended to RESULTS.md (default: %(default)s)")
+                        "if any, is appended to RESULTS.md unless --backend restricts the "
+                        "run (default: %(default)s)")
     p.add_argument("--no-torch", action="store_true",
-                   help="skip the PyTorch comparison (default: run it when PyTorch is "
-                        "installed)")
+                   help="skip the PyTorch comparisons, CPU and CUDA (default: run them when "
+                        "PyTorch is installed, CUDA when cupy cases are timed)")
     p.add_argument("--no-sweep", action="store_true",
                    help="skip the time-against-T sweep (default: run it)")
     p.add_argument("--no-targets", action="store_true",
                    help="skip the performance targets (scan bandwidth, numba speed-ups, "
-                        "classic cells vs PyTorch at their stated shapes) and the "
-                        "compile-time runs (default: run them when Numba is installed)")
+                        "classic cells vs PyTorch at their stated shapes; on a GPU the scan "
+                        "against its copy bandwidth) and the compile-time runs (default: "
+                        "run those of the backends timed)")
     return p
 
 
@@ -517,15 +831,71 @@ def _size_names(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _backend_names(text: str) -> list[str]:
+    """``--backend``: comma-separated names of :data:`minirec._backend.BACKENDS`."""
+    from minirec._backend import BACKENDS
+
+    names = [s.strip() for s in text.split(",")]
+    if not all(n in BACKENDS for n in names):
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated backends from {', '.join(BACKENDS)}, got {text!r}")
+    return names
+
+
+# timed only when --backend names it: CUDA C run on the CPU, one host thread per CUDA
+# thread (minirec/kernels/cuda/emulation), for tests and teaching
+NOT_TIMED_BY_DEFAULT = ("cuda-emulated",)
+EMULATED_NOTE = ("backend 'cuda-emulated' is not timed by default: it runs the CUDA kernels "
+                 "on the CPU, one host thread per CUDA thread, for tests and teaching, not "
+                 "for speed (ask for it with --backend cuda-emulated)")
+
+
+def plan_jobs(entries: Sequence, backends: Sequence[str] | None, sizes: Sequence[tuple],
+              dtype, gpu_sizes: dict | None = None) -> tuple[list[tuple], list[str]]:
+    """The cases to time, ``[(entry, method, backend, dims)]``, and notes on what is not.
+
+    Args:
+        entries: registry entries.
+        backends: the backends asked for with ``--backend``; each must be known,
+            a backend of a selected entry and usable here. None: every backend
+            available here (skipping, with a note, those whose package or device is
+            missing) except those of :data:`NOT_TIMED_BY_DEFAULT`.
+        sizes: ``(B, T, D, H)`` tuples.
+        dtype: the dtype of every case; entries without it get no case.
+        gpu_sizes: entry name → an extra ``(B, T, D, H)`` for its cupy cases.
+
+    Raises:
+        ValueError: a requested backend cannot be timed (the message says why:
+            for cupy, what to install, or that no GPU is visible).
+    """
+    from minirec.cli import plan_checks
+
+    tasks, notes = plan_checks(entries, backends)
+    if backends is None:
+        skipped = [b for b in NOT_TIMED_BY_DEFAULT if any(b in e.backends for e in entries)]
+        notes = [n for n in notes if not n.startswith(tuple(f"skipped backend {b!r}"
+                                                              for b in skipped))]
+        notes += [EMULATED_NOTE for b in skipped if b == "cuda-emulated"]
+        tasks = [t for t in tasks if t[2] not in NOT_TIMED_BY_DEFAULT]
+    jobs = []
+    for e, m, b in tasks:
+        if np.dtype(dtype) not in e.dtypes:
+            continue
+        extra = [gpu_sizes[e.name]] if b == "cupy" and e.name in (gpu_sizes or {}) else []
+        jobs += [(e, m, b, tuple(d)) for d in dict.fromkeys([*map(tuple, sizes), *extra])]
+    return jobs, notes
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``minirec bench``.
 
     Returns:
         0 when the report was written; 2 when the selection has no case to
-        time (nothing is measured and nothing is written). Bad options exit 2
-        through argparse's ``SystemExit``.
+        time or a ``--backend`` asked for cannot run here (CuPy not installed,
+        no GPU, ...): nothing is then measured and nothing is written. Bad
+        options exit 2 through argparse's ``SystemExit``.
     """
-    from minirec import _backend, registry
+    from minirec import registry
     from minirec.cli import select_entries
 
     p = build_parser()
@@ -535,10 +905,17 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         p.error(str(exc))
     names = [e.name for e in entries]
-    sizes = [BENCH_SIZES[s] for s in args.sizes]
+    sizes = [BENCH_SIZES[s] for s in (args.sizes or BENCH_SIZES)]
     dtype = np.dtype(args.dtype)
-    jobs = [(e, m, b, dims) for e in entries if dtype in e.dtypes for m, b in e.pairs
-            if _backend.available(b) for dims in sizes]
+    backends = (None if args.backend is None
+                else list(dict.fromkeys(b for group in args.backend for b in group)))
+    try:
+        jobs, notes = plan_jobs(entries, backends, sizes, dtype,
+                                gpu_sizes=GPU_SIZES if args.sizes is None else None)
+    except ValueError as exc:
+        print(f"minirec bench: --backend: {str(exc).rstrip('.')}; "
+              f"{args.out / 'RESULTS.md'} was not written", file=sys.stderr)
+        return 2
     if not jobs:
         have = "; ".join(f"{e.name}: {', '.join(np.dtype(d).name for d in e.dtypes)}"
                          for e in entries)
@@ -546,16 +923,28 @@ def main(argv: list[str] | None = None) -> int:
               f"entry runs on a backend available here ({have}), got {dtype.name!r}; "
               f"{args.out / 'RESULTS.md'} was not written", file=sys.stderr)
         return 2
+    for n in notes:
+        print(f"note: {n}")
+    timed = {b for _, _, b, _ in jobs}
 
-    from tqdm.auto import tqdm
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # a bare machine (a lent GPU): no progress bar
+        def tqdm(jobs, **kwargs):
+            return jobs
 
     env = environment()
     limits = machine_limits()
+    if "cupy" in timed:
+        print("GPU: name and device-to-device copy bandwidth ...")
+        gpu_limit, gpu_info = gpu_limits()
+        limits.update(gpu_limit)
+        env.update(gpu_info)
     rows = []
     for entry, m, b, dims in tqdm(jobs, desc="bench", unit="case"):
         rows.append(bench_case(entry, m, b, dims, dtype, args.repeats, args.budget))
     targets, compile_info = [], {}
-    if not args.no_targets and _backend.available("numba"):
+    if not args.no_targets and "numba" in timed:
         print("performance targets: scan bandwidth, numba speed-ups, classic cells vs "
               "PyTorch ...")
         targets = scan_bandwidth_target(limits, args.repeats, args.budget)
@@ -566,12 +955,18 @@ def main(argv: list[str] | None = None) -> int:
                                        dtype, args.repeats, args.budget))
         print("numba compile and cached-load times (two fresh processes) ...")
         compile_info = compile_times()
+    if not args.no_targets and "cupy" in timed:
+        print(f"GPU target: scan.linear at {GPU_SCAN_TARGET_SHAPE} float32 against the copy "
+              "bandwidth ...")
+        targets += gpu_scan_bandwidth_target(limits["gpu_copy_GBps"], args.repeats,
+                                             args.budget)
     torch_rows = []
-    if not args.no_torch:
+    torch_kinds = ("rnn", "lstm", "gru", "scan.linear")
+    if not args.no_torch and timed - {"cupy"}:
         shapes = sizes + ([(B, T, H, H) for B, T, H in CELL_TARGET_SHAPES]
-                          if not args.no_targets else [])
+                          if not args.no_targets and "numba" in timed else [])
         cases = [{"kind": n, "dims": list(d), "dtype": dtype.name, "repeats": args.repeats}
-                 for n in names if n in ("rnn", "lstm", "gru", "scan.linear") for d in shapes]
+                 for n in names if n in torch_kinds for d in shapes]
         torch_rows = torch_times(cases, threads=os.cpu_count() or 1)
         for tr in torch_rows:  # the cells' targets: LSTM ≤ 1.5× torch, GRU/RNN ≥ 2× faster
             if tr["kind"] in ("rnn", "gru", "lstm") and tuple(tr["dims"][:3]) in {
@@ -587,14 +982,28 @@ def main(argv: list[str] | None = None) -> int:
                         "reference": tr["fwd_bwd_s"], "ratio": ratio,
                         "target": "≤ 1.5× torch" if lstm else "≤ 0.5× torch (2× faster)",
                         "met": ratio <= (1.5 if lstm else 0.5), "note": ""})
+    gpu = None
+    if "cupy" in timed:
+        print("GPU: the naive CuPy loop over T, PyTorch CUDA ...")
+        gpu = {"naive": naive_cupy_times(rows, args.repeats, args.budget), "torch": [],
+               "torch_skipped": "--no-torch" if args.no_torch else None}
+        if not args.no_torch:
+            cases = [{"kind": n, "dims": list(dims), "dtype": dtype.name,
+                      "repeats": args.repeats}
+                     for n, dims in dict.fromkeys((r["name"], tuple(r["dims"])) for r in rows
+                                                  if r["backend"] == "cupy")
+                     if n in torch_kinds]
+            _cupy().get_default_memory_pool().free_all_blocks()  # room for the worker
+            gpu["torch"], gpu["torch_skipped"] = run_torch_worker(cases, "cuda")
     sweep_rows = []
     if not args.no_sweep:
         print("time against T ...")
-        sweep_rows = t_sweep(args.repeats, args.budget, dtype)
+        sweep_rows = t_sweep(args.repeats, args.budget, dtype, backends=timed)
     analysis_file = Path(args.out) / "analysis.md"
-    analysis = analysis_file.read_text() if analysis_file.exists() else None
+    analysis = (analysis_file.read_text() if analysis_file.exists() and backends is None
+                else None)
     path = write_report(Path(args.out), env, limits, rows, torch_rows,
                         "minirec bench " + " ".join(argv if argv is not None else sys.argv[2:]),
-                        targets, compile_info, sweep_rows, analysis)
+                        targets, compile_info, sweep_rows, analysis, notes=notes, gpu=gpu)
     print(f"wrote {path}")
     return 0

@@ -4,11 +4,15 @@ bad options and empty selections stop it before it measures or writes anything.
 
 import dataclasses
 import json
+import sys
+import types
 
 import numpy as np
 import pytest
 
-from minirec import bench, cli, registry
+from minirec import _backend, bench, cli, registry
+from minirec.kernels.cuda import _build
+from minirec.scan import linear
 
 
 def test_bench_writes_results_and_plot(tmp_path):
@@ -66,6 +70,8 @@ def measuring_is_an_error(monkeypatch):
     (["nosuchentry"], "got 'nosuchentry'"),
     (["--repeats", "0"], "argument --repeats: expected a positive integer, got '0'"),
     (["--budget", "-1"], "argument --budget: expected a finite number > 0, got '-1'"),
+    (["--backend", "numba,gpu"], "argument --backend: expected comma-separated backends from "
+                                 "numpy, numba, cupy, cuda-emulated, got 'numba,gpu'"),
 ])
 def test_bad_options_exit_2_with_a_message(argv, message, capsys, measuring_is_an_error):
     with pytest.raises(SystemExit) as exc:
@@ -96,3 +102,244 @@ def test_nothing_to_time_exits_nonzero_and_keeps_results(tmp_path, monkeypatch, 
     assert not (tmp_path / "results.json").exists()
     err = capsys.readouterr().err
     assert "nothing to time" in err and "got 'float32'" in err and "f64.only: float64" in err
+
+
+# ---------------------------------------------------------------------------
+# --backend, cuda-emulated and the GPU (none of these tests needs a GPU)
+# ---------------------------------------------------------------------------
+
+def _no_gpu_cupy():
+    """A stand-in for CuPy installed on a machine without a GPU."""
+    def no_device():
+        raise RuntimeError("cudaErrorNoDevice: no CUDA-capable device is detected")
+    return types.SimpleNamespace(cuda=types.SimpleNamespace(
+        runtime=types.SimpleNamespace(getDeviceCount=no_device)))
+
+
+@pytest.mark.parametrize("cupy_module, message", [
+    (None, "needs CuPy, which is not installed: pip install 'minirec[gpu]'"),
+    (_no_gpu_cupy(), "CuPy is installed but cannot use a CUDA GPU (RuntimeError: "
+                     "cudaErrorNoDevice"),
+], ids=["cupy-missing", "no-gpu"])
+def test_backend_cupy_without_a_gpu_exits_2_and_says_why(cupy_module, message, tmp_path,
+                                                         monkeypatch, capsys,
+                                                         measuring_is_an_error):
+    monkeypatch.setitem(sys.modules, "cupy", cupy_module)  # None: `import cupy` fails
+    (tmp_path / "RESULTS.md").write_text("the previous results\n")
+    rc = cli.main(["bench", "scan.linear", "--backend", "cupy", "--out", str(tmp_path)])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "minirec bench: --backend: backend 'cupy' cannot run here" in err
+    assert message in err and "was not written" in err and "Traceback" not in err
+    assert (tmp_path / "RESULTS.md").read_text() == "the previous results\n"
+
+
+def test_cuda_emulated_is_not_timed_by_default_and_the_bench_says_so(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    jobs, notes = bench.plan_jobs([registry.get("scan.linear")], None, [(1, 4, 2, 2)],
+                                  np.float32)
+    assert {b for _, _, b, _ in jobs} == {"numpy", "numba"}
+    assert bench.EMULATED_NOTE in notes and "not for speed" in bench.EMULATED_NOTE
+    assert any(n.startswith("skipped backend 'cupy': ") for n in notes)  # its own note
+
+
+@pytest.mark.parametrize("backends", [["numba"], ["numpy", "numba"]])
+def test_backend_option_restricts_the_timed_backends(backends):
+    jobs, notes = bench.plan_jobs([registry.get("scan.linear"), registry.get("rnn")], backends,
+                                  [(1, 4, 2, 2), (2, 8, 2, 2)], np.float32)
+    assert {b for _, _, b, _ in jobs} == set(backends)
+    assert len(jobs) == 2 * sum(len([p for p in e.pairs if p[1] in backends])
+                                for e in (registry.get("scan.linear"), registry.get("rnn")))
+    assert notes == []
+
+
+@pytest.mark.skipif(_build.host_compiler() is None, reason="no C++20 compiler for cuda-emulated")
+def test_cuda_emulated_is_timed_when_asked_for():
+    jobs, notes = bench.plan_jobs([registry.get("scan.linear")], ["cuda-emulated"],
+                                  [(1, 4, 2, 2)], np.float32)
+    assert [(m, b) for _, m, b, _ in jobs] == [("recurrent", "cuda-emulated"),
+                                               ("chunked", "cuda-emulated")]
+    assert notes == []
+
+
+def test_a_restricted_run_times_only_those_backends(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench, "machine_limits", lambda: {"copy_GBps": 10.0})
+    (tmp_path / "analysis.md").write_text("## Analysis\n\nabout the full run\n")
+    rc = cli.main(["bench", "scan.linear", "--backend", "numpy", "--sizes", "small",
+                   "--repeats", "1", "--budget", "0.05", "--no-torch", "--no-targets",
+                   "--no-sweep", "--out", str(tmp_path)])
+    assert rc == 0
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert {r["backend"] for r in rows} == {"numpy"}
+    assert {r["method"] for r in rows} == set(linear.METHODS)
+    assert "about the full run" not in (tmp_path / "RESULTS.md").read_text()
+    assert "cuda-emulated" not in capsys.readouterr().out  # asked for numpy only: no note
+
+
+def test_cupy_cases_use_the_cuda_event_timer():
+    assert bench.timer_for("cupy") is bench._cuda_event_time
+    for backend in ("numpy", "numba", "cuda-emulated"):
+        assert bench.timer_for(backend) is bench._median_time
+
+
+class _NumpyAsCupy:
+    """NumPy dressed as CuPy, for running the bench's GPU code paths on the CPU."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    def get_default_memory_pool(self):
+        return types.SimpleNamespace(free_all_blocks=lambda: None)
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """Run backend="cupy" cases on the CPU: CuPy is NumPy, the cupy backend runs the
+    NumPy definition, and the CUDA-event timer calls the function once, records the
+    call and says 1 ms. The host timer must not be used."""
+    calls = []
+
+    def cuda_event_time(fn, repeats, budget_s):
+        fn()
+        calls.append((repeats, budget_s))
+        return 1e-3
+
+    def host_timer(*args, **kwargs):
+        raise AssertionError("a cupy case was timed with the host clock")
+
+    def on_numpy(run):
+        def wrapped(entry, inputs, *args, **kw):
+            if kw.get("backend") == "cupy":
+                kw["backend"] = "numpy"
+            return run(entry, inputs, *args, **kw)
+        return wrapped
+
+    available = _backend.available
+    monkeypatch.setattr(_backend, "available", lambda b, raise_error=False: b == "cupy" or
+                        available(b, raise_error=raise_error))
+    monkeypatch.setattr(bench, "_cupy", _NumpyAsCupy)
+    monkeypatch.setattr(bench, "_synchronize", lambda: None)
+    monkeypatch.setattr(bench, "_cuda_event_time", cuda_event_time)
+    monkeypatch.setattr(bench, "_median_time", host_timer)
+    monkeypatch.setattr(registry, "run_forward", on_numpy(registry.run_forward))
+    return calls
+
+
+def test_bench_case_times_cupy_cases_with_cuda_events(fake_gpu):
+    row = bench.bench_case(registry.get("scan.linear"), "chunked", "cupy", (2, 16, 3, 3),
+                           np.float32, repeats=4, budget_s=0.5)
+    assert fake_gpu == [(4, 0.5), (4, 0.5)]  # forward, forward+backward
+    assert row["timer"] == "CUDA events" and row["fwd_s"] == row["fwd_bwd_s"] == 1e-3
+    assert row["backend"] == "cupy" and row["fwd_GBps"] > 0
+
+
+def test_backend_cupy_run_writes_the_gpu_section(fake_gpu, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench, "machine_limits", lambda: {"copy_GBps": 10.0})
+    monkeypatch.setattr(bench, "gpu_limits",
+                        lambda: ({"gpu_copy_GBps": 100.0}, {"gpu": "Fake GPU 9000"}))
+    monkeypatch.setattr(bench, "BENCH_SIZES", {"small": (2, 8, 3, 3)})
+    monkeypatch.setattr(bench, "GPU_SIZES", {"scan.linear": (1, 20, 4, 4)})
+    monkeypatch.setattr(bench, "GPU_SCAN_TARGET_SHAPE", (1, 20, 4))
+    torch_cases = []
+
+    def torch_worker(cases, device="cpu", threads=1):
+        torch_cases.append((device, cases))
+        return [], "torch.cuda.is_available() is False"
+    monkeypatch.setattr(bench, "run_torch_worker", torch_worker)
+    (tmp_path / "analysis.md").write_text("about the CPU run\n")
+
+    rc = cli.main(["bench", "scan.linear", "rnn", "--backend", "cupy", "--repeats", "2",
+                   "--budget", "0.1", "--no-sweep", "--out", str(tmp_path)])
+    assert rc == 0
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert {(r["name"], r["backend"], r["timer"]) for r in data["rows"]} == {
+        ("scan.linear", "cupy", "CUDA events"), ("rnn", "cupy", "CUDA events")}
+    assert {(r["name"], tuple(r["dims"])) for r in data["rows"]} == {  # GPU_SIZES: scan only
+        ("scan.linear", (2, 8, 3, 3)), ("scan.linear", (1, 20, 4, 4)), ("rnn", (2, 8, 3, 3))}
+    assert [n["dims"] for n in data["gpu"]["naive"]] == [[2, 8, 3, 3], [1, 20, 4, 4]]
+    assert [t["what"] for t in data["targets"]] == [
+        "scan.linear cupy recurrent forward", "scan.linear cupy recurrent backward",
+        "scan.linear cupy chunked forward", "scan.linear cupy chunked backward"]
+    assert [(d, [(c["kind"], c["dims"]) for c in cases]) for d, cases in torch_cases] == [
+        ("cuda", [("scan.linear", [2, 8, 3, 3]), ("scan.linear", [1, 20, 4, 4]),
+                  ("rnn", [2, 8, 3, 3])])]  # and no CPU comparison for a GPU-only run
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "## GPU: Fake GPU 9000" in text and "measured gpu_copy_GBps: 100.0" in text
+    assert "| naive CuPy fwd |" in text and "| scan.linear | (2, 8, 3, 3) | float32 |" in text
+    assert "PyTorch CUDA was not timed: torch.cuda.is_available() is False" in text
+    assert "PyTorch was not installed" not in text and "about the CPU run" not in text
+    assert "| scan.linear cupy chunked forward |" in text
+    assert not (tmp_path / "efficiency.png").exists()  # the CPU plot: no CPU rows
+
+
+def test_cuda_event_time_is_the_median_of_cupyx_gpu_times(monkeypatch):
+    seen = {}
+
+    def benchmark(fn, n_repeat, n_warmup, max_duration):
+        seen.update(n_repeat=n_repeat, n_warmup=n_warmup, max_duration=max_duration)
+        fn()
+        return types.SimpleNamespace(gpu_times=np.array([[3e-3, 1e-3, 2e-3]]),
+                                     cpu_times=np.array([9.0, 9.0, 9.0]))
+    monkeypatch.setitem(sys.modules, "cupyx", types.ModuleType("cupyx"))
+    monkeypatch.setitem(sys.modules, "cupyx.profiler",
+                        types.SimpleNamespace(benchmark=benchmark))
+    ran = []
+    assert bench._cuda_event_time(lambda: ran.append(1), repeats=2, budget_s=0.7) == 2e-3
+    assert ran == [1] and seen == {"n_repeat": 3, "n_warmup": 1, "max_duration": 0.7}
+
+
+@pytest.mark.parametrize("seconds, met", [(2.0, False), (1.2, True)])
+def test_bandwidth_row_reads_time_against_the_copy_bandwidth(seconds, met):
+    row = bench.bandwidth_row("scan", (1, 2, 3), seconds, nbytes=100 * 10**9, copy_GBps=100.0,
+                              min_fraction=0.8)
+    assert row["reference"] == pytest.approx(1.0)  # 100 GB at 100 GB/s
+    assert row["ratio"] == pytest.approx(seconds) and row["met"] is met
+    assert row["target"] == "≥ 80% of copy BW"
+    assert f"{100 / seconds:.0f} GB/s = {1 / seconds:.0%} of the measured 100 GB/s" in row["note"]
+
+
+def test_naive_loops_equal_the_definition(rng):
+    a = rng.uniform(-1, 1, (2, 9, 3))
+    b, dh = rng.standard_normal(a.shape), rng.standard_normal(a.shape)
+    h0, dstate = rng.standard_normal((2, 3)), rng.standard_normal((2, 3))
+    h_ref, _, cache = linear.forward(a, b, h0)
+    g = linear.backward(cache, dh, dstate)
+    h = bench.naive_linear_scan_forward(np, a, b, h0)
+    da, db, dh0 = bench.naive_linear_scan_backward(np, a, h, h0, dh, dstate)
+    for name, x, ref in (("h", h, h_ref), ("da", da, g["a"]), ("db", db, g["b"]),
+                         ("dh0", dh0, g["initial_state"])):
+        assert registry.rel_rms(x, ref) <= 1e-12, name
+
+
+def test_torch_worker_times_on_the_cpu():
+    pytest.importorskip("torch")
+    rows, reason = bench.run_torch_worker(
+        [{"kind": "scan.linear", "dims": [1, 4, 2, 2], "dtype": "float32", "repeats": 1}],
+        "cpu", threads=1)
+    assert reason is None and len(rows) == 1
+    assert rows[0]["device"] == "cpu" and rows[0]["fwd_s"] > 0 and rows[0]["fwd_bwd_s"] > 0
+
+
+def test_torch_worker_without_cuda_says_why():
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the worker would time, not refuse")
+    rows, reason = bench.run_torch_worker(
+        [{"kind": "scan.linear", "dims": [1, 4, 2, 2], "dtype": "float32", "repeats": 1}],
+        "cuda")
+    assert rows == [] and "torch.cuda.is_available() is False" in reason
+
+
+def test_report_without_matplotlib_keeps_the_tables(tmp_path, monkeypatch):
+    # a lent GPU machine may have CuPy and PyTorch but no matplotlib
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    row = {"name": "scan.linear", "method": "recurrent", "backend": "numpy",
+           "dims": [1, 8, 4, 4], "dtype": "float32", "first_call_s": 1e-3, "fwd_s": 1e-3,
+           "fwd_bwd_s": 2e-3, "fwd_GBps": 1.0, "timer": "wall clock"}
+    path = bench.write_report(tmp_path, {"python": "x"}, {"copy_GBps": 10.0}, [row], [], "cmd",
+                              sweep_rows=[{**row, "sweep": True}])
+    text = path.read_text()
+    assert "| scan.linear | recurrent | numpy | (1, 8, 4, 4) |" in text
+    assert "## Time against T" in text and "![" not in text
+    assert list(tmp_path.glob("*.png")) == []
