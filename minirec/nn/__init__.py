@@ -12,7 +12,7 @@ as pure ``adam_init``/``adam_update``, ``clip_by_global_norm``) and ``train``
 
 from minirec.nn import embedding, linear, loss, norm, optim, train
 from minirec.nn.optim import adam_init, adam_update, clip_by_global_norm
-from minirec.nn.train import fit
+from minirec.nn.train import fit, param_grads
 
 __all__ = ["embedding", "linear", "loss", "norm", "optim", "train",
-           "adam_init", "adam_update", "clip_by_global_norm", "fit"]
+           "adam_init", "adam_update", "clip_by_global_norm", "fit", "param_grads"]

@@ -24,6 +24,28 @@ from minirec import _validate as V
 from minirec.nn import optim
 
 
+def param_grads(grads: dict, params: dict) -> dict:
+    """The parameter gradients out of a cell's backward result.
+
+    A cell's ``backward`` returns every parameter's gradient together with
+    ``"x"`` and ``"state0"``; an optimizer wants exactly the structure of
+    ``params``. This picks those keys (nested dicts included) and refuses a
+    result that lacks one::
+
+        grads = lstm.backward(params, cache, dy)
+        params, state = adam_update(params, param_grads(grads, params), state)
+    """
+    if not isinstance(grads, dict) or not isinstance(params, dict):
+        raise TypeError(f"param_grads: expected two dicts (grads, params), got "
+                        f"{type(grads).__name__}, {type(params).__name__}")
+    missing = sorted(k for k in params if k not in grads)
+    if missing:
+        raise ValueError(f"param_grads: expected a gradient for every parameter "
+                         f"{sorted(params)}, got none for {missing}")
+    return {k: param_grads(grads[k], v) if isinstance(v, dict) else grads[k]
+            for k, v in params.items()}
+
+
 def fit(loss_and_grads: Callable[..., tuple[float, Any]], params: Any, n_steps: int, *,
         lr: float | Callable[[int], float] = 1e-3, clip: float | None = None,
         log_every: int = 10, progress: bool = True,

@@ -139,3 +139,20 @@ def test_fit_stops_on_a_nonfinite_loss():
         return (np.nan if step == 3 else 1.0), {"w": np.ones(1)}
     with pytest.raises(FloatingPointError, match="step 3"):
         train.fit(loss_and_grads, {"w": np.zeros(1)}, 10, progress=False)
+
+
+def test_param_grads_takes_the_parameter_keys_out_of_a_cell_backward():
+    from minirec.cells import rnn
+    from minirec.nn import param_grads
+
+    rng = np.random.default_rng(0)
+    params = rnn.init_params(rng, 3, 4)
+    y, _, cache = rnn.forward(params, rng.standard_normal((2, 5, 3)))
+    grads = rnn.backward(params, cache, np.ones_like(y))
+    g = param_grads(grads, params)
+    assert set(g) == set(params) and "x" in grads and "state0" in grads
+    assert all(g[k] is grads[k] for k in params)
+    nested = param_grads({"cell": grads, "head": {"W": 1.0}}, {"cell": params, "head": {"W": 0}})
+    assert set(nested["cell"]) == set(params)
+    with pytest.raises(ValueError, match=r"expected a gradient for every parameter.*W_hh"):
+        param_grads({k: v for k, v in grads.items() if k != "W_hh"}, params)
