@@ -57,12 +57,17 @@ call (NumPy's matmul of a real array with a complex one does not reach BLAS;
 Backends. ``backend="numba"`` runs the same equations: the projections stay
 NumPy GEMMs and ``backend`` is passed to :func:`minirec.scan.linear.forward`,
 whose numba kernels (complex included) run the scan for its
-``BACKEND_METHODS`` and the reverse pass in the backward.
+``BACKEND_METHODS`` and the reverse pass in the backward. ``backend="cupy"`` /
+``"cuda-emulated"``: the projections are GEMMs here (cuBLAS through CuPy), the
+scan one fused CUDA kernel per direction that forms ``γ ⊙ Bx_t`` inside the
+scan and, backward, ``γ ⊙ g``, ``Σ_t g_t conj(h_{t−1})`` and ``Σ_t Re(g_t
+conj(Bx_t))`` in the same reverse pass (:mod:`minirec.kernels.cuda.lru`;
+methods ``recurrent`` and ``chunked``).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -71,9 +76,11 @@ from minirec import _validate as V
 from minirec.scan import linear
 
 METHODS = linear.METHODS
-BACKENDS = ("numpy", "numba")
-# numba: the projections stay NumPy; the recurrence runs in scan.linear's kernels
-BACKEND_METHODS = linear.BACKEND_METHODS
+BACKENDS = ("numpy", "numba", "cupy", "cuda-emulated")
+# numba: the projections stay NumPy and the recurrence runs in scan.linear's kernels;
+# cupy, cuda-emulated: fused scan kernels (kernels/cuda/diagonal.cu), GEMMs around them
+BACKEND_METHODS = {"numba": linear.BACKEND_METHODS["numba"], "cupy": ("recurrent", "chunked"),
+                   "cuda-emulated": ("recurrent", "chunked")}
 PARAM_SHAPES = {"nu_log": ("N",), "theta_log": ("N",), "gamma_log": ("N",),
                 "B_re": ("N", "D"), "B_im": ("N", "D"), "C_re": ("D", "N"),
                 "C_im": ("D", "N"), "D": ("D",)}
@@ -82,14 +89,19 @@ PARAM_SHAPES = {"nu_log": ("N",), "theta_log": ("N",), "gamma_log": ("N",),
 class LRUCache(NamedTuple):
     """What :func:`backward` needs: ``x (B, T, D)``; ``Bx = x B^T (B, T, N)``;
     ``h (B, T, N)`` every state; ``scan``, the scan's
-    :class:`~minirec.scan.linear.LinearScanCache`; ``param_shapes``
-    (``{name: shape}`` of the forward's params)."""
+    :class:`~minirec.scan.linear.LinearScanCache` (``None`` on the CUDA
+    backends); ``param_shapes`` (``{name: shape}`` of the forward's params);
+    ``h0 (B, N)`` the initial state (as given, or zeros); ``backend``;
+    ``kernel``, the CUDA kernel's cache (``None`` on the others)."""
 
     x: np.ndarray
     Bx: np.ndarray
     h: np.ndarray
-    scan: linear.LinearScanCache
+    scan: linear.LinearScanCache | None
     param_shapes: dict
+    h0: np.ndarray
+    backend: str
+    kernel: Any
 
 
 class LRUStepCache(NamedTuple):
@@ -160,7 +172,8 @@ def _log_eigenvalues(params):
 def zero_state(params: dict, batch_size: int, dtype=None) -> np.ndarray:
     """``h_{-1} = 0`` of shape ``(B, N)``, complex."""
     dtype = V.complex_dtype(dtype or params["nu_log"].dtype)
-    return np.zeros((batch_size, params["nu_log"].shape[0]), dtype)
+    nu_log = params["nu_log"]
+    return _backend.xp_of(nu_log).zeros((batch_size, nu_log.shape[0]), dtype)
 
 
 def _complex_params(params, cdtype):
@@ -182,7 +195,8 @@ def _param_grads(params, gamma, dz, dgamma, dB, dC, dD):
         "C_re": dC.real, "C_im": dC.imag,
         "D": dD,
     }
-    return {k: np.ascontiguousarray(v, dtype=dtype) for k, v in grads.items()}
+    xp = _backend.xp_of(params["nu_log"])
+    return {k: xp.ascontiguousarray(v, dtype=dtype) for k, v in grads.items()}
 
 
 # ---------------------------------------------------------------------------
@@ -258,17 +272,22 @@ def forward(params: dict, x: np.ndarray, state0: np.ndarray | None = None, *,
     cdtype = V.complex_dtype(dtype)
     lam, gamma, B, C = _complex_params(params, cdtype)
     Bx = x.astype(cdtype) @ B.T                     # (B, T, N)
-    u = gamma * Bx
     h0 = zero_state(params, x.shape[0], dtype) if state0 is None else state0
-    if method == "log":  # the scan takes log λ itself: λ may underflow, log λ does not
-        a, log_a = None, np.broadcast_to(_log_eigenvalues(params).astype(cdtype), u.shape)
+    scan_cache = kernel = None
+    if backend in _backend.CUDA_BACKENDS:  # γ ⊙ Bx and the scan fused (kernels/cuda/lru)
+        h, h_T, kernel = _backend.kernels("lru", backend).forward(
+            lam, gamma, Bx, h0, method=method, chunk_size=chunk_size)
     else:
-        a, log_a = np.broadcast_to(lam, u.shape), None
-    h, h_T, scan_cache = linear.forward(a, u, h0, log_a=log_a, method=method,
-                                        chunk_size=chunk_size, backend=backend)
+        u = gamma * Bx
+        if method == "log":  # the scan takes log λ itself: λ may underflow, log λ does not
+            a, log_a = None, np.broadcast_to(_log_eigenvalues(params).astype(cdtype), u.shape)
+        else:
+            a, log_a = np.broadcast_to(lam, u.shape), None
+        h, h_T, scan_cache = linear.forward(a, u, h0, log_a=log_a, method=method,
+                                            chunk_size=chunk_size, backend=backend)
     y = (h @ C.T).real + params["D"] * x
     return (y.astype(dtype, copy=False), h_T,
-            LRUCache(x, Bx, h, scan_cache, V.param_shapes(params)))
+            LRUCache(x, Bx, h, scan_cache, V.param_shapes(params), h0, backend, kernel))
 
 
 def backward(params: dict, cache: LRUCache, dy: np.ndarray | None,
@@ -294,19 +313,27 @@ def backward(params: dict, cache: LRUCache, dy: np.ndarray | None,
     cdtype = h.dtype
     lam, gamma, B, C = _complex_params(params, cdtype)
     dyc, xc = dy.astype(cdtype), x.astype(cdtype)   # complex: one BLAS call per product
-    dh = dyc @ np.conj(C)                           # through y = Re(h C^T) + D ⊙ x
-    sg = linear.backward(cache.scan, dh, dstate)    # through h_t = λ ⊙ h_{t−1} + u_t
-    g = sg["b"]
-    gg = gamma * g
+    dh = dyc @ C.conj()                             # through y = Re(h C^T) + D ⊙ x
+    if cache.backend in _backend.CUDA_BACKENDS:     # the reverse scan and its sums fused
+        gg, dlam, dgamma, dh0 = _backend.kernels("lru", cache.backend).backward(
+            cache.kernel, dh, dstate)
+        dz = dlam * lam.conj()                      # through λ = exp(z)
+        if cache.h0.dtype.kind != "c":              # a real state0 gets a real gradient
+            dh0 = dh0.real.copy()
+    else:
+        sg = linear.backward(cache.scan, dh, dstate)  # through h_t = λ ⊙ h_{t−1} + u_t
+        g = sg["b"]
+        gg = gamma * g
+        dz = (np.sum(sg["a"], axis=(0, 1)) * np.conj(lam) if "a" in sg  # through λ = exp(z)
+              else np.sum(sg["log_a"], axis=(0, 1)))                    # the scan took z
+        dgamma = np.sum((g * np.conj(Bx)).real, axis=(0, 1))
+        dh0 = sg["initial_state"]
     grads = _param_grads(
-        params, gamma,
-        dz=(np.sum(sg["a"], axis=(0, 1)) * np.conj(lam) if "a" in sg  # through λ = exp(z)
-            else np.sum(sg["log_a"], axis=(0, 1))),                  # the scan took z
-        dgamma=np.sum((g * np.conj(Bx)).real, axis=(0, 1)),
+        params, gamma, dz=dz, dgamma=dgamma,
         dB=gg.reshape(-1, gg.shape[-1]).T @ xc.reshape(-1, x.shape[-1]),
-        dC=dyc.reshape(-1, dy.shape[-1]).T @ np.conj(h).reshape(-1, h.shape[-1]),
-        dD=np.sum(dy * x, axis=(0, 1)),
+        dC=dyc.reshape(-1, dy.shape[-1]).T @ h.conj().reshape(-1, h.shape[-1]),
+        dD=(dy * x).sum(axis=(0, 1)),
     )
-    grads["x"] = ((gg @ np.conj(B)).real + params["D"] * dy).astype(x.dtype, copy=False)
-    grads["state0"] = sg["initial_state"]
+    grads["x"] = ((gg @ B.conj()).real + params["D"] * dy).astype(x.dtype, copy=False)
+    grads["state0"] = dh0
     return grads

@@ -54,11 +54,15 @@ for streaming (and a test loops them against ``forward``/``backward``).
 ``backend="numba"``: the gates stay vectorised NumPy (GEMMs over all T) and
 ``backend`` is passed to :func:`minirec.scan.linear.forward`, whose numba
 kernels run the recurrence (its ``BACKEND_METHODS``), forward and backward.
+``backend="cupy"`` / ``"cuda-emulated"``: the projections are GEMMs here (cuBLAS
+through CuPy), then one fused CUDA kernel per direction computes the gates from
+``k`` inside the scan and, backward, ``dk`` and ``dh̃`` in the same reverse pass
+(:mod:`minirec.kernels.cuda.mingru`; methods ``recurrent`` and ``chunked``).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -68,9 +72,11 @@ from minirec._math import log_sigmoid, sigmoid
 from minirec.scan import linear
 
 METHODS = linear.METHODS  # ("recurrent", "hillis_steele", "blelloch", "chunked", "log")
-BACKENDS = ("numpy", "numba")
-# numba: the gates stay NumPy; the recurrence runs in scan.linear's kernels
-BACKEND_METHODS = linear.BACKEND_METHODS
+BACKENDS = ("numpy", "numba", "cupy", "cuda-emulated")
+# numba: the gates stay NumPy and the recurrence runs in scan.linear's kernels;
+# cupy, cuda-emulated: fused gate + scan kernels (kernels/cuda/diagonal.cu)
+BACKEND_METHODS = {"numba": linear.BACKEND_METHODS["numba"], "cupy": ("recurrent", "chunked"),
+                   "cuda-emulated": ("recurrent", "chunked")}
 PARAM_SHAPES = {"W_z": ("H", "D"), "b_z": ("H",), "W_h": ("H", "D"), "b_h": ("H",)}
 
 
@@ -89,12 +95,23 @@ class GatedScanCache(NamedTuple):
     scan: linear.LinearScanCache
 
 
+class KernelScanCache(NamedTuple):
+    """The gated scan's cache on the CUDA backends, whose fused kernels recompute
+    the gates: ``h (B, T, H)`` every state (what ``dy`` is checked against),
+    ``backend``, and ``kernel``, the kernel module's own cache."""
+
+    h: np.ndarray
+    backend: str
+    kernel: Any
+
+
 class MinGRUCache(NamedTuple):
-    """What :func:`backward` needs: ``x (B, T, D)``, the :class:`GatedScanCache`
-    ``core`` and ``param_shapes`` (``{name: shape}`` of the forward's params)."""
+    """What :func:`backward` needs: ``x (B, T, D)``, ``core`` (a
+    :class:`GatedScanCache`, or a :class:`KernelScanCache` on the CUDA backends)
+    and ``param_shapes`` (``{name: shape}`` of the forward's params)."""
 
     x: np.ndarray
-    core: GatedScanCache
+    core: GatedScanCache | KernelScanCache
     param_shapes: dict
 
 
@@ -132,9 +149,9 @@ def uniform_params(rng: np.random.Generator, shapes: dict, input_size: int, hidd
 
 
 def zero_state(params: dict, batch_size: int, dtype=None) -> np.ndarray:
-    """``h_{-1} = 0`` of shape ``(B, H)``."""
+    """``h_{-1} = 0`` of shape ``(B, H)`` (a CuPy array when the params are)."""
     W_h = params["W_h"]
-    return np.zeros((batch_size, W_h.shape[0]), dtype or W_h.dtype)
+    return _backend.xp_of(W_h).zeros((batch_size, W_h.shape[0]), dtype or W_h.dtype)
 
 
 # ---------------------------------------------------------------------------
@@ -235,6 +252,27 @@ def gated_scan_backward(cache: GatedScanCache, dy: np.ndarray | None,
     return ds, dh_tilde, g["initial_state"]
 
 
+def kernel_scan(family: str, logits: tuple, h_tilde: np.ndarray, h0: np.ndarray, *,
+                negative_eigenvalues: bool, method: str, chunk_size: int | None, backend: str,
+                ) -> tuple[np.ndarray, np.ndarray, KernelScanCache]:
+    """The gated scan on a CUDA backend: ``family``'s fused kernel (``"mingru"``:
+    ``logits = (s,)``; ``"minlstm"``: ``(k_f, k_i)``) computes the gates from the
+    logits inside the scan. Returns ``h``, ``h_T`` and a :class:`KernelScanCache`."""
+    h, h_T, kernel = _backend.kernels(family, backend).forward(
+        *logits, h_tilde, h0, negative_eigenvalues=negative_eigenvalues, method=method,
+        chunk_size=chunk_size)
+    return h, h_T, KernelScanCache(h, backend, kernel)
+
+
+def kernel_scan_backward(family: str, cache: KernelScanCache, dy: np.ndarray | None,
+                         dstate: np.ndarray | None) -> tuple:
+    """Back through :func:`kernel_scan` (``dy``, ``dstate`` checked first):
+    ``(ds, dh̃, dh0)`` for minGRU, ``(dk_f, dk_i, dh̃, dh0)`` for minLSTM."""
+    dy = V.grad_like("dy", dy, cache.h, "y", fill=True)
+    dstate = V.grad_state("dstate", dstate, cache.h[:, -1], fill=True)
+    return _backend.kernels(family, cache.backend).backward(cache.kernel, dy, dstate)
+
+
 # ---------------------------------------------------------------------------
 # one step
 # ---------------------------------------------------------------------------
@@ -289,9 +327,14 @@ def forward(params: dict, x: np.ndarray, state0: np.ndarray | None = None, *,
     check_options("cells.mingru", method, backend, chunk_size, negative_eigenvalues)
     dtype = V.cell_inputs("mingru", params, PARAM_SHAPES, x, state0, ("B", "H"))[0]
     h0 = zero_state(params, x.shape[0], dtype) if state0 is None else state0
-    y, h_T, core = gated_scan(project(params, x, "z"), project(params, x, "h"), h0,
-                              negative_eigenvalues=negative_eigenvalues, method=method,
-                              chunk_size=chunk_size, backend=backend)
+    k, h_tilde = project(params, x, "z"), project(params, x, "h")
+    if backend in _backend.CUDA_BACKENDS:  # gates and scan fused (kernels/cuda/mingru)
+        y, h_T, core = kernel_scan("mingru", (k,), h_tilde, h0,
+                                   negative_eigenvalues=negative_eigenvalues, method=method,
+                                   chunk_size=chunk_size, backend=backend)
+    else:
+        y, h_T, core = gated_scan(k, h_tilde, h0, negative_eigenvalues=negative_eigenvalues,
+                                  method=method, chunk_size=chunk_size, backend=backend)
     return y, h_T, MinGRUCache(x, core, V.param_shapes(params))
 
 
@@ -310,7 +353,10 @@ def backward(params: dict, cache: MinGRUCache, dy: np.ndarray | None,
     """
     V.cache("cells.mingru.backward", cache, MinGRUCache)
     V.params_match("cells.mingru.backward", params, cache.param_shapes)
-    dk, dh_tilde, dh0 = gated_scan_backward(cache.core, dy, dstate)
+    if isinstance(cache.core, KernelScanCache):
+        dk, dh_tilde, dh0 = kernel_scan_backward("mingru", cache.core, dy, dstate)
+    else:
+        dk, dh_tilde, dh0 = gated_scan_backward(cache.core, dy, dstate)
     B, T, D = cache.x.shape
     H = dk.shape[-1]
     dx, grads = project_backward(params, cache.x.reshape(B * T, D),

@@ -48,6 +48,10 @@ write ``a = 1 − c i'`` with ``c = 1``, or ``c = 2`` with negative eigenvalues)
 
 ``backend="numba"``: as minGRU's, the gates stay vectorised NumPy and the
 recurrence runs in :func:`minirec.scan.linear.forward`'s numba kernels.
+``backend="cupy"`` / ``"cuda-emulated"``: the projections are GEMMs here, then
+one fused CUDA kernel per direction forms ``s`` from ``k_f``, ``k_i`` inside the
+scan and, backward, returns ``dk_f``, ``dk_i``, ``dh̃`` from the same reverse
+pass (:mod:`minirec.kernels.cuda.minlstm`; methods ``recurrent`` and ``chunked``).
 """
 
 from __future__ import annotations
@@ -56,14 +60,18 @@ from typing import NamedTuple
 
 import numpy as np
 
+from minirec import _backend
 from minirec import _validate as V
 from minirec._math import sigmoid, softplus
 from minirec.cells import mingru
 from minirec.cells.mingru import (
     GatedScanCache,
+    KernelScanCache,
     check_options,
     gated_scan,
     gated_scan_backward,
+    kernel_scan,
+    kernel_scan_backward,
     project,
     project_backward,
     write_gate,
@@ -83,13 +91,15 @@ __all__ = ["METHODS", "BACKENDS", "BACKEND_METHODS", "PARAM_SHAPES", "MinLSTMCac
 
 class MinLSTMCache(NamedTuple):
     """What :func:`backward` needs: ``x (B, T, D)``, the gate logits
-    ``k_f, k_i (B, T, H)``, minGRU's :class:`~minirec.cells.mingru.GatedScanCache`
-    ``core`` and ``param_shapes`` (``{name: shape}`` of the forward's params)."""
+    ``k_f, k_i (B, T, H)``, ``core`` (minGRU's
+    :class:`~minirec.cells.mingru.GatedScanCache`, or its
+    :class:`~minirec.cells.mingru.KernelScanCache` on the CUDA backends) and
+    ``param_shapes`` (``{name: shape}`` of the forward's params)."""
 
     x: np.ndarray
     k_f: np.ndarray
     k_i: np.ndarray
-    core: GatedScanCache
+    core: GatedScanCache | KernelScanCache
     param_shapes: dict
 
 
@@ -187,9 +197,14 @@ def forward(params: dict, x: np.ndarray, state0: np.ndarray | None = None, *,
     dtype = V.cell_inputs("minlstm", params, PARAM_SHAPES, x, state0, ("B", "H"))[0]
     h0 = zero_state(params, x.shape[0], dtype) if state0 is None else state0
     k_f, k_i, h_tilde = (project(params, x, n) for n in ("f", "i", "h"))
-    y, h_T, core = gated_scan(write_gate_logit(k_f, k_i), h_tilde, h0,
-                              negative_eigenvalues=negative_eigenvalues, method=method,
-                              chunk_size=chunk_size, backend=backend)
+    if backend in _backend.CUDA_BACKENDS:  # s, the gates and the scan fused in one kernel
+        y, h_T, core = kernel_scan("minlstm", (k_f, k_i), h_tilde, h0,
+                                   negative_eigenvalues=negative_eigenvalues, method=method,
+                                   chunk_size=chunk_size, backend=backend)
+    else:
+        y, h_T, core = gated_scan(write_gate_logit(k_f, k_i), h_tilde, h0,
+                                  negative_eigenvalues=negative_eigenvalues, method=method,
+                                  chunk_size=chunk_size, backend=backend)
     return y, h_T, MinLSTMCache(x, k_f, k_i, core, V.param_shapes(params))
 
 
@@ -208,8 +223,11 @@ def backward(params: dict, cache: MinLSTMCache, dy: np.ndarray | None,
     """
     V.cache("cells.minlstm.backward", cache, MinLSTMCache)
     V.params_match("cells.minlstm.backward", params, cache.param_shapes)
-    ds, dh_tilde, dh0 = gated_scan_backward(cache.core, dy, dstate)
-    dk_f, dk_i = write_gate_logit_backward(ds, cache.k_f, cache.k_i)
+    if isinstance(cache.core, KernelScanCache):
+        dk_f, dk_i, dh_tilde, dh0 = kernel_scan_backward("minlstm", cache.core, dy, dstate)
+    else:
+        ds, dh_tilde, dh0 = gated_scan_backward(cache.core, dy, dstate)
+        dk_f, dk_i = write_gate_logit_backward(ds, cache.k_f, cache.k_i)
     B, T, D = cache.x.shape
     flat = lambda u: u.reshape(B * T, u.shape[-1])  # noqa: E731
     dx, grads = project_backward(params, flat(cache.x),

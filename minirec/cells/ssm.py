@@ -108,13 +108,18 @@ channel. The S4D paper counts the state size with the conjugates,
 Backends. ``backend="numba"`` computes the discretisation, ``B̄ x_t`` and the
 read-out in NumPy and passes ``backend`` to :func:`minirec.scan.linear.forward`,
 whose numba kernels (complex included) run the scan for its
-``BACKEND_METHODS`` and the reverse pass in the backward. ``conv`` is FFT
-work and stays NumPy-only.
+``BACKEND_METHODS`` and the reverse pass in the backward. ``backend="cupy"`` /
+``"cuda-emulated"``: the discretisation stays array code on ``(D, N)``; one fused
+CUDA kernel per direction forms ``B̄ x_t`` inside the scan and sums the read-out
+``2 Re(Σ_n C h_t) + D x_t`` over the modes, and backward forms ``dh = 2 dy
+conj(C)``, ``dx`` and the sums of ``dĀ``, ``dB̄``, ``dC`` over time in the same
+reverse pass (:mod:`minirec.kernels.cuda.ssm`; methods ``recurrent`` and
+``chunked``, ``N ≤ 1024``). ``conv`` is FFT work and stays NumPy-only.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -123,9 +128,11 @@ from minirec import _validate as V
 from minirec.scan import linear
 
 METHODS = linear.METHODS + ("conv",)
-BACKENDS = ("numpy", "numba")
-# numba: the discretisation and read-out stay NumPy; the scan runs in scan.linear's kernels
-BACKEND_METHODS = linear.BACKEND_METHODS
+BACKENDS = ("numpy", "numba", "cupy", "cuda-emulated")
+# numba: the discretisation and read-out stay NumPy and the scan runs in scan.linear's
+# kernels; cupy, cuda-emulated: fused scan + read-out kernels (kernels/cuda/diagonal.cu)
+BACKEND_METHODS = {"numba": linear.BACKEND_METHODS["numba"], "cupy": ("recurrent", "chunked"),
+                   "cuda-emulated": ("recurrent", "chunked")}
 DISCRETIZATIONS = ("zoh", "bilinear")
 INITS = ("s4d-lin", "s4d-inv", "legs")
 PARAM_SHAPES = {"log_dt": ("D",), "A_re_log": ("D", "N"), "A_im": ("D", "N"),
@@ -155,7 +162,9 @@ class SSMCache(NamedTuple):
     ``discretization``; ``method``; ``param_shapes`` (``{name: shape}`` of the
     forward's params); for the scan methods ``h (B, T, D, N)`` and ``scan``
     (the :class:`~minirec.scan.linear.LinearScanCache`), for ``conv`` the
-    :class:`ConvCache` ``conv`` (the others ``None``)."""
+    :class:`ConvCache` ``conv``; ``backend``; on the CUDA backends ``kernel``,
+    the fused kernel's cache, in place of ``h`` and ``scan`` (the fields a
+    path does not use are ``None``)."""
 
     x: np.ndarray
     h0: np.ndarray
@@ -165,6 +174,8 @@ class SSMCache(NamedTuple):
     h: np.ndarray | None
     scan: linear.LinearScanCache | None
     conv: ConvCache | None
+    backend: str
+    kernel: Any
 
 
 class SSMStepCache(NamedTuple):
@@ -247,9 +258,10 @@ def init_params(rng: np.random.Generator, input_size: int, state_size: int,
 
 
 def zero_state(params: dict, batch_size: int, dtype=None) -> np.ndarray:
-    """``h_{-1} = 0`` of shape ``(B, D, N)``, complex."""
-    return np.zeros((batch_size,) + params["A_im"].shape,
-                    V.complex_dtype(dtype or params["A_im"].dtype))
+    """``h_{-1} = 0`` of shape ``(B, D, N)``, complex (a CuPy array when the params are)."""
+    A_im = params["A_im"]
+    return _backend.xp_of(A_im).zeros((batch_size,) + A_im.shape,
+                                      V.complex_dtype(dtype or A_im.dtype))
 
 
 # ---------------------------------------------------------------------------
@@ -268,6 +280,17 @@ def _readout(params):
     return params["C_re"] + 1j * params["C_im"]
 
 
+def _expm1(z):
+    """``exp(z) − 1`` for complex ``z``: ``np.expm1``, and for a CuPy array NumPy's
+    own formula ``expm1(x) cos y − 2 sin²(y/2) + i e^x sin y`` in real ufuncs
+    (which CuPy has for every dtype)."""
+    if isinstance(z, np.ndarray):
+        return np.expm1(z)
+    xp = _backend.xp_of(z)
+    s = xp.sin(z.imag / 2)
+    return (xp.expm1(z.real) * xp.cos(z.imag) - 2 * s * s) + 1j * (xp.exp(z.real) * xp.sin(z.imag))
+
+
 def _discretize(params, discretization):
     dt = np.exp(params["log_dt"])[:, None]                       # (D, 1)
     A = -np.exp(params["A_re_log"]) + 1j * params["A_im"]         # (D, N)
@@ -275,7 +298,7 @@ def _discretize(params, discretization):
     z = dt * A
     if discretization == "zoh":
         Abar = np.exp(z)
-        Bbar = np.expm1(z) / A * B
+        Bbar = _expm1(z) / A * B
     else:
         s = 1 - z / 2
         Abar = (1 + z / 2) / s
@@ -294,13 +317,13 @@ def _param_grads(params, discretization, aux, Abar, Bbar, dAbar, dBbar, dC, dD, 
         else:
             gz = dz + np.conj(Abar) * dBbar * np.conj(B / A)
         dA = dt * gz - dBbar * np.conj(Bbar / A)
-        ddt = np.sum((gz * np.conj(A)).real, axis=1)
-        dB = dBbar * np.conj(np.expm1(z) / A)
+        ddt = (gz * np.conj(A)).real.sum(axis=1)
+        dB = dBbar * np.conj(_expm1(z) / A)
     else:
         s = 1 - z / 2
         gz = dAbar * np.conj(1 / s**2) + dBbar * np.conj(Bbar / (2 * s))
         dA = dt * gz
-        ddt = np.sum((gz * np.conj(A) + dBbar * np.conj(B / s)).real, axis=1)
+        ddt = (gz * np.conj(A) + dBbar * np.conj(B / s)).real.sum(axis=1)
         dB = dBbar * np.conj(dt / s)
     dtype = params["log_dt"].dtype
     grads = {
@@ -311,7 +334,8 @@ def _param_grads(params, discretization, aux, Abar, Bbar, dAbar, dBbar, dC, dD, 
         "C_re": dC.real, "C_im": dC.imag,
         "D": dD,
     }
-    return {k: np.ascontiguousarray(v, dtype=dtype) for k, v in grads.items()}
+    xp = _backend.xp_of(params["log_dt"])
+    return {k: xp.ascontiguousarray(v, dtype=dtype) for k, v in grads.items()}
 
 
 # ---------------------------------------------------------------------------
@@ -514,9 +538,12 @@ def forward(params: dict, x: np.ndarray, state0: np.ndarray | None = None, *,
     h0 = zero_state(params, x.shape[0], dtype) if state0 is None else state0
     Abar, Bbar, aux = _discretize(params, discretization)
     C = _readout(params)
-    h = scan_cache = conv_cache = None
+    h = scan_cache = conv_cache = kernel = None
     if method == "conv":
         y, h_T, conv_cache = _conv_forward(params, x, h0, Abar, Bbar, C)
+    elif backend in _backend.CUDA_BACKENDS:  # B̄ x, the scan and the read-out fused
+        y, h_T, kernel = _backend.kernels("ssm", backend).forward(
+            Abar, Bbar, C, params["D"], x, h0, method=method, chunk_size=chunk_size)
     else:
         b = Bbar * x[..., None]                                    # (B, T, D, N)
         if method == "log" and discretization == "zoh":  # log Ā = z itself: Ā may underflow
@@ -528,7 +555,7 @@ def forward(params: dict, x: np.ndarray, state0: np.ndarray | None = None, *,
                                             chunk_size=chunk_size, backend=backend)
         y = 2 * np.sum(h * C, axis=-1).real + params["D"] * x
     cache = SSMCache(x, h0, discretization, method, V.param_shapes(params), h, scan_cache,
-                     conv_cache)
+                     conv_cache, backend, kernel)
     return y.astype(dtype, copy=False), h_T, cache
 
 
@@ -553,13 +580,17 @@ def backward(params: dict, cache: SSMCache, dy: np.ndarray | None,
     cdtype = V.complex_dtype(x.dtype)
     dy = V.grad_like("dy", dy, x, "y", fill=True)
     # the returned state is complex, also when state0 was real
-    dstate = V.grad_state("dstate", dstate, np.empty(h0.shape, cdtype), fill=True)
+    dstate = V.grad_state("dstate", dstate, _backend.xp_of(h0).empty(h0.shape, cdtype),
+                          fill=True)
     Abar, Bbar, aux = _discretize(params, disc)
     C = _readout(params)
     dz = None
     if cache.method == "conv":
         dx, dh0, dAbar, dBbar, dC = _conv_backward(params, x, h0, Abar, Bbar, C,
                                                     cache.conv, dy, dstate)
+    elif cache.backend in _backend.CUDA_BACKENDS:  # the reverse scan, dx and the sums fused
+        dx, dh0, dAbar, dBbar, dC = _backend.kernels("ssm", cache.backend).backward(
+            cache.kernel, dy, dstate)
     else:
         dh = 2 * dy[..., None] * np.conj(C)                 # through y = 2 Re(Σ_n C h) + D x
         sg = linear.backward(cache.scan, dh, dstate)        # through h_t = Ā h_{t−1} + B̄ x_t
@@ -571,7 +602,7 @@ def backward(params: dict, cache: SSMCache, dy: np.ndarray | None,
         dx = np.sum(g * np.conj(Bbar), axis=-1).real + params["D"] * dy
         dh0 = sg["initial_state"]
     grads = _param_grads(params, disc, aux, Abar, Bbar, dAbar, dBbar, dC,
-                         dD=np.sum(dy * x, axis=(0, 1)), dz=dz)
-    grads["x"] = np.ascontiguousarray(dx, dtype=x.dtype)
-    grads["state0"] = dh0.real.copy() if not np.iscomplexobj(h0) else dh0
+                         dD=(dy * x).sum(axis=(0, 1)), dz=dz)
+    grads["x"] = _backend.xp_of(dx).ascontiguousarray(dx, dtype=x.dtype)
+    grads["state0"] = dh0.real.copy() if h0.dtype.kind != "c" else dh0
     return grads

@@ -48,12 +48,15 @@ Backward (``dh`` = ∂L/∂h_t from outside, ``dstate`` through the final state)
 
 ``backend="numba"``: ``backend`` is passed to :func:`minirec.scan.linear.forward`,
 whose numba kernels run the recurrence (its ``BACKEND_METHODS``), forward and
-backward.
+backward. ``backend="cupy"`` / ``"cuda-emulated"``: one fused CUDA kernel per
+direction forms ``exp(g)`` inside the scan and, backward, ``dx`` and ``dg`` in
+the same reverse pass (:mod:`minirec.kernels.cuda.hgrn`; methods ``recurrent``
+and ``chunked``).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -63,20 +66,27 @@ from minirec._math import log_sigmoid
 from minirec.scan import linear
 
 METHODS = linear.METHODS  # ("recurrent", "hillis_steele", "blelloch", "chunked", "log")
-BACKENDS = ("numpy", "numba")
-# numba: the recurrence runs in scan.linear's kernels
-BACKEND_METHODS = linear.BACKEND_METHODS
+BACKENDS = ("numpy", "numba", "cupy", "cuda-emulated")
+# numba: the recurrence runs in scan.linear's kernels; cupy, cuda-emulated: fused
+# gate + scan kernels (kernels/cuda/diagonal.cu)
+BACKEND_METHODS = {"numba": linear.BACKEND_METHODS["numba"], "cupy": ("recurrent", "chunked"),
+                   "cuda-emulated": ("recurrent", "chunked")}
 
 
 class HGRNCache(NamedTuple):
-    """What :func:`backward` needs: ``negative_eigenvalues``; ``scan``, the scan's
-    :class:`~minirec.scan.linear.LinearScanCache`; with negative eigenvalues
+    """What :func:`backward` needs: ``negative_eigenvalues``; ``h (B, T, D)`` every
+    state; ``backend``; for NumPy and numba ``scan``, the scan's
+    :class:`~minirec.scan.linear.LinearScanCache`, and with negative eigenvalues
     ``exp_g = e^g (B, T, D)`` (``None`` otherwise: the scan was given ``log a = g``
-    and returns ``dg`` itself)."""
+    and returns ``dg`` itself); for the CUDA backends ``kernel``, the fused
+    kernel's cache (the other two ``None``)."""
 
     negative_eigenvalues: bool
-    scan: linear.LinearScanCache
+    h: np.ndarray
+    backend: str
+    scan: linear.LinearScanCache | None
     exp_g: np.ndarray | None
+    kernel: Any
 
 
 def forward(x: np.ndarray, g: np.ndarray, *, initial_state: np.ndarray | None = None,
@@ -111,9 +121,16 @@ def forward(x: np.ndarray, g: np.ndarray, *, initial_state: np.ndarray | None = 
     if initial_state is not None:
         V.array("initial_state", initial_state, allow_complex=False)
         s.check("initial_state", initial_state, ("B", "D"))
-    V.common_dtype(x=x, g=g, initial_state=initial_state)
+    dtype = V.common_dtype(x=x, g=g, initial_state=initial_state)
     if method == "log":
         _check_log_method(g, negative_eigenvalues)
+    if backend in _backend.CUDA_BACKENDS:  # the gates and the scan fused in one kernel
+        h0 = (_backend.xp_of(x).zeros((x.shape[0], x.shape[2]), dtype)
+              if initial_state is None else initial_state)
+        h, h_T, kernel = _backend.kernels("hgrn", backend).forward(
+            x, g, h0, negative_eigenvalues=negative_eigenvalues, method=method,
+            chunk_size=chunk_size)
+        return h, h_T, HGRNCache(negative_eigenvalues, h, backend, None, None, kernel)
     if negative_eigenvalues:
         exp_g = np.exp(g)
         h, h_T, scan = linear.forward(2 * exp_g - 1, x, initial_state, method=method,
@@ -122,7 +139,7 @@ def forward(x: np.ndarray, g: np.ndarray, *, initial_state: np.ndarray | None = 
         exp_g = None
         h, h_T, scan = linear.forward(None, x, initial_state, log_a=g, method=method,
                                       chunk_size=chunk_size, backend=backend)
-    return h, h_T, HGRNCache(negative_eigenvalues, scan, exp_g)
+    return h, h_T, HGRNCache(negative_eigenvalues, h, backend, scan, exp_g, None)
 
 
 def _check_log_method(g, negative_eigenvalues):
@@ -155,8 +172,10 @@ def backward(cache: HGRNCache, dh: np.ndarray | None,
         also when it was ``None``).
     """
     V.cache("ops.hgrn.backward", cache, HGRNCache)
-    V.grad_like("dh", dh, cache.scan.h, "h")
-    V.grad_state("dstate", dstate, cache.scan.h[:, -1])
+    V.grad_like("dh", dh, cache.h, "h")
+    V.grad_state("dstate", dstate, cache.h[:, -1])
+    if cache.backend in _backend.CUDA_BACKENDS:
+        return _backend.kernels("hgrn", cache.backend).backward(cache.kernel, dh, dstate)
     grads = linear.backward(cache.scan, dh, dstate)
     if cache.negative_eigenvalues:  # a = 2 exp(g) − 1
         dg = grads["a"] * (2 * cache.exp_g)
