@@ -442,17 +442,83 @@ def _method_kwargs(entry: Entry, method: str, backend: str) -> dict:
     return kw
 
 
+def _map_arrays(f, x):
+    """``f`` on every NumPy/CuPy array inside dicts, tuples and lists; other
+    leaves (numbers, strings, a list of floats) are kept as they are."""
+    if isinstance(x, dict):
+        return {k: _map_arrays(f, v) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return type(x)(_map_arrays(f, v) for v in x)
+    if hasattr(x, "shape") and hasattr(x, "dtype"):
+        return f(x)
+    return x
+
+
+def to_device(x: Any, backend: str) -> Any:
+    """``x`` with every NumPy array moved to where ``backend`` computes:
+    CuPy arrays for ``"cupy"``, unchanged otherwise."""
+    if backend != "cupy":
+        return x
+    import cupy
+    return _map_arrays(lambda a: cupy.asarray(a) if isinstance(a, np.ndarray) else a, x)
+
+
+def to_host(x: Any) -> Any:
+    """``x`` with every CuPy array copied back to NumPy."""
+    return _map_arrays(_to_host, x)
+
+
+class OnDevice:
+    """An entry's module seen from the host: NumPy arrays in and out, run on
+    ``backend``'s device (CuPy for ``"cupy"``). The registry's checks (and
+    :mod:`minirec.gradcheck`) build and compare NumPy arrays; this moves them."""
+
+    def __init__(self, module: Any, backend: str) -> None:
+        self.module, self.backend = module, backend
+
+    def forward(self, *args, **kwargs):
+        """The module's ``forward`` on device copies; ``(out, state)`` back on the host."""
+        out, state, cache = self.module.forward(*to_device(args, self.backend),
+                                                **to_device(kwargs, self.backend))
+        return to_host(out), to_host(state), cache
+
+    def backward(self, *args, **kwargs):
+        """The module's ``backward`` on device copies; the gradients back on the host."""
+        return to_host(self.module.backward(*to_device(args, self.backend),
+                                            **to_device(kwargs, self.backend)))
+
+
+def _module(entry: Entry, backend: str | None) -> Any:
+    return OnDevice(entry.module, backend) if backend == "cupy" else entry.module
+
+
 def run_forward(entry: Entry, inputs: dict, **kwargs) -> tuple[Any, Any, Any]:
-    """``entry.module.forward`` on ``inputs`` → ``(out, final_state, cache)``."""
-    mod = entry.module
+    """``entry.module.forward`` on ``inputs`` → ``(out, final_state, cache)``
+    (NumPy in and out; with ``backend="cupy"`` the arrays travel to the GPU)."""
+    mod = _module(entry, kwargs.get("backend"))
     if entry.kind == "cell":
         return mod.forward(inputs["params"], inputs["x"], inputs.get("state0"), **kwargs)
     return mod.forward(**inputs, **kwargs)
 
 
+def _holds_cupy(x: Any, depth: int = 4) -> bool:
+    """Whether a cache holds a CuPy array (searched ``depth`` levels deep)."""
+    if type(x).__module__.startswith("cupy"):
+        return True
+    if depth == 0:
+        return False
+    if isinstance(x, dict):
+        return any(_holds_cupy(v, depth - 1) for v in x.values())
+    if isinstance(x, (tuple, list)):
+        return any(_holds_cupy(v, depth - 1) for v in x)
+    return False
+
+
 def run_backward(entry: Entry, inputs: dict, cache: Any, d_out: Any, d_state: Any) -> dict:
-    """``entry.module.backward`` → gradient dict (cells: params keys, ``x``, ``state0``)."""
-    mod = entry.module
+    """``entry.module.backward`` → gradient dict (cells: params keys, ``x``, ``state0``);
+    NumPy in and out, on the device the cache was made on."""
+    on_gpu = getattr(cache, "backend", None) == "cupy" or _holds_cupy(cache)
+    mod = _module(entry, "cupy" if on_gpu else None)
     if entry.kind == "cell":
         return mod.backward(inputs["params"], cache, d_out, d_state)
     return mod.backward(cache, d_out, d_state)
@@ -486,7 +552,7 @@ def _flatten(prefix: str, x) -> dict[str, np.ndarray]:
         for i, v in enumerate(x):
             out.update(_flatten(f"{prefix}[{i}]", v))
         return out
-    return {prefix: np.asarray(x)}
+    return {prefix: np.asarray(_to_host(x))}
 
 
 def rel_rms(x: np.ndarray, ref: np.ndarray) -> float:
@@ -553,6 +619,6 @@ def gradcheck(entry: Entry, method: str = "recurrent", backend: str = "numpy", s
                                and F64 not in entry.dtypes else F64, "small", method=method)
     kw = _method_kwargs(entry, method, backend)
     if entry.kind == "cell":
-        return _gc.check_cell(entry.module, inputs["params"], inputs["x"], inputs.get("state0"),
-                              seed=seed, **kw, **kwargs)
-    return _gc.check_op(entry.module, inputs, seed=seed, **kw, **kwargs)
+        return _gc.check_cell(_module(entry, backend), inputs["params"], inputs["x"],
+                              inputs.get("state0"), seed=seed, **kw, **kwargs)
+    return _gc.check_op(_module(entry, backend), inputs, seed=seed, **kw, **kwargs)

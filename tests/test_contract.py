@@ -421,6 +421,7 @@ def test_bad_chunk_size_is_refused(name, backend, chunk_size):
 
 @pytest.mark.parametrize("name, backend", ENTRY_BACKENDS)
 def test_unknown_method_and_backend_are_refused(name, backend):
+    _need(backend)
     entry = ENTRIES[name]
     inputs = _inputs(entry)
     with pytest.raises(ValueError, match=r"(?s)method.*expected.*got 'no-such-method'"):

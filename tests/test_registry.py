@@ -56,3 +56,14 @@ def test_gradcheck_fails_on_a_backward_wrong_by_a_tenth_of_a_percent():
     bad = gradcheck.check_cell(broken, inputs["params"], inputs["x"], inputs["state0"])
     assert not bad.passed
     assert bad.errors["W_hh"] > 1e-4 and bad.errors["W_ih"] < 1e-6, str(bad)
+
+
+def test_on_device_moves_arrays_only_for_cupy_and_keeps_other_leaves():
+    x = {"a": np.ones(2), "s": (np.zeros(1), None), "l": [1.0, 2.0]}
+    assert registry.to_device(x, "numpy") is x
+    assert registry.to_host(x)["l"] == [1.0, 2.0]
+    assert registry.run_forward  # the numpy path goes straight to the module:
+    e = registry.get("rnn")
+    assert registry._module(e, "numpy") is e.module
+    assert isinstance(registry._module(e, "cupy"), registry.OnDevice)
+    assert not registry._holds_cupy((np.ones(1), {"k": [np.ones(1)]}))
