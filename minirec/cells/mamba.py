@@ -50,11 +50,14 @@ state; the scan's own backward is in :mod:`minirec.ops.selective_scan`):
 ``forward(method=...)`` runs the selective scan with any of :data:`METHODS`
 (the scan's), and ``backward`` goes back through the same algorithm.
 
-``backend="numba"`` (methods in :data:`BACKEND_METHODS`) passes the backend to
-:func:`minirec.ops.selective_scan.forward`, whose fused numba kernels run the
-scan, its gate, ``D`` and softplus forward and backward; the projections stay
-NumPy GEMMs (the weight gradients one ``(P, B·T) @ (B·T, Q)`` GEMM each) and
-the causal conv a loop over the K taps, vectorised over time.
+``backend="numba"``, ``"cupy"`` and ``"cuda-emulated"`` (methods in
+:data:`BACKEND_METHODS`) pass the backend to
+:func:`minirec.ops.selective_scan.forward`, whose fused kernels run the scan,
+its gate, ``D`` and softplus forward and backward; the projections stay array
+GEMMs (the weight gradients one ``(P, B·T) @ (B·T, Q)`` GEMM each; cuBLAS for
+CuPy arrays) and the causal conv a loop over the K taps, vectorised over time.
+With ``backend="cupy"`` every array (params, ``x``, ``state0``) is a CuPy
+array and stays on the GPU.
 
 Streaming inference: :func:`step_forward` takes one token ``x_t (B, M)`` and the
 state and returns ``(y_t (B, M), state_next, cache_t)``. Unlike an Elman cell,
@@ -76,7 +79,7 @@ from minirec._math import sigmoid, silu, silu_grad, softplus
 from minirec.ops import selective_scan
 
 METHODS = selective_scan.METHODS
-BACKENDS = ("numpy", "numba")
+BACKENDS = ("numpy", "numba", "cupy", "cuda-emulated")
 # the methods each non-NumPy backend has kernels for (NumPy runs them all)
 BACKEND_METHODS = selective_scan.BACKEND_METHODS
 PARAM_SHAPES = {
@@ -356,8 +359,9 @@ def forward(params: dict, x: np.ndarray, state0: tuple | None = None, *,
     s = sizes(params)
     I, K, R, N = s["I"], s["K"], s["R"], s["N"]
     Bsz, T, _ = x.shape
-    if state0 is None:
-        state0 = zero_state(params, Bsz, dtype)
+    lib = _backend.xp_of(x)  # numpy, or cupy for CuPy arrays (backend="cupy")
+    if state0 is None:  # zero_state's, allocated where x lives
+        state0 = (lib.zeros((Bsz, I, K - 1), dtype), lib.zeros((Bsz, I, N), dtype))
     conv_state0, ssm_state0 = state0
     p = params
     # in-projection
@@ -378,7 +382,7 @@ def forward(params: dict, x: np.ndarray, state0: tuple | None = None, *,
         xa, delta, A, Bm, Cm, p["D"], z, delta_bias=p["dt_proj_bias"], delta_softplus=True,
         initial_state=ssm_state0, method=method, chunk_size=chunk_size, backend=backend)
     y = y_ssm @ p["out_proj_weight"].T
-    conv_T = np.ascontiguousarray(np.transpose(xp[:, T:], (0, 2, 1)))   # last K−1 inputs
+    conv_T = lib.ascontiguousarray(np.transpose(xp[:, T:], (0, 2, 1)))  # last K−1 inputs
     cache = MambaCache(x, xp, xc, xa, dt_low, A, y_ssm, scan_cache, (conv_state0, ssm_state0),
                        V.param_shapes(params), method, backend)
     return y, (conv_T, ssm_T), cache
@@ -431,14 +435,15 @@ def backward(params: dict, cache: MambaCache, dy: np.ndarray | None,
     dxc = dxa * silu_grad(c.xc)
     g["conv1d_bias"] = dxc.sum(axis=(0, 1))
     w = p["conv1d_weight"]
-    dw = np.empty_like(w)
-    dxp = np.zeros(xp.shape, xp.dtype)
+    lib = _backend.xp_of(x)  # numpy, or cupy for CuPy arrays (backend="cupy")
+    dw = lib.empty_like(w)
+    dxp = lib.zeros(xp.shape, xp.dtype)
     for k in range(K):
         dw[:, k] = np.einsum("bti,bti->i", dxc, xp[:, k:k + T])
         dxp[:, k:k + T] += w[:, k] * dxc
     g["conv1d_weight"] = dw
     dxp[:, T:] += np.transpose(dconv_T, (0, 2, 1))      # the returned conv_state is xp's tail
-    dconv_0 = np.ascontiguousarray(np.transpose(dxp[:, :K - 1], (0, 2, 1)))
+    dconv_0 = lib.ascontiguousarray(np.transpose(dxp[:, :K - 1], (0, 2, 1)))
     dxs = dxp[:, K - 1:]
     # in-projection
     dxz = np.concatenate([dxs, dz], axis=-1)

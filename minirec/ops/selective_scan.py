@@ -74,6 +74,13 @@ kernels: the state of a block of channels in a small local array, no
 ``(B, T, D, N)`` array made, the backward recomputing each chunk of steps from
 a checkpointed state), and ``chunked`` as the parallel method above with
 :func:`minirec.scan.linear.forward`'s numba kernel for the scan.
+``backend="cupy"`` (CuPy arrays, on a GPU) and ``"cuda-emulated"`` (the same
+CUDA C on the CPU) run ``recurrent`` only, through
+:mod:`minirec.kernels.cuda.selective_scan`: one thread per (channel, state)
+pair, time in chunks staged in shared memory, the backward recomputing each
+chunk from a checkpointed state; no ``(B, T, D, N)`` array is made. (The
+parallel methods would be the NumPy code above around scan.linear's CUDA
+scan, with the ``(B, T, D, N)`` arrays the kernel exists to avoid.)
 """
 
 from __future__ import annotations
@@ -88,10 +95,11 @@ from minirec._math import sigmoid, silu, silu_grad, softplus
 from minirec.scan import linear
 
 METHODS = ("recurrent",) + tuple(m for m in linear.METHODS if m != "recurrent")
-BACKENDS = ("numpy", "numba")
-# the methods each non-NumPy backend runs (NumPy runs them all); numba's
-# "recurrent" is its fused kernel, its "chunked" the scan.linear kernel
-BACKEND_METHODS = {"numba": ("recurrent", "chunked")}
+BACKENDS = ("numpy", "numba", "cupy", "cuda-emulated")
+# the methods each non-NumPy backend runs (NumPy runs them all); "recurrent" is
+# the backend's fused kernel, numba's "chunked" the scan.linear kernel
+BACKEND_METHODS = {"numba": ("recurrent", "chunked"), "cupy": ("recurrent",),
+                   "cuda-emulated": ("recurrent",)}
 # the methods a backend's own kernel module runs (the others pass the backend on
 # to scan.linear)
 _KERNEL_METHODS = ("recurrent",)
@@ -246,9 +254,11 @@ def forward(u: np.ndarray, delta: np.ndarray, A: np.ndarray, B: np.ndarray, C: n
     return y, h[:, -1].copy(), cache
 
 
-def _zeros_view(shape, dtype):
-    """A read-only zero array of ``shape`` backed by one element (for the checks)."""
-    return np.broadcast_to(np.zeros((), dtype), shape)
+def _zeros_view(xp, shape, dtype):
+    """A read-only zero array of ``shape`` backed by one element (for the checks;
+    ``xp``: NumPy, or CuPy for a CuPy run, so that a missing gradient is filled
+    with zeros on the arrays' device)."""
+    return xp.broadcast_to(xp.zeros((), dtype), shape)
 
 
 def backward(cache: SelectiveScanCache, dy: np.ndarray | None,
@@ -267,9 +277,10 @@ def backward(cache: SelectiveScanCache, dy: np.ndarray | None,
     """
     c = V.cache("ops.selective_scan", cache, SelectiveScanCache)
     dtype = c.u.dtype
-    dy = V.grad_like("dy", dy, _zeros_view(c.u.shape, dtype), "y", fill=True)
+    xp = _backend.xp_of(c.u)
+    dy = V.grad_like("dy", dy, _zeros_view(xp, c.u.shape, dtype), "y", fill=True)
     dstate = V.grad_state("dstate", dstate,
-                          _zeros_view((c.u.shape[0],) + c.A.shape, dtype), fill=True)
+                          _zeros_view(xp, (c.u.shape[0],) + c.A.shape, dtype), fill=True)
     if c.kernel is not None:  # made by a backend's kernel (numba's "chunked" ran the code below)
         return _backend.kernels("selective_scan", c.backend).backward(c.kernel, dy, dstate)
     grads = {}
