@@ -228,6 +228,16 @@ def time_steps(name: str, x: Any) -> int:
     return int(x.shape[1])
 
 
+def zeros_view(like: Any, shape: tuple | None = None, dtype: Any = None) -> Any:
+    """A read-only array of zeros that holds one element of memory: shaped and
+    typed like ``like`` (or ``shape``/``dtype``), on ``like``'s device (NumPy or
+    CuPy). Caches keep these to check upstream gradients against (the
+    ``y_like``/``state_like`` fields) without keeping the outputs alive."""
+    xp = xp_of(like)
+    return xp.broadcast_to(xp.zeros((), like.dtype if dtype is None else dtype),
+                           like.shape if shape is None else shape)
+
+
 def grad_like(name: str, g: Any, like: Any, like_name: str, *, fill: bool = False) -> Any:
     """Check an upstream gradient against the output ``like`` it belongs to.
 

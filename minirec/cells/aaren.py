@@ -268,7 +268,7 @@ def backward(params: dict, cache: AarenCache, dy: np.ndarray | None,
     B, T = x.shape[:2]
     NH, _, Vd = _sizes(params)
     xp = _backend.xp_of(x)  # CuPy arrays for backend="cupy"
-    y_like = xp.broadcast_to(xp.zeros((), x.dtype), (B, T) + params["b_o"].shape)
+    y_like = V.zeros_view(x, (B, T) + params["b_o"].shape)
     dy = V.grad_like("dy", dy, y_like, "y")
     if dy is None:
         do = None

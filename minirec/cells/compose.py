@@ -196,14 +196,11 @@ class ComposedCache(NamedTuple):
     param_shapes: dict
 
 
-def _zeros_view(a):
-    xp = _backend.xp_of(a)
-    return xp.broadcast_to(xp.zeros((), a.dtype), a.shape)
 
 
 def _make_cache(wrapper: str, inner: list, y, final: tuple, params: dict) -> ComposedCache:
-    return ComposedCache(wrapper, tuple(inner), _zeros_view(y),
-                         tuple(_zeros_view(s) for s in final), V.param_shapes(params))
+    return ComposedCache(wrapper, tuple(inner), V.zeros_view(y),
+                         tuple(V.zeros_view(s) for s in final), V.param_shapes(params))
 
 
 def _check_backward(where: str, params: Any, cache: Any, dy, dstate):

@@ -119,11 +119,6 @@ def _check(params, x, state0):
     return dtype
 
 
-def _zeros_view(a):
-    """Zeros shaped and typed like ``a``, a read-only view that holds no memory, where
-    ``a`` lives (NumPy or CuPy): what an upstream gradient is checked against."""
-    xp = _backend.xp_of(a)
-    return xp.broadcast_to(xp.zeros((), a.dtype), a.shape)
 
 
 def step_forward(params: dict, x_t: np.ndarray, h_prev: np.ndarray) -> tuple[np.ndarray,
@@ -185,7 +180,7 @@ def forward(params: dict, x: np.ndarray, state0: np.ndarray | None = None, *,
         y, h, seq = bptt.sequence_forward(step_forward, params, x, h0)
     else:
         y, h, kernel = _backend.kernels("gru", backend).forward(params, x, h0)
-    return y, h, GRUCache(seq, kernel, _zeros_view(y), _zeros_view(h), V.param_shapes(params),
+    return y, h, GRUCache(seq, kernel, V.zeros_view(y), V.zeros_view(h), V.param_shapes(params),
                           method, backend)
 
 

@@ -123,11 +123,6 @@ def _check(params, x, state0):
     return dtype
 
 
-def _zeros_view(a):
-    """Zeros shaped and typed like ``a``, a read-only view that holds no memory, where
-    ``a`` lives (NumPy or CuPy): what an upstream gradient is checked against."""
-    xp = _backend.xp_of(a)
-    return xp.broadcast_to(xp.zeros((), a.dtype), a.shape)
 
 
 def step_forward(params: dict, x_t: np.ndarray,
@@ -193,7 +188,7 @@ def forward(params: dict, x: np.ndarray, state0: tuple | None = None, *,
         y, state, seq = bptt.sequence_forward(step_forward, params, x, s0)
     else:
         y, state, kernel = _backend.kernels("lstm", backend).forward(params, x, s0)
-    return y, state, LSTMCache(seq, kernel, _zeros_view(y), tuple(map(_zeros_view, state)),
+    return y, state, LSTMCache(seq, kernel, V.zeros_view(y), tuple(map(V.zeros_view, state)),
                                V.param_shapes(params), method, backend)
 
 

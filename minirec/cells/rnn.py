@@ -100,11 +100,6 @@ def _check(params, x, state0):
     return V.cell_inputs("rnn", params, PARAM_SHAPES, x, state0, ("B", "H"))[0]
 
 
-def _zeros_view(a):
-    """Zeros shaped and typed like ``a``, a read-only view that holds no memory, where
-    ``a`` lives (NumPy or CuPy): what an upstream gradient is checked against."""
-    xp = _backend.xp_of(a)
-    return xp.broadcast_to(xp.zeros((), a.dtype), a.shape)
 
 
 def step_forward(params: dict, x_t: np.ndarray, h_prev: np.ndarray,
@@ -156,7 +151,7 @@ def forward(params: dict, x: np.ndarray, state0: np.ndarray | None = None, *,
     else:
         y, h, kernel = _backend.kernels("rnn", backend).forward(params, x, h0,
                                                                 nonlinearity=nonlinearity)
-    return y, h, RNNCache(seq, kernel, _zeros_view(y), _zeros_view(h), V.param_shapes(params),
+    return y, h, RNNCache(seq, kernel, V.zeros_view(y), V.zeros_view(h), V.param_shapes(params),
                           nonlinearity, method, backend)
 
 

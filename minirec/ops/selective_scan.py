@@ -254,11 +254,6 @@ def forward(u: np.ndarray, delta: np.ndarray, A: np.ndarray, B: np.ndarray, C: n
     return y, h[:, -1].copy(), cache
 
 
-def _zeros_view(xp, shape, dtype):
-    """A read-only zero array of ``shape`` backed by one element (for the checks;
-    ``xp``: NumPy, or CuPy for a CuPy run, so that a missing gradient is filled
-    with zeros on the arrays' device)."""
-    return xp.broadcast_to(xp.zeros((), dtype), shape)
 
 
 def backward(cache: SelectiveScanCache, dy: np.ndarray | None,
@@ -277,10 +272,9 @@ def backward(cache: SelectiveScanCache, dy: np.ndarray | None,
     """
     c = V.cache("ops.selective_scan", cache, SelectiveScanCache)
     dtype = c.u.dtype
-    xp = _backend.xp_of(c.u)
-    dy = V.grad_like("dy", dy, _zeros_view(xp, c.u.shape, dtype), "y", fill=True)
+    dy = V.grad_like("dy", dy, V.zeros_view(c.u, c.u.shape, dtype), "y", fill=True)
     dstate = V.grad_state("dstate", dstate,
-                          _zeros_view(xp, (c.u.shape[0],) + c.A.shape, dtype), fill=True)
+                          V.zeros_view(c.u, (c.u.shape[0],) + c.A.shape, dtype), fill=True)
     if c.kernel is not None:  # made by a backend's kernel (numba's "chunked" ran the code below)
         return _backend.kernels("selective_scan", c.backend).backward(c.kernel, dy, dstate)
     grads = {}

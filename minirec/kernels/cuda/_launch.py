@@ -130,3 +130,37 @@ def emulated_call(fn: Any, kernel: str, grid: Any, block: Any, args: tuple,
         raise RuntimeError(f"{kernel}: launch failed: {_ERRORS.get(code, code)} "
                            f"(grid {tuple(g)}, block {tuple(b)}, shared_mem {shared_mem}, "
                            f"{n} arguments)")
+
+
+BACKENDS = ("cupy", "cuda-emulated")
+
+
+def _is_cupy(x: Any) -> bool:
+    return type(x).__module__.split(".")[0] == "cupy"
+
+
+def backend_and_xp(backend: str | None, **arrays: Any) -> tuple[str, Any]:
+    """The CUDA backend the ``arrays`` belong to and its array module.
+
+    CuPy arrays run on the GPU (``"cupy"``, module ``cupy``), NumPy arrays in
+    the emulator (``"cuda-emulated"``, module ``numpy``); ``backend`` forces
+    one, and an array of the other kind is a ``TypeError`` that says how to
+    move it. ``None`` entries are ignored.
+    """
+    kinds = {name: "cupy" if _is_cupy(x) else "cuda-emulated"
+             for name, x in arrays.items() if x is not None}
+    if backend is None:
+        backend = "cupy" if "cupy" in kinds.values() else "cuda-emulated"
+    elif backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+    for name, kind in kinds.items():
+        if kind != backend:
+            want = "a CuPy array" if backend == "cupy" else "a NumPy array"
+            move = "cupy.asarray" if backend == "cupy" else ".get()"
+            raise TypeError(f"{name}: expected {want} for backend={backend!r} (move it with "
+                            f"{move}), got {type(arrays[name]).__module__}."
+                            f"{type(arrays[name]).__name__}")
+    if backend == "cupy":
+        from minirec.kernels.cuda import _build
+        return backend, _build.import_cupy()
+    return backend, np

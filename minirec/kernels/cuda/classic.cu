@@ -26,27 +26,7 @@
 // and relu's backward multiplies by [h > 0], so a NaN or ±inf upstream gradient stays NaN.
 #include "common.h"
 
-// --------------------------------------------------------------------------------------
-// activations, in the argument's precision
-// --------------------------------------------------------------------------------------
-
-__device__ __forceinline__ float exp_(float x) { return expf(x); }
-__device__ __forceinline__ double exp_(double x) { return exp(x); }
-__device__ __forceinline__ float tanh_(float x) { return tanhf(x); }
-__device__ __forceinline__ double tanh_(double x) { return tanh(x); }
-
-// σ(x) = 1 / (1 + e^{-x}) for x ≥ 0, e^x / (1 + e^x) otherwise: e ≤ 1, no overflow;
-// NaN takes the second branch and stays NaN
-template <class F>
-__device__ __forceinline__ F sigmoid_(F x) {
-    if (x >= F(0)) return F(1) / (F(1) + exp_(-x));
-    const F e = exp_(x);
-    return e / (F(1) + e);
-}
-
-// relu(a) = max(a, 0) with NaN kept (NaN <= 0 is false), as np.maximum(a, 0)
-template <class F>
-__device__ __forceinline__ F relu_(F a) { return a <= F(0) ? F(0) : a; }
+// activations (exp_, tanh_, sigmoid_, relu_) come from common.h
 
 // lane = b·H + j of this thread; false for the ceil-div grid's idle tail threads
 __device__ __forceinline__ bool lane_index(long long lanes, long long& lane) {

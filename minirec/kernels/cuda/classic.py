@@ -34,10 +34,9 @@ import numpy as np
 
 from minirec.kernels.cuda import _build, _launch
 from minirec.kernels.cuda._launch import Launch
-from minirec.kernels.cuda.linear_scan import _backend_of, _xp
 
 SOURCE = "classic.cu"
-BACKENDS = ("cupy", "cuda-emulated")
+BACKENDS = _launch.BACKENDS
 # the dtypes the kernels are instantiated for (name_expressions; the compile checks)
 DTYPES = (np.float64, np.float32)
 CELLS = ("rnn", "lstm", "gru")
@@ -73,12 +72,6 @@ def step_launch(kernel: str, arrays: tuple, B: int, T: int, H: int, t: int) -> L
 # plumbing shared by the wrappers
 # ---------------------------------------------------------------------------
 
-def backend_and_xp(backend: str | None, **arrays: Any) -> tuple[str, Any]:
-    """``(backend, xp)``: ``"cupy"`` with CuPy or ``"cuda-emulated"`` with NumPy,
-    ``backend=None`` following the arrays; every array must live where the
-    backend runs (a ``TypeError`` names the first that does not)."""
-    backend = _backend_of(backend, **arrays)
-    return backend, _xp(backend)
 
 
 def compute_dtype(*arrays: Any) -> np.dtype:
@@ -99,38 +92,3 @@ def fresh(xp: Any, a: Any, dtype: Any) -> Any:
 def load(dtype: Any, backend: str) -> Any:
     """classic.cu's kernels for ``dtype``, compiled once per process and backend."""
     return _build.load(SOURCE, kernel_names(dtype), backend)
-
-
-def project(xp: Any, x: Any, W: Any, b: Any) -> Any:
-    """``x (B, T, D) @ W^T (D, G) + b (G,)`` as one GEMM → ``(B, T, G)`` contiguous."""
-    B, T, D = x.shape
-    out = x.reshape(B * T, D) @ W.T
-    out += b
-    return xp.ascontiguousarray(out.reshape(B, T, W.shape[0]))
-
-
-def previous_states(xp: Any, h0: Any, hs: Any) -> Any:
-    """``h_{t-1}`` for every t: ``concat(h0, hs[:, :-1])`` → ``(B, T, H)``."""
-    return xp.concatenate([h0[:, None], hs[:, :-1]], axis=1)
-
-
-def dense_grads(x: Any, h_prev: Any, dgi: Any, dgh: Any, W_ih: Any) -> dict[str, Any]:
-    """The weight, bias and input gradients from the pre-activation gradients
-    ``dgi = ∂L/∂(x W_ih^T + b_ih)`` and ``dgh = ∂L/∂(h_{t-1} W_hh^T + b_hh)``
-    (both ``(B, T, G)``; the same array for the RNN and the LSTM), GEMMs over
-    all ``B·T`` rows::
-
-        dW_ih = Σ_{B,T} dgi^T x       db_ih = Σ_{B,T} dgi
-        dW_hh = Σ_{B,T} dgh^T h_prev  db_hh = Σ_{B,T} dgh       dx = dgi W_ih
-    """
-    B, T, D = x.shape
-    G, H = dgi.shape[2], h_prev.shape[2]
-    dgi2 = dgi.reshape(B * T, G)
-    dgh2 = dgh.reshape(B * T, G)
-    return {
-        "W_ih": dgi2.T @ x.reshape(B * T, D),
-        "W_hh": dgh2.T @ h_prev.reshape(B * T, H),
-        "b_ih": dgi2.sum(axis=0),
-        "b_hh": dgh2.sum(axis=0),
-        "x": (dgi2 @ W_ih).reshape(B, T, D),
-    }

@@ -65,6 +65,38 @@ __device__ __forceinline__ cplx<F> shfl_up(cplx<F> v, unsigned d) {
     return {shfl_up(v.re, d), shfl_up(v.im, d)};
 }
 
+// --------------------------------------------------------------------------------------
+// the activations, as minirec/_math.py computes them, in the argument's precision (NaN in,
+// NaN out); explicit float/double calls: no fast-math intrinsics
+// --------------------------------------------------------------------------------------
+
+__device__ __forceinline__ float exp_(float x) { return expf(x); }
+__device__ __forceinline__ double exp_(double x) { return exp(x); }
+__device__ __forceinline__ float log1p_(float x) { return log1pf(x); }
+__device__ __forceinline__ double log1p_(double x) { return log1p(x); }
+__device__ __forceinline__ float abs_(float x) { return fabsf(x); }
+__device__ __forceinline__ double abs_(double x) { return fabs(x); }
+__device__ __forceinline__ float tanh_(float x) { return tanhf(x); }
+__device__ __forceinline__ double tanh_(double x) { return tanh(x); }
+
+// σ(x) = 1 / (1 + e^{-x}) from e = e^{-|x|} <= 1: no overflow at any x
+template <class F>
+__device__ __forceinline__ F sigmoid_(F x) {
+    const F e = exp_(-abs_(x));
+    const F r = F(1) / (F(1) + e);
+    return x >= F(0) ? r : e * r;
+}
+
+// softplus(x) = max(x, 0) + log1p(e^{-|x|}); a NaN x fails x > 0 and comes back from log1p
+template <class F>
+__device__ __forceinline__ F softplus_(F x) {
+    return (x > F(0) ? x : F(0)) + log1p_(exp_(-abs_(x)));
+}
+
+// relu(a) = max(a, 0) with NaN kept (NaN <= 0 is false), as np.maximum(a, 0)
+template <class F>
+__device__ __forceinline__ F relu_(F a) { return a <= F(0) ? F(0) : a; }
+
 // dynamic shared memory (the launch's shared_mem bytes) as an array of T
 #ifdef MINIREC_EMULATED
 #define MINIREC_DYNAMIC_SHARED(T, name) T* name = static_cast<T*>(emu::dynamic_shared())

@@ -1,7 +1,7 @@
 // diagonal.cu: the diagonal recurrent cells as fused gate + scan (+ read-out) kernels.
 //
 //   minGRU   h_t = σ(−s_t) h_{t−1} + σ(s_t) h̃_t               s = k (the gate logit)
-//   minLSTM  the same with s_t = softplus(−k_f) − softplus(−k_i)  (the normalised gates)
+//   minLSTM  the same with s_t = softplus_(−k_f) − softplus_(−k_i)  (the normalised gates)
 //   HGRN     h_t = e^{g_t} h_{t−1} + x_t
 //   (negative eigenvalues: a ↦ 2a − 1, i.e. σ(−s) − σ(s) and 2e^g − 1)
 //   LRU      h_t = λ h_{t−1} + γ (B x_t)                        complex h, λ; real γ
@@ -38,23 +38,8 @@
 #include "common.h"
 
 // ======================================================================================
-// real and complex helpers (explicit float/double calls: no fast-math intrinsics)
+// real and complex helpers (the activations exp_, sigmoid_, softplus_ are common.h's)
 // ======================================================================================
-
-__device__ __forceinline__ float exp_(float x) { return expf(x); }
-__device__ __forceinline__ double exp_(double x) { return exp(x); }
-__device__ __forceinline__ float log1p_(float x) { return log1pf(x); }
-__device__ __forceinline__ double log1p_(double x) { return log1p(x); }
-__device__ __forceinline__ float abs_(float x) { return fabsf(x); }
-__device__ __forceinline__ double abs_(double x) { return fabs(x); }
-
-// σ(x) = 1 / (1 + e^{−x}), as SciPy's expit (the definitions' σ)
-template <class F>
-__device__ __forceinline__ F sigmoid(F x) { return F(1) / (F(1) + exp_(-x)); }
-
-// softplus(x) = max(x, 0) + log1p(e^{−|x|}); max written so that NaN stays NaN (np.maximum)
-template <class F>
-__device__ __forceinline__ F softplus(F x) { return (x < F(0) ? F(0) : x) + log1p_(exp_(-abs_(x))); }
 
 // a real times a complex number, and the real part of a conj(b)
 template <class F>
@@ -156,8 +141,8 @@ struct Gated {
             const F e = exp_(p[k]);
             return {negative ? F(2) * e - F(1) : e, v[k], e, F(0)};
         } else {
-            const F s = G == Gate::minlstm ? softplus(-p[k]) - softplus(-q[k]) : p[k];
-            const F w = sigmoid(s), keep = sigmoid(-s);
+            const F s = G == Gate::minlstm ? softplus_(-p[k]) - softplus_(-q[k]) : p[k];
+            const F w = sigmoid_(s), keep = sigmoid_(-s);
             return {negative ? keep - w : keep, w * v[k], w, keep};
         }
     }
@@ -238,8 +223,8 @@ __global__ void gated_backward(const F* __restrict__ p, const F* __restrict__ q,
             const F ds = dw * s.w * s.keep;
             dv[k] = g * s.w;
             if constexpr (G == Gate::minlstm) {
-                dp[k] = -ds * sigmoid(-p[k]);
-                dq[k] = ds * sigmoid(-q[k]);
+                dp[k] = -ds * sigmoid_(-p[k]);
+                dq[k] = ds * sigmoid_(-q[k]);
             } else {
                 dp[k] = ds;
             }

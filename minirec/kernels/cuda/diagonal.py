@@ -31,11 +31,10 @@ import numpy as np
 
 from minirec.kernels.cuda import _build, _launch
 from minirec.kernels.cuda._launch import Launch, ceil_div, round_up
-from minirec.kernels.cuda.linear_scan import _backend_of, _xp
 
 SOURCE = "diagonal.cu"
 METHODS = ("recurrent", "chunked")
-BACKENDS = ("cupy", "cuda-emulated")
+BACKENDS = _launch.BACKENDS
 # float and double kernels; LRU/S4D run their complex state as cplx<float>/cplx<double>
 DTYPES = (np.float64, np.float32)
 GATES = ("mingru", "minlstm", "hgrn")
@@ -78,11 +77,6 @@ def chunks(method: str, T: int, chunk_size: int | None) -> tuple[int, int]:
     return L, ceil_div(T, L)
 
 
-def backend_and_xp(backend: str | None, **arrays: Any) -> tuple[str, Any]:
-    """``backend`` (None: ``"cupy"`` if any of ``arrays`` is a CuPy array) and its
-    array module; a ``TypeError`` names an array that lives on the other side."""
-    backend = _backend_of(backend, **arrays)
-    return backend, _xp(backend)
 
 
 def module(dtype: Any, backend: str) -> Any:
@@ -266,7 +260,7 @@ def gated_forward(gate: str, arrays: dict[str, Any], negative: bool, method: str
     them (C-contiguous, the common dtype; ``q`` is ``p`` but for minLSTM), the
     states ``h (B, T, H)`` and the resolved backend."""
     check_method(method, gate)
-    backend, xp = backend_and_xp(backend, **arrays)
+    backend, xp = _launch.backend_and_xp(backend, **arrays)
     *pre, v, h0 = arrays.values()
     B, T, R = v.shape
     dtype = np.result_type(*(a.dtype for a in arrays.values()))
@@ -287,7 +281,7 @@ def gated_backward(gate: str, inputs: tuple, h: Any, dh: Any, dstate: Any, negat
     is ``None`` but for minLSTM)."""
     check_method(method, gate)
     p, q, v, h0 = inputs
-    backend, xp = backend_and_xp(backend, h=h, dh=dh, dstate=dstate)
+    backend, xp = _launch.backend_and_xp(backend, h=h, dh=dh, dstate=dstate)
     dtype = h.dtype
     dh = xp.zeros(h.shape, dtype) if dh is None else flat(xp, dh, dtype, h.shape)
     dstate = xp.zeros(h0.shape, dtype) if dstate is None else flat(xp, dstate, dtype, h0.shape)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from minirec.kernels import _dense
 from minirec.kernels.cuda import _build, _launch, classic
 
 
@@ -56,10 +57,10 @@ def forward(params: dict, x: Any, state0: Any, *,
     """``y (B, T, H)``, the final ``h (B, H)`` and the kernel :class:`Cache`, from
     validated ``params``, ``x (B, T, D)`` and ``state0 (B, H)`` (not ``None``).
     ``backend``: ``"cupy"``, ``"cuda-emulated"`` or None (follow the arrays)."""
-    backend, xp = classic.backend_and_xp(backend, x=x, state0=state0, **params)
+    backend, xp = _launch.backend_and_xp(backend, x=x, state0=state0, **params)
     dtype = classic.compute_dtype(x, *params.values())
     p = {k: v.astype(dtype, copy=False) for k, v in params.items()}
-    gi = classic.project(xp, x.astype(dtype, copy=False), p["W_ih"], p["b_ih"])
+    gi = _dense.project(x.astype(dtype, copy=False), p["W_ih"], p["b_ih"], xp)
     B, T, G = gi.shape
     H = G // 3
     hs = xp.empty((B, T, H), dtype)
@@ -85,7 +86,7 @@ def backward(params: dict, cache: Cache, dy: Any, dstate: Any, *,
     """Every parameter's gradient, ``"x" (B, T, D)`` and ``"state0" (B, H)``;
     ``dy (B, T, H)`` and ``dstate (B, H)`` are arrays (zeros, not ``None``)."""
     hs, h0 = cache.hs, cache.h0
-    backend, xp = classic.backend_and_xp(backend, hs=hs, dy=dy, dstate=dstate, **params)
+    backend, xp = _launch.backend_and_xp(backend, hs=hs, dy=dy, dstate=dstate, **params)
     dt = hs.dtype
     B, T, H = hs.shape
     dgi = xp.empty((B, T, 3 * H), dt)
@@ -101,8 +102,8 @@ def backward(params: dict, cache: Cache, dy: Any, dstate: Any, *,
             _launch.run(module, plan_backward_step(hs, h0, cache.gates, dy, dh, dh_direct,
                                                    dgi, dgh, dgh_t, t))
             dh = xp.matmul(dgh_t, W_hh, out=dh_rec)  # through h_{t-1} W_hh^T
-    grads = classic.dense_grads(cache.x.astype(dt, copy=False),
-                                classic.previous_states(xp, h0, hs), dgi, dgh,
+    grads = _dense.dense_grads(cache.x.astype(dt, copy=False),
+                                _dense.previous_states(h0, hs, xp), dgi, dgh,
                                 params["W_ih"].astype(dt, copy=False))
     grads["state0"] = dh_direct + dh  # dh_{-1} = z_0 ⊙ ∂L/∂h_0 + dgh_0 W_hh
     return grads

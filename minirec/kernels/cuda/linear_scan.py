@@ -43,7 +43,7 @@ SOURCE = "linear_scan.cu"
 ITEMS_PER_THREAD = 4
 MAX_BLOCK = 256
 DEFAULT_CHUNK = MAX_BLOCK * ITEMS_PER_THREAD
-BACKENDS = ("cupy", "cuda-emulated")
+BACKENDS = _launch.BACKENDS
 # the dtypes the kernels are instantiated for (name_expressions; the compile checks)
 DTYPES = (np.float64, np.float32, np.complex128, np.complex64)
 
@@ -133,29 +133,10 @@ def _plan_carries(S, a, v, init, chunk_size, reverse, xp):
 # the wrappers: the definition's arguments, plumbing, launches
 # ---------------------------------------------------------------------------
 
-def _is_cupy(x: Any) -> bool:
-    return type(x).__module__.split(".")[0] == "cupy"
 
 
-def _backend_of(backend: str | None, **arrays: Any) -> str:
-    kinds = {name: "cupy" if _is_cupy(x) else "cuda-emulated"
-             for name, x in arrays.items() if x is not None}
-    if backend is None:
-        backend = "cupy" if "cupy" in kinds.values() else "cuda-emulated"
-    elif backend not in BACKENDS:
-        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
-    for name, kind in kinds.items():
-        if kind != backend:
-            want = "a CuPy array" if backend == "cupy" else "a NumPy array"
-            move = "cupy.asarray" if backend == "cupy" else ".get()"
-            raise TypeError(f"{name}: expected {want} for backend={backend!r} (move it with "
-                            f"{move}), got {type(arrays[name]).__module__}."
-                            f"{type(arrays[name]).__name__}")
-    return backend
 
 
-def _xp(backend: str) -> Any:
-    return _build.import_cupy() if backend == "cupy" else np
 
 
 def _flat(xp: Any, x: Any, dtype: Any, shape: tuple[int, ...]) -> Any:
@@ -180,8 +161,7 @@ def forward(a: Any, b: Any, initial_state: Any, *, method: str, chunk_size: int 
     arrays), ``"cuda-emulated"`` (NumPy arrays), or None to follow the arrays.
     """
     _check_method(method)
-    backend = _backend_of(backend, a=a, b=b, initial_state=initial_state)
-    xp = _xp(backend)
+    backend, xp = _launch.backend_and_xp(backend, a=a, b=b, initial_state=initial_state)
     B, T = b.shape[:2]
     R = int(np.prod(b.shape[2:], dtype=np.int64))
     dtype = np.result_type(a.dtype, b.dtype, initial_state.dtype)
@@ -212,8 +192,8 @@ def backward(a: Any, h: Any, initial_state: Any, kernel: None, dh: Any, dstate: 
     ``dh0 = conj(a_0) ⊙ g_0``.
     """
     _check_method(method)
-    backend = _backend_of(backend, a=a, h=h, initial_state=initial_state, dh=dh, dstate=dstate)
-    xp = _xp(backend)
+    backend, xp = _launch.backend_and_xp(backend, a=a, h=h, initial_state=initial_state,
+                                         dh=dh, dstate=dstate)
     B, T = h.shape[:2]
     R = int(np.prod(h.shape[2:], dtype=np.int64))
     dtype = h.dtype

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from minirec.kernels.cuda import diagonal
+from minirec.kernels.cuda import _launch, diagonal
 
 
 class Cache(NamedTuple):
@@ -44,7 +44,7 @@ def forward(lam: Any, gamma: Any, Bx: Any, h0: Any, *, method: str = "recurrent"
     ``λ (N,)`` complex, ``γ (N,)`` real, ``Bx = x B^T (B, T, N)`` complex and
     ``h0 (B, N)``. ``method``: ``"recurrent"`` or ``"chunked"``."""
     diagonal.check_method(method, "cells.lru")
-    backend, xp = diagonal.backend_and_xp(backend, lam=lam, gamma=gamma, Bx=Bx, h0=h0)
+    backend, xp = _launch.backend_and_xp(backend, lam=lam, gamma=gamma, Bx=Bx, h0=h0)
     B, T, N = Bx.shape
     cdtype = np.result_type(lam.dtype, Bx.dtype, h0.dtype, np.complex64)
     rdtype = np.finfo(cdtype).dtype
@@ -64,7 +64,7 @@ def backward(cache: Cache, dh: Any, dstate: Any, *, backend: str | None = None
     ``dlam = Σ_{b,t} g_t conj(h_{t−1}) (N,)``, ``dgamma = Σ_{b,t} Re(g_t
     conj(Bx_t)) (N,)`` and ``dh0 (B, N)``."""
     c = cache
-    backend, xp = diagonal.backend_and_xp(backend, h=c.h, dh=dh, dstate=dstate)
+    backend, xp = _launch.backend_and_xp(backend, h=c.h, dh=dh, dstate=dstate)
     B, T, N = c.h.shape
     cdtype, rdtype = c.h.dtype, c.gamma.dtype
     dh, dstate = diagonal.flat(xp, dh, cdtype, c.h.shape), diagonal.flat(xp, dstate, cdtype, (B, N))

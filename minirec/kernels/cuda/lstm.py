@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from minirec.kernels import _dense
 from minirec.kernels.cuda import _build, _launch, classic
 
 
@@ -56,10 +57,10 @@ def forward(params: dict, x: Any, state0: tuple[Any, Any], *,
     """``y (B, T, H)``, the final ``(h, c)`` and the kernel :class:`Cache`, from
     validated ``params``, ``x (B, T, D)`` and ``state0 = (h0, c0)`` (not ``None``).
     ``backend``: ``"cupy"``, ``"cuda-emulated"`` or None (follow the arrays)."""
-    backend, xp = classic.backend_and_xp(backend, x=x, h0=state0[0], c0=state0[1], **params)
+    backend, xp = _launch.backend_and_xp(backend, x=x, h0=state0[0], c0=state0[1], **params)
     dtype = classic.compute_dtype(x, *params.values())
     p = {k: v.astype(dtype, copy=False) for k, v in params.items()}
-    gi = classic.project(xp, x.astype(dtype, copy=False), p["W_ih"], p["b_ih"] + p["b_hh"])
+    gi = _dense.project(x.astype(dtype, copy=False), p["W_ih"], p["b_ih"] + p["b_hh"], xp)
     B, T, G = gi.shape
     H = G // 4
     hs = xp.empty((B, T, H), dtype)
@@ -83,7 +84,7 @@ def backward(params: dict, cache: Cache, dy: Any, dstate: tuple[Any, Any], *,
     """Every parameter's gradient, ``"x" (B, T, D)`` and ``"state0" = (dh0, dc0)``;
     ``dy (B, T, H)`` and both parts of ``dstate`` are arrays (zeros, not ``None``)."""
     hs, cs, h0, c0 = cache.hs, cache.cs, cache.h0, cache.c0
-    backend, xp = classic.backend_and_xp(backend, hs=hs, dy=dy, dstate_h=dstate[0],
+    backend, xp = _launch.backend_and_xp(backend, hs=hs, dy=dy, dstate_h=dstate[0],
                                          dstate_c=dstate[1], **params)
     dt = hs.dtype
     B, T, H = hs.shape
@@ -98,8 +99,8 @@ def backward(params: dict, cache: Cache, dy: Any, dstate: tuple[Any, Any], *,
         for t in range(T - 1, -1, -1):
             _launch.run(module, plan_backward_step(cs, c0, cache.gates, dy, dh, dc, da, da_t, t))
             dh = xp.matmul(da_t, W_hh, out=dh_rec)  # ∂L/∂h_{t-1} through h_{t-1} W_hh^T
-    grads = classic.dense_grads(cache.x.astype(dt, copy=False),
-                                classic.previous_states(xp, h0, hs), da, da,
+    grads = _dense.dense_grads(cache.x.astype(dt, copy=False),
+                                _dense.previous_states(h0, hs, xp), da, da,
                                 params["W_ih"].astype(dt, copy=False))
     grads["state0"] = (dh.copy() if dh is dstate[0] else dh, dc)
     return grads

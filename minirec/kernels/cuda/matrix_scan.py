@@ -38,11 +38,10 @@ import numpy as np
 
 from minirec.kernels.cuda import _build, _launch
 from minirec.kernels.cuda._launch import Launch, round_up
-from minirec.kernels.cuda.linear_scan import _backend_of, _xp
 
 METHODS = ("recurrent",)
 SOURCE = "matrix_scan.cu"
-BACKENDS = ("cupy", "cuda-emulated")
+BACKENDS = _launch.BACKENDS
 DTYPES = (np.float64, np.float32, np.complex128, np.complex64)
 MAX_BLOCK = 1024           # threads per block (thread i owns entries i, i + MAX_BLOCK, ...)
 SHARED_LIMIT = 48 * 1024   # the default dynamic shared memory of a block
@@ -109,8 +108,7 @@ def forward(A: Any, b: Any, initial_state: Any, *, method: str,
     follow the arrays.
     """
     _check_method(method)
-    backend = _backend_of(backend, A=A, b=b, initial_state=initial_state)
-    xp = _xp(backend)
+    backend, xp = _launch.backend_and_xp(backend, A=A, b=b, initial_state=initial_state)
     dtype = np.result_type(A.dtype, b.dtype, initial_state.dtype)
     h = xp.empty(b.shape, dtype)
     if h.size:
@@ -132,8 +130,8 @@ def backward(A: Any, h: Any, initial_state: Any, kernel: None, dh: Any, dstate: 
     ``"recurrent"``.
     """
     _check_method(method)
-    backend = _backend_of(backend, A=A, h=h, initial_state=initial_state, dh=dh, dstate=dstate)
-    xp = _xp(backend)
+    backend, xp = _launch.backend_and_xp(backend, A=A, h=h, initial_state=initial_state,
+                                         dh=dh, dstate=dstate)
     dtype = h.dtype
     dA = xp.empty(A.shape, dtype)
     db = xp.empty(h.shape, dtype)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from minirec.kernels import _dense
 from minirec.kernels.cuda import _build, _launch, classic
 
 
@@ -52,11 +53,11 @@ def forward(params: dict, x: Any, state0: Any, *, nonlinearity: str = "tanh",
     """``y (B, T, H)``, the final ``h (B, H)`` and the kernel :class:`Cache`, from
     validated ``params``, ``x (B, T, D)`` and ``state0 (B, H)`` (not ``None``).
     ``backend``: ``"cupy"``, ``"cuda-emulated"`` or None (follow the arrays)."""
-    backend, xp = classic.backend_and_xp(backend, x=x, state0=state0, **params)
+    backend, xp = _launch.backend_and_xp(backend, x=x, state0=state0, **params)
     dtype = classic.compute_dtype(x, *params.values())
     p = {k: v.astype(dtype, copy=False) for k, v in params.items()}
     relu = nonlinearity == "relu"
-    gi = classic.project(xp, x.astype(dtype, copy=False), p["W_ih"], p["b_ih"] + p["b_hh"])
+    gi = _dense.project(x.astype(dtype, copy=False), p["W_ih"], p["b_ih"] + p["b_hh"], xp)
     B, T, H = gi.shape
     hs = xp.empty((B, T, H), dtype)
     h0 = classic.contiguous(xp, state0, dtype)
@@ -77,7 +78,7 @@ def backward(params: dict, cache: Cache, dy: Any, dstate: Any, *,
     """Every parameter's gradient, ``"x" (B, T, D)`` and ``"state0" (B, H)``;
     ``dy (B, T, H)`` and ``dstate (B, H)`` are arrays (zeros, not ``None``)."""
     hs, h0 = cache.hs, cache.h0
-    backend, xp = classic.backend_and_xp(backend, hs=hs, dy=dy, dstate=dstate, **params)
+    backend, xp = _launch.backend_and_xp(backend, hs=hs, dy=dy, dstate=dstate, **params)
     dt = hs.dtype
     B, T, H = hs.shape
     da = xp.empty_like(hs)
@@ -90,8 +91,8 @@ def backward(params: dict, cache: Cache, dy: Any, dstate: Any, *,
         for t in range(T - 1, -1, -1):
             _launch.run(module, plan_backward_step(hs, dy, dh, da, da_t, t, cache.relu))
             dh = xp.matmul(da_t, W_hh, out=dh_rec)  # ∂L/∂h_{t-1} through h_{t-1} W_hh^T
-    grads = classic.dense_grads(cache.x.astype(dt, copy=False),
-                                classic.previous_states(xp, h0, hs), da, da,
+    grads = _dense.dense_grads(cache.x.astype(dt, copy=False),
+                                _dense.previous_states(h0, hs, xp), da, da,
                                 params["W_ih"].astype(dt, copy=False))
     grads["state0"] = dh.copy() if dh is dstate else dh
     return grads

@@ -47,31 +47,6 @@
 #include "common.h"
 
 // --------------------------------------------------------------------------------------
-// the activations, as minirec/_math.py computes them (NaN in, NaN out)
-// --------------------------------------------------------------------------------------
-
-__device__ __forceinline__ float exp_(float x) { return expf(x); }
-__device__ __forceinline__ double exp_(double x) { return exp(x); }
-__device__ __forceinline__ float log1p_(float x) { return log1pf(x); }
-__device__ __forceinline__ double log1p_(double x) { return log1p(x); }
-__device__ __forceinline__ float abs_(float x) { return fabsf(x); }
-__device__ __forceinline__ double abs_(double x) { return fabs(x); }
-
-// σ(x) = 1 / (1 + e^{-x}) from e = e^{-|x|} <= 1: no overflow at any x
-template <class S>
-__device__ __forceinline__ S sigmoid_(S x) {
-    const S e = exp_(-abs_(x));
-    const S r = S(1) / (S(1) + e);
-    return x >= S(0) ? r : e * r;
-}
-
-// softplus(x) = max(x, 0) + log1p(e^{-|x|}); a NaN x fails x > 0 and comes back from log1p
-template <class S>
-__device__ __forceinline__ S softplus_(S x) {
-    return (x > S(0) ? x : S(0)) + log1p_(exp_(-abs_(x)));
-}
-
-// --------------------------------------------------------------------------------------
 // warp sums
 // --------------------------------------------------------------------------------------
 

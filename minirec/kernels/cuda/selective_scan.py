@@ -54,7 +54,7 @@ from minirec.kernels.cuda import _build, _launch
 from minirec.kernels.cuda._launch import Launch, ceil_div, round_up
 
 SOURCE = "selective_scan.cu"
-BACKENDS = ("cupy", "cuda-emulated")
+BACKENDS = _launch.BACKENDS
 # the dtypes the kernels are instantiated for (name_expressions; the compile checks)
 DTYPES = (np.float64, np.float32)
 STATES_PER_LANE = (1, 2, 4, 8)          # R: the kernels' template argument
@@ -235,29 +235,10 @@ def plan_backward(kc: KernelCache, dy: Any, dstate: Any, grads: dict[str, Any],
 # the wrappers: the definition's arguments, plumbing, launches
 # ---------------------------------------------------------------------------
 
-def _is_cupy(x: Any) -> bool:
-    return type(x).__module__.split(".")[0] == "cupy"
 
 
-def _backend_of(backend: str | None, **arrays: Any) -> str:
-    kinds = {name: "cupy" if _is_cupy(x) else "cuda-emulated"
-             for name, x in arrays.items() if x is not None}
-    if backend is None:
-        backend = "cupy" if "cupy" in kinds.values() else "cuda-emulated"
-    elif backend not in BACKENDS:
-        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
-    for name, kind in kinds.items():
-        if kind != backend:
-            want = "a CuPy array" if backend == "cupy" else "a NumPy array"
-            move = "cupy.asarray" if backend == "cupy" else ".get()"
-            raise TypeError(f"{name}: expected {want} for backend={backend!r} (move it with "
-                            f"{move}), got {type(arrays[name]).__module__}."
-                            f"{type(arrays[name]).__name__}")
-    return backend
 
 
-def _xp(backend: str) -> Any:
-    return _build.import_cupy() if backend == "cupy" else np
 
 
 def forward(u: Any, delta: Any, A: Any, B: Any, C: Any, D: Any, z: Any, delta_bias: Any,
@@ -275,9 +256,8 @@ def forward(u: Any, delta: Any, A: Any, B: Any, C: Any, D: Any, z: Any, delta_bi
     Returns ``y (B, T, D)``, the final state ``h_T (B, D, N)`` and a
     :class:`KernelCache`.
     """
-    backend = _backend_of(backend, u=u, delta=delta, A=A, B=B, C=C, D=D, z=z,
+    backend, xp = _launch.backend_and_xp(backend, u=u, delta=delta, A=A, B=B, C=C, D=D, z=z,
                           delta_bias=delta_bias, initial_state=initial_state)
-    xp = _xp(backend)
     dtype = np.dtype(u.dtype)
     Bsz, T, Dch = u.shape
     N = A.shape[1]
@@ -312,8 +292,7 @@ def backward(kernel_cache: KernelCache, dy: Any, dstate: Any, *,
     forward's dtype.
     """
     kc = kernel_cache
-    backend = _backend_of(backend or kc.backend, u=kc.u, dy=dy, dstate=dstate)
-    xp = _xp(backend)
+    backend, xp = _launch.backend_and_xp(backend or kc.backend, u=kc.u, dy=dy, dstate=dstate)
     dtype = kc.u.dtype
     Bsz, T, Dch = kc.u.shape
     N = kc.A.shape[1]

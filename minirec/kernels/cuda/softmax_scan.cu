@@ -38,10 +38,6 @@
 // from the definition.
 #include "common.h"
 
-// e^x in the argument's precision (expf for float: a float computation stays float)
-__device__ __forceinline__ float exp_(float x) { return expf(x); }
-__device__ __forceinline__ double exp_(double x) { return exp(x); }
-
 // max(m_prev, s_t) as np.maximum: NaN if either is NaN; ties keep m_prev
 template <class F>
 __device__ __forceinline__ F running_max(F m_prev, F s_t) {

@@ -39,10 +39,9 @@ import numpy as np
 
 from minirec.kernels.cuda import _build, _launch
 from minirec.kernels.cuda._launch import Launch, ceil_div
-from minirec.kernels.cuda.linear_scan import _backend_of, _xp
 
 SOURCE = "softmax_scan.cu"
-BACKENDS = ("cupy", "cuda-emulated")
+BACKENDS = _launch.BACKENDS
 DTYPES = (np.float64, np.float32)
 ROWS_PER_BLOCK = 4         # warps per block, one (batch, head) row each
 SHARED_LIMIT = 48 * 1024   # the default dynamic shared memory of a block
@@ -124,8 +123,7 @@ def forward(s: Any, v: Any, initial_state: tuple, *, backend: str | None = None
     or None to follow the arrays.
     """
     m0, u0, w0 = initial_state
-    backend = _backend_of(backend, s=s, v=v, m0=m0, u0=u0, w0=w0)
-    xp = _xp(backend)
+    backend, xp = _launch.backend_and_xp(backend, s=s, v=v, m0=m0, u0=u0, w0=w0)
     dtype = s.dtype
     B, T, H, Vd = v.shape
     M = xp.empty((B, T, H), dtype)
@@ -152,9 +150,8 @@ def backward(s: Any, v: Any, initial_state: tuple, states: tuple, do: Any, dstat
     m0, u0, w0 = initial_state
     M, U, W = states
     dm_T, du_T, dw_T = dstate
-    backend = _backend_of(backend, s=s, v=v, m0=m0, u0=u0, w0=w0, M=M, U=U, W=W, do=do,
-                          dm_T=dm_T, du_T=du_T, dw_T=dw_T)
-    xp = _xp(backend)
+    backend, xp = _launch.backend_and_xp(backend, s=s, v=v, m0=m0, u0=u0, w0=w0, M=M, U=U,
+                                         W=W, do=do, dm_T=dm_T, du_T=du_T, dw_T=dw_T)
     dtype = W.dtype
     B, T, H, Vd = v.shape
     ds = xp.empty((B, T, H), dtype)

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from minirec.kernels.cuda import diagonal
+from minirec.kernels.cuda import _launch, diagonal
 
 
 class Cache(NamedTuple):
@@ -49,7 +49,7 @@ def forward(Abar: Any, Bbar: Any, C: Any, D: Any, x: Any, h0: Any, *, method: st
     ``x (B, T, D)`` and ``h0 (B, D, N)``. ``method``: ``"recurrent"`` or
     ``"chunked"``. Raises ``ValueError`` for ``N > 1024``."""
     diagonal.check_method(method, "cells.ssm")
-    backend, xp = diagonal.backend_and_xp(backend, Abar=Abar, Bbar=Bbar, C=C, D=D, x=x, h0=h0)
+    backend, xp = _launch.backend_and_xp(backend, Abar=Abar, Bbar=Bbar, C=C, D=D, x=x, h0=h0)
     (B, T, Dn), N = x.shape, Abar.shape[-1]
     diagonal.group_width(N)  # N ≤ 1024, before any copy
     rdtype = np.result_type(x.dtype, D.dtype)
@@ -71,7 +71,7 @@ def backward(cache: Cache, dy: Any, dstate: Any, *, backend: str | None = None
     batch and time ``dAbar``, ``dBbar``, ``dC`` ``(D, N)`` (the conv method's
     return structure in :mod:`minirec.cells.ssm`)."""
     c = cache
-    backend, xp = diagonal.backend_and_xp(backend, h=c.h, dy=dy, dstate=dstate)
+    backend, xp = _launch.backend_and_xp(backend, h=c.h, dy=dy, dstate=dstate)
     B, T, Dn, N = c.h.shape
     cdtype, rdtype = c.h.dtype, c.x.dtype
     dy = diagonal.flat(xp, dy, rdtype, (B, T, Dn))

@@ -235,39 +235,3 @@ def lstm_backward(cs, c0, gates, W_hh, dy, dstate_h, dstate_c, da, dh0, dc0):
 # ---------------------------------------------------------------------------
 # the GEMMs around the loops (plain NumPy, BLAS)
 # ---------------------------------------------------------------------------
-
-def project(x: np.ndarray, W: np.ndarray, b: np.ndarray | None) -> np.ndarray:
-    """``x (B, T, D) @ W^T (D, G) + b (G,)`` as one GEMM → ``(B, T, G)`` contiguous."""
-    B, T, D = x.shape
-    out = x.reshape(B * T, D) @ W.T
-    if b is not None:
-        out += b
-    return np.ascontiguousarray(out.reshape(B, T, W.shape[0]))
-
-
-def previous_states(h0: np.ndarray, hs: np.ndarray) -> np.ndarray:
-    """``h_{t-1}`` for every t: ``concat(h0, hs[:, :-1])`` → ``(B, T, H)``."""
-    return np.concatenate([h0[:, None].astype(hs.dtype), hs[:, :-1]], axis=1)
-
-
-def dense_grads(x: np.ndarray, h_prev: np.ndarray, dgi: np.ndarray, dgh: np.ndarray,
-                W_ih: np.ndarray) -> dict[str, np.ndarray]:
-    """The weight, bias and input gradients from the pre-activation gradients
-    ``dgi = ∂L/∂(x W_ih^T + b_ih)`` and ``dgh = ∂L/∂(h_{t-1} W_hh^T + b_hh)``
-    (both ``(B, T, G)``; the same array for the RNN and the LSTM)::
-
-        dW_ih = Σ_{B,T} dgi^T x       db_ih = Σ_{B,T} dgi
-        dW_hh = Σ_{B,T} dgh^T h_prev  db_hh = Σ_{B,T} dgh       dx = dgi W_ih
-    """
-    B, T, D = x.shape
-    G = dgi.shape[2]
-    H = h_prev.shape[2]
-    dgi2 = dgi.reshape(B * T, G)
-    dgh2 = dgh.reshape(B * T, G)
-    return {
-        "W_ih": dgi2.T @ x.reshape(B * T, D),
-        "W_hh": dgh2.T @ h_prev.reshape(B * T, H),
-        "b_ih": dgi2.sum(axis=0),
-        "b_hh": dgh2.sum(axis=0),
-        "x": (dgi2 @ W_ih).reshape(B, T, D),
-    }

@@ -4,7 +4,7 @@ and return structure, reached through ``_backend.kernels("gru", "numba")``.
     gi = x W_ih^T + b_ih                              one GEMM over all T  (B, T, 3H)
     gh = h_{t-1} W_hh^T + b_hh, gates, h_t            the time loop, classic.gru_forward
     dgi, dgh (∂L/∂gi, ∂L/∂gh)                         the reverse loop, classic.gru_backward
-    dW_ih, dW_hh, db_ih, db_hh, dx                    GEMMs over all T, classic.dense_grads
+    dW_ih, dW_hh, db_ih, db_hh, dx                    GEMMs over all T, _dense.dense_grads
 
 Arguments arrive validated by the cell; the plumbing is here (see
 :mod:`minirec.kernels.numba.classic`).
@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from minirec.kernels import _dense
 from minirec.kernels.numba import classic
 from minirec.kernels.numba._blas import blas_single_thread
 
@@ -36,7 +37,7 @@ def forward(params: dict, x: np.ndarray,
     dtype = np.result_type(x, *params.values())
     p = {k: v.astype(dtype, copy=False) for k, v in params.items()}
     with blas_single_thread():
-        gi = classic.project(x.astype(dtype, copy=False), p["W_ih"], p["b_ih"])
+        gi = _dense.project(x.astype(dtype, copy=False), p["W_ih"], p["b_ih"])
         B, T, G = gi.shape
         H = G // 3
         hs = np.empty((B, T, H), dtype)
@@ -60,8 +61,8 @@ def backward(params: dict, cache: Cache, dy: np.ndarray,
         classic.gru_backward(hs, h0, cache.gates, np.ascontiguousarray(params["W_hh"], dtype=dt),
                              np.ascontiguousarray(dy, dtype=dt),
                              np.ascontiguousarray(dstate, dtype=dt), dgi, dgh, dh0)
-        grads = classic.dense_grads(cache.x.astype(dt, copy=False),
-                                    classic.previous_states(h0, hs), dgi, dgh,
+        grads = _dense.dense_grads(cache.x.astype(dt, copy=False),
+                                    _dense.previous_states(h0, hs), dgi, dgh,
                                     params["W_ih"].astype(dt, copy=False))
     grads["state0"] = dh0
     return grads

@@ -4,7 +4,7 @@ and return structure, reached through ``_backend.kernels("lstm", "numba")``.
     gi = x W_ih^T + b_ih + b_hh                       one GEMM over all T  (B, T, 4H)
     a_t = gi_t + h_{t-1} W_hh^T, gates, c_t, h_t      the time loop, classic.lstm_forward
     da_t = ∂L/∂a_t                                    the reverse loop, classic.lstm_backward
-    dW_ih, dW_hh, db_ih, db_hh, dx                    GEMMs over all T, classic.dense_grads
+    dW_ih, dW_hh, db_ih, db_hh, dx                    GEMMs over all T, _dense.dense_grads
 
 Arguments arrive validated by the cell; the plumbing is here (see
 :mod:`minirec.kernels.numba.classic`).
@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from minirec.kernels import _dense
 from minirec.kernels.numba import classic
 from minirec.kernels.numba._blas import blas_single_thread
 
@@ -38,7 +39,7 @@ def forward(params: dict, x: np.ndarray,
     dtype = np.result_type(x, *params.values())
     p = {k: v.astype(dtype, copy=False) for k, v in params.items()}
     with blas_single_thread():
-        gi = classic.project(x.astype(dtype, copy=False), p["W_ih"], p["b_ih"] + p["b_hh"])
+        gi = _dense.project(x.astype(dtype, copy=False), p["W_ih"], p["b_ih"] + p["b_hh"])
         B, T, G = gi.shape
         hs = np.empty((B, T, G // 4), dtype)
         cs = np.empty_like(hs)
@@ -62,8 +63,8 @@ def backward(params: dict, cache: Cache, dy: np.ndarray,
                               np.ascontiguousarray(params["W_hh"], dtype=dt),
                               np.ascontiguousarray(dy, dtype=dt), dstate_h, dstate_c,
                               da, dh0, dc0)
-        grads = classic.dense_grads(cache.x.astype(dt, copy=False),
-                                    classic.previous_states(h0, hs), da, da,
+        grads = _dense.dense_grads(cache.x.astype(dt, copy=False),
+                                    _dense.previous_states(h0, hs), da, da,
                                     params["W_ih"].astype(dt, copy=False))
     grads["state0"] = (dh0, dc0)
     return grads

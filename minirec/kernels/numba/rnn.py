@@ -4,7 +4,7 @@ and return structure, reached through ``_backend.kernels("rnn", "numba")``.
     gi  = x W_ih^T + b_ih + b_hh                      one GEMM over all T  (B, T, H)
     h_t = φ(gi_t + h_{t-1} W_hh^T)                    the time loop, classic.rnn_forward
     da_t = ∂L/∂a_t                                    the reverse loop, classic.rnn_backward
-    dW_ih, dW_hh, db_ih, db_hh, dx                    GEMMs over all T, classic.dense_grads
+    dW_ih, dW_hh, db_ih, db_hh, dx                    GEMMs over all T, _dense.dense_grads
 
 Arguments arrive validated by the cell; the plumbing is here (see
 :mod:`minirec.kernels.numba.classic`).
@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from minirec.kernels import _dense
 from minirec.kernels.numba import classic
 from minirec.kernels.numba._blas import blas_single_thread
 
@@ -36,7 +37,7 @@ def forward(params: dict, x: np.ndarray, state0: np.ndarray, *,
     dtype = np.result_type(x, *params.values())
     p = {k: v.astype(dtype, copy=False) for k, v in params.items()}
     with blas_single_thread():
-        gi = classic.project(x.astype(dtype, copy=False), p["W_ih"], p["b_ih"] + p["b_hh"])
+        gi = _dense.project(x.astype(dtype, copy=False), p["W_ih"], p["b_ih"] + p["b_hh"])
         hs = np.empty(gi.shape, dtype)
         h0 = np.ascontiguousarray(state0, dtype=dtype)
         relu = nonlinearity == "relu"
@@ -56,8 +57,8 @@ def backward(params: dict, cache: Cache, dy: np.ndarray,
         classic.rnn_backward(hs, np.ascontiguousarray(params["W_hh"], dtype=dt),
                              np.ascontiguousarray(dy, dtype=dt),
                              np.ascontiguousarray(dstate, dtype=dt), cache.relu, da, dh0)
-        grads = classic.dense_grads(cache.x.astype(dt, copy=False),
-                                    classic.previous_states(h0, hs), da, da,
+        grads = _dense.dense_grads(cache.x.astype(dt, copy=False),
+                                    _dense.previous_states(h0, hs), da, da,
                                     params["W_ih"].astype(dt, copy=False))
     grads["state0"] = dh0
     return grads
