@@ -10,7 +10,7 @@ only when its content changes, so ``mkdocs serve`` does not loop):
 * ``index.md`` — README.md, with links to files the site does not carry
   turned into plain text;
 * ``features.md`` — the registry's feature table
-  (:func:`minirec.cli.feature_table_markdown`, the same text as README.md's)
+  (:func:`minirec.cli.feature_table_markdown`, the same table as README.md's)
   and, for each entry, a link to its module's API page;
 * ``tutorials/*.ipynb`` — copies of the committed, executed notebooks in
   ``tutorials/`` (mkdocs-jupyter renders them without executing);
@@ -92,8 +92,13 @@ def is_package(module: str, package_dir: Path | None = None) -> bool:
 
 
 def api_page(module: str, package: bool) -> str:
-    """The Markdown of one API page: a title and a mkdocstrings block."""
-    lines = [f"# `{module}`", "", f"::: {module}"]
+    """The Markdown of one API page: a title, an anchor and a mkdocstrings block.
+
+    The anchor (``[](){#minirec.bptt}``, mkdocs-autorefs' Markdown anchor) makes
+    the module itself a cross-reference target: the module's heading is not
+    rendered (``show_root_heading: false``), so mkdocstrings registers none.
+    """
+    lines = [f"# `{module}`", "", f"[](){{#{module}}}", "", f"::: {module}"]
     if package:  # the package's docstring; its modules have their own pages
         lines += ["    options:", "      members: false"]
     return "\n".join(lines) + "\n"
@@ -114,18 +119,49 @@ def _site_has(target: str) -> bool:
     return path.startswith("tutorials/") and path.endswith(".ipynb") and (ROOT / path).exists()
 
 
+def table_code_pipes(markdown: str) -> str:
+    """``\\|`` inside code spans of table rows written as ``|``.
+
+    GitHub needs the escape even inside code (a bare ``|`` would split the
+    cell); Python-Markdown does not split cells at a ``|`` inside code and
+    would print the backslash.
+    """
+    def row(line: str) -> str:
+        if not line.lstrip().startswith("|"):
+            return line
+        return re.sub(r"`[^`]*`", lambda m: m.group(0).replace("\\|", "|"), line)
+    return "\n".join(row(line) for line in markdown.split("\n"))
+
+
+#: The README's markers around the feature table.
+FEATURES_START, FEATURES_END = "<!-- features:start -->", "<!-- features:end -->"
+
+
+def feature_table_block(table: str) -> str:
+    """The feature table for the site: :func:`table_code_pipes`, inside a
+    ``<div class="minirec-features">`` that ``docs/stylesheets/extra.css`` styles
+    (compact cells, a name or method never broken across lines)."""
+    return f'<div class="minirec-features" markdown>\n\n{table_code_pipes(table)}\n\n</div>'
+
+
 def index_page(readme: str) -> str:
     """README.md as the site's home page.
 
     Relative links to files the site does not carry become plain text (the
-    link text), so the strict build does not warn about them.
+    link text), so the strict build does not warn about them; tables get
+    :func:`table_code_pipes`, the feature table :func:`feature_table_block`.
     """
     def fix(m: re.Match) -> str:
         text, target = m.group(1), m.group(2)
         if re.match(r"^[a-z]+:", target) or target.startswith("#") or _site_has(target):
             return m.group(0)
         return text
-    return re.sub(r"(?<!!)\[([^\]]+)\]\(([^)\s]+)\)", fix, readme)
+    page = table_code_pipes(re.sub(r"(?<!!)\[([^\]]+)\]\(([^)\s]+)\)", fix, readme))
+    if page.count(FEATURES_START) == 1 and page.count(FEATURES_END) == 1:
+        head, rest = page.split(FEATURES_START)
+        table, tail = rest.split(FEATURES_END)
+        page = head + feature_table_block(table.strip()) + tail
+    return page
 
 
 def features_page() -> str:
@@ -133,14 +169,19 @@ def features_page() -> str:
     from minirec import registry
     from minirec.cli import feature_table_markdown
 
-    lines = ["# Features", "",
+    lines = ["---", "hide:", "  - toc    # the table gets the width", "---", "",
+             "# Features", "",
              "Every scan, cell and op in `minirec.registry`, generated from it "
              "(`minirec list --markdown` prints the same table). The first method, "
              "`recurrent`, is the definition with a hand-derived backward pass; every "
              "other method and backend is checked equal to it, forward and backward, to "
              "1e-10 relative RMS in float64 and 1e-4 in float32, and every backward "
              "passes a float64 finite-difference check (`minirec check NAME`).", "",
-             feature_table_markdown(), "", "## Where each entry is documented", ""]
+             "The backends column says which methods each backend runs: NumPy runs "
+             "every method (`all`); a kernel backend runs the methods it has kernels "
+             "for, and backends that run the same methods share a line.", "",
+             feature_table_block(feature_table_markdown()), "",
+             "## Where each entry is documented", ""]
     modules = set(api_modules())
     for e in registry.ENTRIES.values():
         if e.module_path in modules:

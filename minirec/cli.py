@@ -1,4 +1,4 @@
-"""The ``minirec`` command: ``list``, ``check``, ``tour``, ``bench``.
+"""The ``minirec`` command: ``list``, ``check``, ``tour``, ``train``, ``bench``.
 
 ``minirec list``
     every registry entry (name, kind, methods, backends, dtypes, recurrence);
@@ -16,11 +16,15 @@
     ``check`` over everything with a progress bar, then a small LSTM trained
     on streaming parity for a few seconds, its loss curve saved as a PNG
     (:func:`minirec.demo.train_parity`, :func:`minirec.demo.save_loss_plot`).
+``minirec train``
+    a character language model (LSTM or minGRU) trained with truncated BPTT
+    on CPython's help texts, with a progress bar; prints the held-out
+    perplexity and a sample (:func:`minirec.lm.train`).
 ``minirec bench``
     the benchmarks (:mod:`minirec.bench`, which parses its own options).
 
 This module only parses arguments and prints; the work is done by
-:mod:`minirec.registry`, :mod:`minirec.demo` and :mod:`minirec.bench`.
+:mod:`minirec.registry`, :mod:`minirec.demo`, :mod:`minirec.lm` and :mod:`minirec.bench`.
 Bad arguments are rejected by the parser (a message naming the option, and
 exit status 2) before anything runs.
 
@@ -69,12 +73,96 @@ def _format_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     return "\n".join(out)
 
 
-def list_table(entries: Iterable[registry.Entry] | None = None) -> str:
-    """The registry as a plain-text table: name, kind, methods, backends, dtypes, summary."""
+def _backend_groups(entry: registry.Entry) -> list[tuple[list[str], list[str] | None]]:
+    """``entry``'s backends grouped by the methods they run, from :attr:`registry.Entry.pairs`.
+
+    Returns:
+        ``[(backends, methods), ...]`` in the order of ``entry.backends``;
+        ``methods`` is ``None`` where the backends run every method of the entry.
+    """
+    runs: dict[str, list[str]] = {b: [] for b in entry.backends}
+    for m, b in entry.pairs:
+        runs[b].append(m)
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for b, ms in runs.items():
+        if ms:
+            groups.setdefault(tuple(ms), []).append(b)
+    every = tuple(entry.methods)
+    return [(bs, None if ms == every else list(ms)) for ms, bs in groups.items()]
+
+
+def _backends_text(entry: registry.Entry, code: Callable[[str], str] = str) -> list[str]:
+    """One ``"numba, cupy: recurrent, chunked"`` string per group of :func:`_backend_groups`."""
+    return [f"{', '.join(code(b) for b in bs)}: "
+            + ("all" if ms is None else ", ".join(code(m) for m in ms))
+            for bs, ms in _backend_groups(entry)]
+
+
+#: Column widths of ``minirec list``'s wrapped columns (methods, backends, dtypes),
+#: chosen so that the table fits 100 columns with the longest names.
+_LIST_WRAP = (26, 27, 17)
+
+
+def list_table(entries: Iterable[registry.Entry] | None = None, *, wide: bool = False,
+               width: int = 100) -> str:
+    """The registry as a plain-text table (``minirec list``).
+
+    Columns: name, kind, methods (the first, ``recurrent``, is the definition),
+    the methods each backend runs (``numpy: all``; backends that run the same
+    methods share a line, from :attr:`minirec.registry.Entry.pairs`) and dtypes;
+    under each row, the recurrence the entry computes.
+
+    Args:
+        entries: the entries to list (default: every registry entry).
+        wide: one line per entry, nothing wrapped, the recurrence in a last
+            column (about 200 characters wide).
+        width: the most characters a line may have when not ``wide``.
+
+    Returns:
+        The table, without a trailing newline.
+    """
+    import textwrap
+
     entries = list(registry.ENTRIES.values()) if entries is None else list(entries)
-    rows = [(e.name, e.kind, ", ".join(e.methods), ", ".join(e.backends),
-             ", ".join(_dtype_names(e)), e.summary) for e in entries]
-    return _format_table(("name", "kind", "methods", "backends", "dtypes", "summary"), rows)
+    if wide:
+        rows = [(e.name, e.kind, ", ".join(e.methods), "; ".join(_backends_text(e)),
+                 ", ".join(_dtype_names(e)), e.summary) for e in entries]
+        return _format_table(("name", "kind", "methods", "backends: methods run", "dtypes",
+                              "recurrence"), rows)
+
+    header = ("name", "kind", "methods", "backends: methods run", "dtypes")
+    w_name = max([len(header[0])] + [len(e.name) for e in entries])
+    w_kind = max([len(header[1])] + [len(e.kind) for e in entries])
+    budget = width - w_name - w_kind - 2 * (len(header) - 1)
+    caps = list(_LIST_WRAP)
+    scale = min(1.0, budget / sum(caps))
+    caps = [max(12, int(c * scale)) for c in caps]
+
+    def wrap(text: str, w: int) -> list[str]:
+        return textwrap.wrap(text, w, break_long_words=False, break_on_hyphens=False) or [""]
+
+    cells_of = []
+    for e in entries:
+        backends = [ln for group in _backends_text(e)
+                    for ln in textwrap.wrap(group, caps[1], subsequent_indent="  ",
+                                            break_long_words=False, break_on_hyphens=False)]
+        cells_of.append([[e.name], [e.kind], wrap(", ".join(e.methods), caps[0]), backends,
+                         wrap(", ".join(_dtype_names(e)), caps[2])])
+    widths = [max([len(h)] + [len(ln) for cells in cells_of for ln in cells[i]])
+              for i, h in enumerate(header)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+    out = [line(header), line(["-" * w for w in widths])]
+    indent = " " * (widths[0] + 2)
+    for e, cells in zip(entries, cells_of):
+        height = max(len(c) for c in cells)
+        for k in range(height):
+            out.append(line([c[k] if k < len(c) else "" for c in cells]))
+        out += textwrap.wrap(e.summary, width, initial_indent=indent,
+                             subsequent_indent=indent + "  ", break_long_words=False)
+    out += textwrap.wrap("Under each row: the recurrence it computes. 'all': the backend "
+                         "runs every method of the entry. `minirec list --wide`: one line "
+                         "per entry.", width)
+    return "\n".join(out)
 
 
 def _md_cell(text: str) -> str:
@@ -86,24 +174,28 @@ def feature_table_markdown(entries: Iterable[registry.Entry] | None = None) -> s
 
     One row per registry entry: its name (what ``minirec check NAME`` takes),
     kind, the recurrence it computes, its methods (the first, ``recurrent``,
-    is the definition), backends and dtypes. README.md holds this text between
-    ``<!-- features:start -->`` and ``<!-- features:end -->``; a test fails when
-    it is stale (regenerate with ``minirec list --markdown``).
+    is the definition), which of them each backend runs (from
+    :attr:`minirec.registry.Entry.pairs`: ``all``, or the list; backends that
+    run the same methods share a line) and dtypes. README.md holds this text
+    between ``<!-- features:start -->`` and ``<!-- features:end -->``; a test
+    fails when it is stale (regenerate with ``minirec list --markdown``).
 
     Args:
         entries: the entries to list; default every entry of
             :data:`minirec.registry.ENTRIES`, in registration order.
 
     Returns:
-        A GitHub-flavoured Markdown table, without a trailing newline.
+        A GitHub-flavoured Markdown table, without a trailing newline. A ``|``
+        inside a cell is written ``\\|`` (GitHub's escape, also inside code).
     """
     entries = list(registry.ENTRIES.values()) if entries is None else list(entries)
-    lines = ["| name | kind | recurrence | methods | backends | dtypes |",
+    lines = ["| name | kind | recurrence | methods | backends: methods they run | dtypes |",
              "|---|---|---|---|---|---|"]
     for e in entries:
         cells = [f"`{e.name}`", e.kind, f"`{e.summary}`",
                  ", ".join(f"`{m}`" for m in e.methods),
-                 ", ".join(e.backends), ", ".join(_dtype_names(e))]
+                 "<br>".join(_backends_text(e, code=lambda m: f"`{m}`")),
+                 ", ".join(_dtype_names(e))]
         lines.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
     return "\n".join(lines)
 
@@ -340,7 +432,7 @@ def _precisions(choice: str) -> tuple[str, ...]:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    print(feature_table_markdown() if args.markdown else list_table())
+    print(feature_table_markdown() if args.markdown else list_table(wide=args.wide))
     return 0
 
 
@@ -419,6 +511,73 @@ def _cmd_tour(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------
+# train: a character language model (minirec.lm)
+# ---------------------------------------------------------------------------
+
+def _text_file_arg(text: str) -> Path:
+    """An option's text as an existing file to read a corpus from."""
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"expected an existing text file, got {text!r}"
+                                         + (" (a folder)" if path.is_dir() else ""))
+    return path
+
+
+def _fraction_arg(text: str) -> float:
+    """An option's text as a number strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
+    return value
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from minirec import lm, tasks
+
+    try:
+        if args.text is None:
+            source, text = "CPython's help texts (pydoc_data.topics)", None
+        else:
+            source, text = str(args.text), args.text.read_text(encoding="utf-8")
+        corpus = tasks.char_corpus(text, valid_fraction=args.valid_fraction)
+    except (ValueError, TypeError, OSError, ModuleNotFoundError) as exc:
+        print(f"minirec train: {exc}", file=sys.stderr)
+        return 2
+    n_train, n_valid = len(corpus.train), len(corpus.valid)
+    print(f"corpus: {source}, {n_train + n_valid} characters ({n_train} for training, "
+          f"{n_valid} held out), vocabulary of {corpus.vocab_size} characters")
+    print(f"model: {args.layers} × {args.cell} (hidden {args.hidden}), embedding {args.embed}, "
+          f"{args.dtype}; truncated BPTT over {args.batch} streams in windows of "
+          f"{args.T} characters, state carried; {args.steps} Adam steps (lr {args.lr:g}, "
+          f"clip {args.clip:g})")
+    try:
+        result = lm.train(corpus, cell=args.cell, hidden=args.hidden, embed=args.embed,
+                          layers=args.layers, batch=args.batch, T=args.T, steps=args.steps,
+                          lr=args.lr, clip=args.clip, seed=args.seed,
+                          sample_length=args.sample_length, temperature=args.temperature,
+                          prime=args.prime, dtype=np.dtype(args.dtype), progress=True)
+    except (ValueError, TypeError) as exc:  # options the corpus cannot satisfy
+        print(f"minirec train: {exc}", file=sys.stderr)
+        return 2
+    except FloatingPointError as exc:
+        print(f"minirec train: training diverged: {exc}", file=sys.stderr)
+        return 1
+    k = min(10, len(result.losses))
+    ppl = result.valid_perplexity
+    print(f"{args.steps} steps in {result.seconds:.1f} s ({args.steps / result.windows:.2f} "
+          f"passes over the training text); training loss {np.mean(result.losses[:k]):.3f} → "
+          f"{np.mean(result.losses[-k:]):.3f} nats per character (mean of {k} steps)")
+    print(f"held-out perplexity: {ppl:.2f} ({np.log2(ppl):.2f} bits per character; "
+          f"a uniform guess scores {corpus.vocab_size})")
+    print(f"sample (temperature {args.temperature:g}, after {args.prime!r}):")
+    print(result.snapshots[-1][2])
+    return 0
+
+
+# ---------------------------------------------------------------------------
 # argument parsing
 # ---------------------------------------------------------------------------
 # argparse `type=` functions: the parser calls them on the option's text and
@@ -474,7 +633,8 @@ def folder_path_arg(text: str) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``minirec`` argument parser (sub-commands ``list``, ``check``, ``tour``, ``bench``).
+    """The ``minirec`` argument parser (sub-commands ``list``, ``check``, ``tour``, ``train``,
+    ``bench``).
 
     Every option's help states its default; ``--backend`` offers the backends
     of :data:`minirec._backend.BACKENDS`.
@@ -490,9 +650,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("list", help="list every scan, cell and op in the registry",
                         description="List every scan, cell and op in the registry.")
-    pl.add_argument("--markdown", action="store_true",
-                    help="print the README/docs feature table (Markdown) instead of the "
-                         "plain-text table (default: plain text)")
+    fmt = pl.add_mutually_exclusive_group()
+    fmt.add_argument("--markdown", action="store_true",
+                     help="print the README/docs feature table (Markdown) instead of the "
+                          "plain-text table (default: plain text)")
+    fmt.add_argument("--wide", action="store_true",
+                     help="one line per entry, nothing wrapped (about 200 columns; default: "
+                          "wrapped to 100 columns, the recurrence under each row)")
     pl.set_defaults(func=_cmd_list)
 
     pc = sub.add_parser(
@@ -538,6 +702,56 @@ def build_parser() -> argparse.ArgumentParser:
                     help="where to save the loss curve, a PNG; parent folders are created "
                          "(default: ./%(default)s)")
     pt.set_defaults(func=_cmd_tour)
+
+    # the defaults are minirec.lm.train's (a test keeps them equal); not imported here,
+    # so that `minirec --help` stays cheap
+    pr = sub.add_parser(
+        "train", help="train a character language model (LSTM or minGRU) with truncated "
+                      "BPTT; print its held-out perplexity and a sample",
+        description="Train a character language model (minirec.lm: embedding → stacked "
+                    "LSTM or minGRU cells → linear read-out) on CPython's help texts "
+                    "(pydoc_data.topics, present wherever Python is; or --text FILE), "
+                    "with truncated BPTT (the state carried across windows), Adam and "
+                    "gradient clipping, then print the perplexity on the held-out end of "
+                    "the text and a sample. Exit status 2 for options the corpus cannot "
+                    "satisfy (e.g. --batch × --T longer than the held-out text).")
+    pr.add_argument("--cell", choices=("lstm", "mingru"), default="lstm",
+                    help="the recurrent cell (default: %(default)s)")
+    pr.add_argument("--layers", type=positive_int_arg, default=1,
+                    help="number of stacked cells (default: %(default)s)")
+    pr.add_argument("--hidden", type=positive_int_arg, default=128,
+                    help="hidden size of every cell (default: %(default)s)")
+    pr.add_argument("--embed", type=positive_int_arg, default=32,
+                    help="character embedding size (default: %(default)s)")
+    pr.add_argument("--batch", type=positive_int_arg, default=32,
+                    help="parallel streams the text is cut into (default: %(default)s)")
+    pr.add_argument("--T", type=positive_int_arg, default=64,
+                    help="window length in characters: how far back gradients reach "
+                         "(default: %(default)s)")
+    pr.add_argument("--steps", type=positive_int_arg, default=500,
+                    help="Adam steps, one window each (default: %(default)s)")
+    pr.add_argument("--lr", type=positive_float_arg, default=1e-2,
+                    help="Adam's learning rate (default: %(default)s)")
+    pr.add_argument("--clip", type=positive_float_arg, default=1.0,
+                    help="global gradient-norm limit (default: %(default)s)")
+    pr.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                    help="precision of the parameters and of training (default: %(default)s)")
+    pr.add_argument("--seed", type=nonnegative_int_arg, default=0,
+                    help="seed of the initial weights and of the sample (default: %(default)s)")
+    pr.add_argument("--text", type=_text_file_arg, default=None, metavar="FILE",
+                    help="train on this UTF-8 text file instead (default: CPython's help "
+                         "texts)")
+    pr.add_argument("--valid-fraction", type=_fraction_arg, default=0.1,
+                    help="share of the text, at its end, held out for the perplexity "
+                         "(default: %(default)s)")
+    pr.add_argument("--temperature", type=positive_float_arg, default=0.8,
+                    help="sampling temperature τ: p = softmax(logits / τ) "
+                         "(default: %(default)s)")
+    pr.add_argument("--sample-length", type=nonnegative_int_arg, default=300,
+                    help="characters to sample after training (default: %(default)s)")
+    pr.add_argument("--prime", default="\n",
+                    help="text the model reads before sampling (default: a newline)")
+    pr.set_defaults(func=_cmd_train)
 
     # `minirec bench ...` is handed to minirec.bench.main before parsing (its own
     # options); this entry is here so that `minirec --help` lists it

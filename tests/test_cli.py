@@ -19,10 +19,10 @@ from minirec.scan import linear
 def test_list_prints_every_entry(capsys):
     assert cli.main(["list"]) == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[0].split() == ["name", "kind", "methods", "backends", "dtypes",
-                                           "summary"]
+    assert out.splitlines()[0].split() == ["name", "kind", "methods", "backends:", "methods",
+                                           "run", "dtypes"]
     for name, entry in registry.ENTRIES.items():
-        row = next(line for line in out.splitlines() if line.split()[0] == name)
+        row = next(line for line in out.splitlines() if line.split()[:1] == [name])
         assert entry.kind in row and entry.methods[0] in row, row
 
 
