@@ -21,7 +21,7 @@ tour: $(BIN)/python
 
 # the whole suite: unit tests and every tutorial notebook, executed
 test: $(BIN)/python
-	$(PIP) -e ".[test]"
+	$(PIP) -e ".[test,docs]"
 	$(BIN)/ruff check .
 	$(TESTENV) $(BIN)/python -m pytest -n $(JOBS) -m "not slow" tests --nbmake tutorials
 
