@@ -482,6 +482,14 @@ def _cmd_tour(args: argparse.Namespace) -> int:
     print("minirec tour, 1/2: checking every registry entry (gradients in float64, "
           "every method and backend against the recurrent definition)")
     tasks, notes = plan_checks(select_entries(None))
+    # cuda-emulated runs CUDA C on the CPU, one thread per CUDA thread: it is for tests,
+    # teaching and debugging, and building it first takes minutes; `minirec check
+    # --backend cuda-emulated` checks it
+    emulated = [t for t in tasks if t[2] == "cuda-emulated"]
+    tasks = [t for t in tasks if t[2] != "cuda-emulated"]
+    if emulated:
+        notes.append(f"not in the tour: {len(emulated)} cuda-emulated checks (CUDA C run on "
+                     "the CPU, slow; run them with: minirec check --backend cuda-emulated)")
     for n in notes:
         print(n)
     rows = run_checks(tasks, PRECISIONS, progress=True)

@@ -278,8 +278,12 @@ def test_tour_checks_then_trains_and_saves_the_loss_curve(monkeypatch, capsys, t
                    "--out", str(out)])
     text = capsys.readouterr().out
     assert rc == 0, text
-    n = len(cli.plan_checks([registry.get("scan.linear")])[0])
+    tasks = cli.plan_checks([registry.get("scan.linear")])[0]
+    n = len([t for t in tasks if t[2] != "cuda-emulated"])  # the tour leaves the emulator out
     assert f"{n}/{n} checks passed" in text
+    if any(t[2] == "cuda-emulated" for t in tasks):
+        assert "not in the tour: 2 cuda-emulated checks" in text
+        assert "cuda-emulated" not in text.split("not in the tour")[1].split("\n", 1)[1]
     assert "4 steps in" in text and f"loss curve saved to {out.resolve()}" in text
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
