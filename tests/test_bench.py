@@ -288,14 +288,14 @@ def test_cuda_event_time_is_the_median_of_cupyx_gpu_times(monkeypatch):
     assert ran == [1] and seen == {"n_repeat": 3, "n_warmup": 1, "max_duration": 0.7}
 
 
-@pytest.mark.parametrize("seconds, met", [(2.0, False), (1.2, True)])
-def test_bandwidth_row_reads_time_against_the_copy_bandwidth(seconds, met):
-    row = bench.bandwidth_row("scan", (1, 2, 3), seconds, nbytes=100 * 10**9, copy_GBps=100.0,
+@pytest.mark.parametrize("time_s, met", [(2.0, False), (1.2, True)])
+def test_bandwidth_row_reads_time_against_the_copy_bandwidth(time_s, met):
+    row = bench.bandwidth_row("scan", (1, 2, 3), time_s, nbytes=100 * 10**9, copy_GBps=100.0,
                               min_fraction=0.8)
     assert row["reference"] == pytest.approx(1.0)  # 100 GB at 100 GB/s
-    assert row["ratio"] == pytest.approx(seconds) and row["met"] is met
+    assert row["ratio"] == pytest.approx(time_s) and row["met"] is met
     assert row["target"] == "≥ 80% of copy BW"
-    assert f"{100 / seconds:.0f} GB/s = {1 / seconds:.0%} of the measured 100 GB/s" in row["note"]
+    assert f"{100 / time_s:.0f} GB/s = {1 / time_s:.0%} of the measured 100 GB/s" in row["note"]
 
 
 def test_naive_loops_equal_the_definition(rng):
