@@ -20,9 +20,8 @@ from minirec.kernels.cuda import gru as cuda_gru
 from minirec.kernels.cuda import lstm as cuda_lstm
 from minirec.kernels.cuda import rnn as cuda_rnn
 from tests.conftest import TOL, assert_close
+from tests.kernels.cuda_helpers import cupy_or_skip, needs_compiler
 
-needs_compiler = pytest.mark.skipif(_build.host_compiler() is None,
-                                    reason="no C++20 compiler ($CXX or g++) for cuda-emulated")
 CELLS = ["rnn", "rnn_relu", "lstm", "gru"]
 FAMILY = {"rnn": "rnn", "rnn_relu": "rnn", "lstm": "lstm", "gru": "gru"}
 DTYPES = [np.float64, np.float32]
@@ -213,15 +212,6 @@ def test_address_sanitizer_catches_a_missing_bounds_guard(tmp_path):
 # on a GPU, through CuPy (pytest -m gpu)
 # ---------------------------------------------------------------------------
 
-def cupy_or_skip():
-    cupy = pytest.importorskip("cupy", reason="CuPy not installed (pip install 'minirec[gpu]')")
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:  # CuPy without a driver or device
-        pytest.skip(f"CuPy installed, no usable GPU ({type(exc).__name__}: {exc})")
-    if count < 1:
-        pytest.skip("CuPy installed, no GPU")
-    return cupy
 
 
 def _leaves(prefix, x):

@@ -18,10 +18,8 @@ from minirec.cells import mingru, minlstm, ssm
 from minirec.kernels.cuda import _build, _launch, diagonal
 from minirec.kernels.cuda import mingru as kmingru
 from tests.conftest import TOL, assert_close
-from tests.kernels.test_cuda_linear_scan import cupy_or_skip
+from tests.kernels.cuda_helpers import cupy_or_skip, needs_compiler
 
-needs_compiler = pytest.mark.skipif(_build.host_compiler() is None,
-                                    reason="no C++20 compiler ($CXX or g++) for cuda-emulated")
 F64, F32 = np.dtype(np.float64), np.dtype(np.float32)
 GATED = {"B": 2, "T": 37, "D": 3, "H": 150}  # 300 lanes: 2 blocks of 256, 212 threads idle
 # entry -> named dimensions (the registry's makers read the ones they need)

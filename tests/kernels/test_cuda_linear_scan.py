@@ -13,9 +13,8 @@ from minirec.kernels.cuda import _build, _launch
 from minirec.kernels.cuda import linear_scan as ls
 from minirec.scan import linear
 from tests.conftest import TOL, assert_close
+from tests.kernels.cuda_helpers import cupy_or_skip, needs_compiler
 
-needs_compiler = pytest.mark.skipif(_build.host_compiler() is None,
-                                    reason="no C++20 compiler ($CXX or g++) for cuda-emulated")
 DTYPES = [np.float64, np.float32, np.complex128, np.complex64]
 ALL_NAMES = [name for dtype in DTYPES for name in ls.kernel_names(dtype)]
 
@@ -240,15 +239,6 @@ def test_address_sanitizer_is_clean_on_the_scan_kernels():
 # on a GPU, through CuPy (pytest -m gpu)
 # ---------------------------------------------------------------------------
 
-def cupy_or_skip():
-    cupy = pytest.importorskip("cupy", reason="CuPy not installed (pip install 'minirec[gpu]')")
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:  # CuPy without a driver or device
-        pytest.skip(f"CuPy installed, no usable GPU ({type(exc).__name__}: {exc})")
-    if count < 1:
-        pytest.skip("CuPy installed, no GPU")
-    return cupy
 
 
 GPU_CASES = [((3, 1000, 5, 7), "recurrent", None), ((3, 1000, 5, 7), "chunked", None),

@@ -17,7 +17,7 @@ from minirec.kernels.cuda import _build, _launch
 from minirec.kernels.cuda import matrix_scan as mk
 from minirec.scan import matrix
 from tests.conftest import TOL, assert_close
-from tests.kernels.test_cuda_linear_scan import cupy_or_skip, needs_compiler
+from tests.kernels.cuda_helpers import cupy_or_skip, needs_compiler
 
 ENTRY = registry.get("scan.matrix")
 DTYPES = [np.float64, np.float32, np.complex128, np.complex64]

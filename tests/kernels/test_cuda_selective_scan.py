@@ -19,9 +19,8 @@ from minirec.kernels.cuda import _build, _launch
 from minirec.kernels.cuda import selective_scan as kern
 from minirec.ops import selective_scan as ss
 from tests.conftest import TOL, assert_close
+from tests.kernels.cuda_helpers import cupy_or_skip, needs_compiler
 
-needs_compiler = pytest.mark.skipif(_build.host_compiler() is None,
-                                    reason="no C++20 compiler ($CXX or g++) for cuda-emulated")
 OPTIONAL = ("D", "z", "delta_bias", "initial_state")
 GRAD_ORDER = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 
@@ -307,15 +306,6 @@ def test_thread_sanitizer_reports_the_removed_barrier_of_the_channel_sums(tmp_pa
 # on a GPU, through CuPy (pytest -m gpu)
 # ---------------------------------------------------------------------------
 
-def cupy_or_skip():
-    cupy = pytest.importorskip("cupy", reason="CuPy not installed (pip install 'minirec[gpu]')")
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:  # CuPy without a driver or device
-        pytest.skip(f"CuPy installed, no usable GPU ({type(exc).__name__}: {exc})")
-    if count < 1:
-        pytest.skip("CuPy installed, no GPU")
-    return cupy
 
 
 def to_gpu(cupy, x):

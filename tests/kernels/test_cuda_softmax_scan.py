@@ -19,7 +19,7 @@ from minirec.kernels.cuda import _build, _launch
 from minirec.kernels.cuda import softmax_scan as sk
 from minirec.ops import softmax_scan
 from tests.conftest import TOL, assert_close
-from tests.kernels.test_cuda_linear_scan import cupy_or_skip, needs_compiler
+from tests.kernels.cuda_helpers import cupy_or_skip, needs_compiler
 
 DTYPES = [np.float64, np.float32]
 EMU = "cuda-emulated"
