@@ -87,6 +87,12 @@ class Entry:
         causal: whether output ``t`` depends on inputs up to ``t`` only (not a
             bidirectional wrapper): split-resume and the NaN-causality checks
             apply.
+        matmul_methods: methods that compute with dense matrix products over
+            time (the masked quadratic and chunkwise forms). A NaN times a
+            masked-out zero is NaN (IEEE 754), so where the definition's
+            gradient stays finite theirs may not; the contract checks that
+            their outputs keep the definition's non-finite pattern and that
+            their gradients' non-finite entries include the definition's.
     """
 
     name: str
@@ -104,6 +110,7 @@ class Entry:
     time_inputs: tuple = ("x",)
     empty_state: tuple | None = None
     causal: bool = True
+    matmul_methods: tuple = ()
 
     @property
     def state_name(self) -> str:
@@ -112,12 +119,13 @@ class Entry:
 
     def size(self, size: str | tuple | dict = "small", **overrides: int) -> dict[str, int]:
         """Named dimensions for a size name, an explicit tuple (``dim_names``
-        order) or a dict, with ``overrides`` (``T=1``, ``B=0``) applied."""
+        order; a shorter tuple gives the leading names, the rest come from
+        "small") or a dict, with ``overrides`` (``T=1``, ``B=0``) applied."""
         table = self.sizes or {k: dict(zip(self.dim_names, v.values())) for k, v in SIZES.items()}
         if isinstance(size, dict):
             d = dict(size)
         elif isinstance(size, (tuple, list)):
-            if len(size) != len(self.dim_names):
+            if not 0 < len(size) <= len(self.dim_names):
                 raise ValueError(f"size: expected a name or a tuple {self.dim_names}, "
                                  f"got {size!r}")
             d = dict(table["small"])
