@@ -428,6 +428,107 @@ register(Entry("aaren", "cell", "minirec.cells.aaren",
                       "medium": {"B": 3, "T": 37, "D": 8, "H": 16, "heads": 2}},
                empty_state=(-np.inf, 0.0, 0.0)))
 
+# --- the matrix-state family (ops/gla, ops/delta_rule, ops/mlstm and the ops on them) ---
+# K ≠ V and neither a power of two, so that a transposed state or a swapped axis fails.
+_HEAD_SIZES = {"small": {"B": 2, "T": 5, "H": 2, "K": 3, "V": 4},
+               "medium": {"B": 3, "T": 37, "H": 2, "K": 5, "V": 7}}
+# the matmul forms: a NaN times a masked zero is NaN, so their gradients may be
+# non-finite where the definition's are not (their outputs keep its pattern)
+_MATMUL_METHODS = ("parallel", "chunk")
+
+
+def _log_gate(rng, shape, dtype):
+    """Log gates ~ −U(0, 1.5) with the first step's exactly 0 (multiplier 1)."""
+    g = -rng.uniform(0.0, 1.5, shape)
+    g[:, 0] = 0.0
+    return g.astype(dtype)
+
+
+def _heads_inputs(gate=None, bonus=False, names=("q", "k", "v"), positive=False,
+                  state="S"):
+    """q, k (B, T, H, K), v (B, T, H, V), an optional log gate named ``gate[0]``
+    of shape ``gate[1]`` ("H": (B, T, H), "HK": (B, T, H, K)), RWKV's bonus
+    ``u (H, K)``, and a random initial state (``"S"``, or ``"Sz"`` for the
+    normalised linear attention's (S, z), with positive q, k, z so that the
+    normaliser q·z stays away from 0)."""
+    def make(rng, dtype, d, method=None):
+        B, T, H, K, Vd = d["B"], d["T"], d["H"], d["K"], d["V"]
+        if positive:
+            q, k = (rng.uniform(0.2, 1.0, (B, T, H, K)).astype(dtype) for _ in range(2))
+        else:
+            q, k = (_randn(rng, (B, T, H, K), dtype) for _ in range(2))
+        out = {names[0]: q, names[1]: k, names[2]: _randn(rng, (B, T, H, Vd), dtype)}
+        if gate is not None:
+            gname, gshape = gate
+            out[gname] = _log_gate(rng, (B, T, H) + ((K,) if gshape == "HK" else ()), dtype)
+        if bonus:
+            out["u"] = _randn(rng, (H, K), dtype)
+        S = _randn(rng, (B, H, K, Vd), dtype)
+        if state == "Sz":
+            out["initial_state"] = (S, rng.uniform(0.5, 1.5, (B, H, K)).astype(dtype))
+        else:
+            out["initial_state"] = S
+        return out
+    return make
+
+
+def _delta_inputs(gated):
+    """Unit-norm keys (the delta rule's transition I − β k k^T is then a
+    contraction for β ∈ [0, 2]); β ~ U(0, 2) with β = 0 and β = 2 exactly at
+    the first two steps; a log gate as the other ops (gated rule only)."""
+    def make(rng, dtype, d, method=None):
+        B, T, H, K, Vd = d["B"], d["T"], d["H"], d["K"], d["V"]
+        k = rng.standard_normal((B, T, H, K))
+        k /= np.linalg.norm(k, axis=-1, keepdims=True)
+        beta = rng.uniform(0.0, 2.0, (B, T, H))
+        beta[:, 0] = 0.0
+        if T > 1:
+            beta[:, 1] = 2.0
+        out = {"q": _randn(rng, (B, T, H, K), dtype), "k": k.astype(dtype),
+               "v": _randn(rng, (B, T, H, Vd), dtype)}
+        if gated:
+            out["g"] = _log_gate(rng, (B, T, H), dtype)
+        out["beta"] = beta.astype(dtype)
+        out["initial_state"] = _randn(rng, (B, H, K, Vd), dtype)
+        return out
+    return make
+
+
+def _mlstm_inputs(rng, dtype, d, method=None):
+    """Pre-activation gates i ~ N(0, 1), f ~ N(2, 1) (forget gates near 0.9);
+    a random state (C, n, m) with m ~ N(0, 1)."""
+    B, T, H, K, Vd = d["B"], d["T"], d["H"], d["K"], d["V"]
+    return {"q": _randn(rng, (B, T, H, K), dtype), "k": _randn(rng, (B, T, H, K), dtype),
+            "v": _randn(rng, (B, T, H, Vd), dtype), "i": _randn(rng, (B, T, H), dtype),
+            "f": (2.0 + rng.standard_normal((B, T, H))).astype(dtype),
+            "initial_state": (_randn(rng, (B, H, K, Vd), dtype), _randn(rng, (B, H, K), dtype),
+                              _randn(rng, (B, H), dtype))}
+
+
+def _ssd_inputs(rng, dtype, d, method=None):
+    """Mamba-2's SSD: dt ~ U(0.1, 1) (already positive), A ~ −U(0.5, 2) per head."""
+    B, T, H, N, P = d["B"], d["T"], d["H"], d["N"], d["P"]
+    return {"x": _randn(rng, (B, T, H, P), dtype),
+            "dt": rng.uniform(0.1, 1.0, (B, T, H)).astype(dtype),
+            "A": (-rng.uniform(0.5, 2.0, H)).astype(dtype),
+            "B": _randn(rng, (B, T, H, N), dtype), "C": _randn(rng, (B, T, H, N), dtype),
+            "D": _randn(rng, (H,), dtype), "initial_state": _randn(rng, (B, H, N, P), dtype)}
+
+
+def _heads_entry(name, module, summary, maker, time_inputs, **kw):
+    kw.setdefault("dim_names", ("B", "T", "H", "K", "V"))
+    kw.setdefault("sizes", _HEAD_SIZES)
+    register(Entry(name, "op", module, summary, maker, time_inputs=time_inputs,
+                   matmul_methods=_MATMUL_METHODS, **kw))
+
+
+_heads_entry("delta_rule", "minirec.ops.delta_rule",
+             "DeltaNet: S_t = S_{t-1} + β_t k_t (v_t − S_{t-1}^T k_t)^T", _delta_inputs(False),
+             ("q", "k", "v", "beta"))
+
+_heads_entry("gated_delta_rule", "minirec.ops.gated_delta_rule",
+             "S' = e^{g_t} S_{t-1}, S_t = S' + β_t k_t (v_t − S'^T k_t)^T", _delta_inputs(True),
+             ("q", "k", "v", "g", "beta"))
 
 # ---------------------------------------------------------------------------
 # one calling convention for every entry
