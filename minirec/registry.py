@@ -522,6 +522,25 @@ def _heads_entry(name, module, summary, maker, time_inputs, **kw):
                    matmul_methods=_MATMUL_METHODS, **kw))
 
 
+_heads_entry("linear_attention", "minirec.ops.linear_attention",
+             "S_t = S_{t-1} + k_t v_t^T, o_t = scale S_t^T q_t", _heads_inputs(),
+             ("q", "k", "v"))
+_heads_entry("linear_attention_normalized", "minirec.ops.linear_attention",
+             "linear attention with normaliser z_t = z_{t-1} + k_t: o_t = S_t^T q_t / (q_t·z_t)",
+             _heads_inputs(positive=True, state="Sz"), ("q", "k", "v"),
+             forward_kwargs={"normalize": True})
+_heads_entry("retention", "minirec.ops.retention",
+             "RetNet: S_t = γ_h S_{t-1} + k_t v_t^T, γ_h = 1 − 2^{−5−h}", _heads_inputs(),
+             ("q", "k", "v"))
+_heads_entry("simple_gla", "minirec.ops.simple_gla",
+             "S_t = e^{g_t} S_{t-1} + k_t v_t^T (one gate per head)",
+             _heads_inputs(gate=("g", "H")), ("q", "k", "v", "g"))
+_heads_entry("gla", "minirec.ops.gla", "S_t = Diag(e^{g_t}) S_{t-1} + k_t v_t^T",
+             _heads_inputs(gate=("g", "HK")), ("q", "k", "v", "g"))
+_heads_entry("rwkv6", "minirec.ops.rwkv6",
+             "o_t = (S_{t-1} + Diag(u) k_t v_t^T)^T r_t, S_t = Diag(e^{w_t}) S_{t-1} + k_t v_t^T",
+             _heads_inputs(gate=("w", "HK"), bonus=True, names=("r", "k", "v")),
+             ("r", "k", "v", "w"))
 _heads_entry("delta_rule", "minirec.ops.delta_rule",
              "DeltaNet: S_t = S_{t-1} + β_t k_t (v_t − S_{t-1}^T k_t)^T", _delta_inputs(False),
              ("q", "k", "v", "beta"))
