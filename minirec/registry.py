@@ -119,13 +119,12 @@ class Entry:
 
     def size(self, size: str | tuple | dict = "small", **overrides: int) -> dict[str, int]:
         """Named dimensions for a size name, an explicit tuple (``dim_names``
-        order; a shorter tuple gives the leading names, the rest come from
-        "small") or a dict, with ``overrides`` (``T=1``, ``B=0``) applied."""
+        order) or a dict, with ``overrides`` (``T=1``, ``B=0``) applied."""
         table = self.sizes or {k: dict(zip(self.dim_names, v.values())) for k, v in SIZES.items()}
         if isinstance(size, dict):
             d = dict(size)
         elif isinstance(size, (tuple, list)):
-            if not 0 < len(size) <= len(self.dim_names):
+            if len(size) != len(self.dim_names):
                 raise ValueError(f"size: expected a name or a tuple {self.dim_names}, "
                                  f"got {size!r}")
             d = dict(table["small"])
@@ -548,6 +547,16 @@ _heads_entry("delta_rule", "minirec.ops.delta_rule",
 _heads_entry("gated_delta_rule", "minirec.ops.gated_delta_rule",
              "S' = e^{g_t} S_{t-1}, S_t = S' + β_t k_t (v_t − S'^T k_t)^T", _delta_inputs(True),
              ("q", "k", "v", "g", "beta"))
+_heads_entry("mlstm", "minirec.ops.mlstm",
+             "xLSTM: C_t = f' C_{t-1} + i' k_t v_t^T, n_t likewise, "
+             "h_t = C_t^T q / max(|n_t·q|, e^{-m_t})",
+             _mlstm_inputs, ("q", "k", "v", "i", "f"))
+# C plays the query's part: the NaN probe goes there (see matmul_methods)
+_heads_entry("ssd", "minirec.ops.ssd",
+             "Mamba-2 SSD: h_t = e^{dt_t A} h_{t-1} + dt_t B_t x_t^T, y_t = h_t^T C_t + D x_t",
+             _ssd_inputs, ("C", "x", "dt", "B"), dim_names=("B", "T", "H", "N", "P"),
+             sizes={"small": {"B": 2, "T": 5, "H": 2, "N": 3, "P": 4},
+                    "medium": {"B": 3, "T": 37, "H": 2, "N": 5, "P": 7}})
 
 # ---------------------------------------------------------------------------
 # one calling convention for every entry
