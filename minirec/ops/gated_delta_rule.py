@@ -32,8 +32,9 @@ from minirec.ops import _heads
 from minirec.ops import delta_rule as _engine
 
 METHODS = _engine.METHODS  # ("recurrent", "parallel", "chunk")
-BACKENDS = ("numpy",)
-BACKEND_METHODS: dict[str, tuple[str, ...]] = {}
+# the delta engine's backends: its kernels run every op on it
+BACKENDS = _engine.BACKENDS
+BACKEND_METHODS = _engine.BACKEND_METHODS
 
 
 class GatedDeltaRuleCache(NamedTuple):

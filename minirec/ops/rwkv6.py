@@ -42,8 +42,9 @@ from minirec.ops import _heads
 from minirec.ops import gla as _engine
 
 METHODS = _engine.METHODS
-BACKENDS = ("numpy",)
-BACKEND_METHODS: dict[str, tuple[str, ...]] = {}
+# the GLA engine's backends: its kernels run every op on it
+BACKENDS = _engine.BACKENDS
+BACKEND_METHODS = _engine.BACKEND_METHODS
 
 
 class RWKV6Cache(NamedTuple):

@@ -66,9 +66,10 @@ steps per chunk. Both of the latter only exponentiate differences
 ``dt ≥ 0`` and ``A ≤ 0``, so ``dt A = −20`` per step over long sequences stays
 finite and accurate in float32.
 
-Backends: ``numpy`` only for now. A kernel backend would run every method,
-``recurrent`` included, through the GLA engine's kernels
-(``gla.run(..., backend=...)``): the branch is in :func:`forward`.
+Backends: those of the GLA engine (:data:`BACKENDS`). A kernel backend runs
+every method it lists, ``recurrent`` included, through the GLA engine's
+kernels (``gla.run(..., backend=...)``) with the map above; only the NumPy
+``recurrent`` method runs SSD's own loop.
 """
 
 from __future__ import annotations
@@ -77,12 +78,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from minirec import _backend
 from minirec import _validate as V
 from minirec.ops import _heads, gla
 
 METHODS = _heads.METHODS  # ("recurrent", "parallel", "chunk")
-BACKENDS = ("numpy",)
-BACKEND_METHODS: dict[str, tuple[str, ...]] = {}
+# the GLA engine's backends: its kernels run every op on it
+BACKENDS = gla.BACKENDS
+BACKEND_METHODS = gla.BACKEND_METHODS
 
 X = ("batch", "T", "H", "P")
 DT = ("batch", "T", "H")
@@ -212,7 +215,8 @@ def forward(x: np.ndarray, dt: np.ndarray, A: np.ndarray, B: np.ndarray, C: np.n
     dtype, s = _check(x, dt, A, B, C, D, initial_state)
     Bsz, T, H, P = x.shape
     N = s["N"]
-    h0 = np.zeros((Bsz, H, N, P), dtype) if initial_state is None else initial_state
+    h0 = (_backend.xp_of(x).zeros((Bsz, H, N, P), dtype) if initial_state is None
+          else initial_state)
     common = dict(x=x, dt=dt, A=A, B=B, C=C, D=D, method=method, backend=backend,
                   y_like=V.zeros_view(x, x.shape, dtype),
                   state_like=V.zeros_view(x, (Bsz, H, N, P), dtype))

@@ -55,8 +55,10 @@ from minirec.ops import _heads
 from minirec.ops.gla import chunk, parallel, recurrent
 
 METHODS = ("recurrent", "parallel", "chunk")
-BACKENDS = ("numpy",)
-BACKEND_METHODS: dict[str, tuple[str, ...]] = {}
+BACKENDS = ("numpy", "cupy", "cuda-emulated")
+# the kernels run the definition's loop (the recurrent form); NumPy runs every form
+BACKEND_METHODS: dict[str, tuple[str, ...]] = {"cupy": ("recurrent",),
+                                               "cuda-emulated": ("recurrent",)}
 
 _FORMS = {"recurrent": recurrent, "parallel": parallel, "chunk": chunk}
 

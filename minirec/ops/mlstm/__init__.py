@@ -52,9 +52,10 @@ from minirec.ops import _heads
 from minirec.ops.mlstm import chunk, parallel, recurrent
 
 METHODS = ("recurrent", "parallel", "chunk")
-BACKENDS = ("numpy",)
-# the methods each non-NumPy backend has kernels for (NumPy runs them all)
-BACKEND_METHODS: dict[str, tuple[str, ...]] = {}
+BACKENDS = ("numpy", "cupy", "cuda-emulated")
+# the kernels run the definition's loop (the recurrent form); NumPy runs every form
+BACKEND_METHODS: dict[str, tuple[str, ...]] = {"cupy": ("recurrent",),
+                                               "cuda-emulated": ("recurrent",)}
 
 State = tuple  # (C (B, H, K, V), n (B, H, K), m (B, H))
 
