@@ -93,6 +93,10 @@ class Entry:
             gradient stays finite theirs may not; the contract checks that
             their outputs keep the definition's non-finite pattern and that
             their gradients' non-finite entries include the definition's.
+        generic: for entries whose named dimensions are not ``(B, T, D, H)``:
+            maps the benchmarks' generic ``(B, T, D, H)`` tuple to them (e.g.
+            ``D // H`` heads of size ``H``), so that every entry is timed at
+            the same sizes.
     """
 
     name: str
@@ -111,6 +115,7 @@ class Entry:
     empty_state: tuple | None = None
     causal: bool = True
     matmul_methods: tuple = ()
+    generic: Callable[[tuple], dict] | None = None
 
     @property
     def state_name(self) -> str:
@@ -124,11 +129,14 @@ class Entry:
         if isinstance(size, dict):
             d = dict(size)
         elif isinstance(size, (tuple, list)):
-            if len(size) != len(self.dim_names):
+            if len(size) == len(self.dim_names):
+                d = dict(table["small"])
+                d.update(zip(self.dim_names, (int(v) for v in size)))
+            elif self.generic is not None and len(size) == 4:
+                d = self.generic(tuple(int(v) for v in size))
+            else:
                 raise ValueError(f"size: expected a name or a tuple {self.dim_names}, "
                                  f"got {size!r}")
-            d = dict(table["small"])
-            d.update(zip(self.dim_names, (int(v) for v in size)))
         elif size in table:
             d = dict(table[size])
         else:
@@ -514,9 +522,19 @@ def _ssd_inputs(rng, dtype, d, method=None):
             "D": _randn(rng, (H,), dtype), "initial_state": _randn(rng, (B, H, N, P), dtype)}
 
 
+def _heads_generic(names):
+    """The benchmarks' ``(B, T, D, H)`` as ``D // H`` heads of key and value
+    size ``H`` (``names``: this entry's names for batch, time, heads, key, value)."""
+    def generic(size):
+        B, T, D, H = size
+        return dict(zip(names, (B, T, max(1, D // H), H, H)))
+    return generic
+
+
 def _heads_entry(name, module, summary, maker, time_inputs, **kw):
     kw.setdefault("dim_names", ("B", "T", "H", "K", "V"))
     kw.setdefault("sizes", _HEAD_SIZES)
+    kw.setdefault("generic", _heads_generic(kw["dim_names"]))
     register(Entry(name, "op", module, summary, maker, time_inputs=time_inputs,
                    matmul_methods=_MATMUL_METHODS, **kw))
 

@@ -67,3 +67,15 @@ def test_on_device_moves_arrays_only_for_cupy_and_keeps_other_leaves():
     assert registry._module(e, "numpy") is e.module
     assert isinstance(registry._module(e, "cupy"), registry.OnDevice)
     assert not registry._holds_cupy((np.ones(1), {"k": [np.ones(1)]}))
+
+
+def test_generic_benchmark_sizes_map_to_heads():
+    """The benchmarks' (B, T, D, H) become D // H heads of size H for the
+    multi-head ops, in each entry's own dimension names."""
+    assert registry.get("gla").size((8, 512, 64, 32)) == {"B": 8, "T": 512, "H": 2,
+                                                          "K": 32, "V": 32}
+    assert registry.get("ssd").size((2, 64, 16, 32)) == {"B": 2, "T": 64, "H": 1,
+                                                         "N": 32, "P": 32}
+    inputs = registry.get("rwkv6").make_inputs(np.random.default_rng(0), np.float32,
+                                               (2, 7, 12, 4))
+    assert inputs["r"].shape == (2, 7, 3, 4) and inputs["u"].shape == (3, 4)
