@@ -576,6 +576,29 @@ _heads_entry("ssd", "minirec.ops.ssd",
              sizes={"small": {"B": 2, "T": 5, "H": 2, "N": 3, "P": 4},
                     "medium": {"B": 3, "T": 37, "H": 2, "N": 5, "P": 7}})
 
+# --- slstm (issue 12) ---
+def _slstm_inputs(rng, dtype, d, method=None):
+    """The cell's init with ``num_heads = NH``; a random state (h0, c0, n0, m0) with
+    the normaliser n0 ~ U(0.5, 2) (a state the cell can reach: n ≥ 1 after a
+    step; n0 = 0 would select the first-step branch) and m0 ~ N(0, 1), so that
+    both branches of m_t = max(a_i, m_{t-1} + log σ(a_f)) are taken."""
+    from minirec.cells import slstm
+    B, T, D, H, NH = d["B"], d["T"], d["D"], d["H"], d["NH"]
+    params = slstm.init_params(rng, D, H, dtype=dtype, num_heads=NH)
+    state0 = (_randn(rng, (B, H), dtype), _randn(rng, (B, H), dtype),
+              rng.uniform(0.5, 2.0, (B, H)).astype(dtype), _randn(rng, (B, H), dtype))
+    return {"params": params, "x": _randn(rng, (B, T, D), dtype), "state0": state0}
+
+
+register(Entry("slstm", "cell", "minirec.cells.slstm",
+               "sLSTM: m_t = max(a_i, m + log σ(a_f)), c_t = f c + i z, n_t = f n + i, "
+               "h_t = o c_t / n_t (exp gates, block-diagonal R per head)",
+               _slstm_inputs, dim_names=("B", "T", "D", "H", "NH"),
+               sizes={"small": {"B": 2, "T": 5, "D": 3, "H": 4, "NH": 2},
+                      "medium": {"B": 3, "T": 37, "D": 8, "H": 16, "NH": 4}},
+               generic=lambda s: {"B": s[0], "T": s[1], "D": s[2], "H": s[3],
+                                  "NH": 4 if s[3] % 4 == 0 else 1}))
+
 # ---------------------------------------------------------------------------
 # one calling convention for every entry
 # ---------------------------------------------------------------------------
