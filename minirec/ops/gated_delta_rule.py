@@ -58,7 +58,8 @@ def forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, g: np.ndarray, beta: np
     ``o_t = scale · S_t^T q_t`` over axis 1.
 
     Args:
-        q, k: ``(B, T, H, K)`` queries and keys.
+        q: ``(B, T, H, K)`` queries.
+        k: ``(B, T, H, K)`` keys.
         v: ``(B, T, H, V)`` values.
         g: ``(B, T, H)`` log decays (``≤ 0`` by convention; not enforced).
         beta: ``(B, T, H)`` writing strengths, in ``[0, 2]`` by convention (not enforced).

@@ -78,7 +78,8 @@ def forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, scale: float | None 
     ``scale · q_t · z_t`` with ``normalize``).
 
     Args:
-        q, k: ``(B, T, H, K)`` queries and keys (after the feature map).
+        q: ``(B, T, H, K)`` queries (after the feature map).
+        k: ``(B, T, H, K)`` keys (after the feature map).
         v: ``(B, T, H, V)`` values.
         scale: read-out factor, ``None`` for ``K ** -0.5``.
         normalize: divide by the normaliser; the state is then ``(S, z)``.

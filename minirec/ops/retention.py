@@ -75,7 +75,8 @@ def forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, scale: float | None 
     """``S_t = γ_h S_{t−1} + k_t v_t^T``, ``o_t = scale · S_t^T q_t``.
 
     Args:
-        q, k: ``(B, T, H, K)`` queries and keys.
+        q: ``(B, T, H, K)`` queries.
+        k: ``(B, T, H, K)`` keys.
         v: ``(B, T, H, V)`` values.
         scale: read-out factor, ``None`` for ``K ** -0.5``.
         gamma: ``(H,)`` decays in ``(0, 1]`` (either precision; not

@@ -66,7 +66,8 @@ def forward(r: np.ndarray, k: np.ndarray, v: np.ndarray, w: np.ndarray, u: np.nd
     ``S_t = Diag(e^{w_t}) S_{t−1} + k_t v_t^T``.
 
     Args:
-        r, k: ``(B, T, H, K)`` receptance and keys.
+        r: ``(B, T, H, K)`` receptance (RWKV's query).
+        k: ``(B, T, H, K)`` keys.
         v: ``(B, T, H, V)`` values.
         w: ``(B, T, H, K)`` log decays (RWKV-6's ``−exp(w_raw)``).
         u: ``(H, K)`` the current token's bonus.

@@ -54,7 +54,8 @@ def forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, g: np.ndarray, *,
     """``S_t = e^{g_t} S_{t−1} + k_t v_t^T``, ``o_t = scale · S_t^T q_t``.
 
     Args:
-        q, k: ``(B, T, H, K)`` queries and keys.
+        q: ``(B, T, H, K)`` queries.
+        k: ``(B, T, H, K)`` keys.
         v: ``(B, T, H, V)`` values.
         g: ``(B, T, H)`` log decays (``g ≤ 0`` by convention; not enforced).
         scale: read-out factor, ``None`` for ``K ** -0.5``.

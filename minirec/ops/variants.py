@@ -115,8 +115,11 @@ def hgrn2(q: np.ndarray, f_log: np.ndarray, v: np.ndarray, *, scale: float | Non
         f_log: ``(B, T, H, K)`` log forget gates ``log f ≤ 0`` (e.g.
             :func:`minirec.ops.hgrn.lower_bounded_gate` of the logits).
         v: ``(B, T, H, V)`` inputs.
-        scale, initial_state, method, chunk_size, backend: as
-            :func:`minirec.ops.gla.forward`.
+        scale: as :func:`minirec.ops.gla.forward`.
+        initial_state: as :func:`minirec.ops.gla.forward`.
+        method: as :func:`minirec.ops.gla.forward`.
+        chunk_size: as :func:`minirec.ops.gla.forward`.
+        backend: as :func:`minirec.ops.gla.forward`.
 
     Returns:
         ``o (B, T, H, V)``, the final state ``(B, H, K, V)`` and the cache.
@@ -160,7 +163,8 @@ def ssd_as_simple_gla(x: np.ndarray, dt: np.ndarray, A: np.ndarray, B: np.ndarra
 
     Args:
         x: ``(batch, T, H, P)``; dt: ``(batch, T, H)``; A: ``(H,)``;
-        B, C: ``(batch, T, H, N)``.
+        B: ``(batch, T, H, N)``.
+        C: ``(batch, T, H, N)``.
 
     Returns:
         ``{"q", "k", "v", "g", "scale"}``, to call ``simple_gla.forward(**args, ...)``.
@@ -182,7 +186,10 @@ def ssd_grads_from_simple_gla(grads: dict, x: np.ndarray, dt: np.ndarray, A: np.
 
     Args:
         grads: simple GLA's ``{"q", "k", "v", "g", "initial_state"}``.
-        x, dt, A, B: SSD's arguments.
+        x: SSD's ``(batch, T, H, P)`` inputs.
+        dt: SSD's ``(batch, T, H)`` steps.
+        A: SSD's ``(H,)`` decay rates.
+        B: SSD's ``(batch, T, H, N)`` input maps.
         D: SSD's ``(H,)`` skip, or ``None``.
         dy: ∂L/∂y ``(batch, T, H, P)``, needed when ``D`` is given.
 
