@@ -576,6 +576,27 @@ _heads_entry("ssd", "minirec.ops.ssd",
              sizes={"small": {"B": 2, "T": 5, "H": 2, "N": 3, "P": 4},
                     "medium": {"B": 3, "T": 37, "H": 2, "N": 5, "P": 7}})
 
+# --- ln_lstm (issue 12) ---
+def _ln_lstm_inputs(rng, dtype, d, method=None):
+    """The cell's init (PyTorch-like weights), with the layer norms' gains drawn
+    around 1 and their biases around 0 (init's exact 1 and 0 would hide a gain
+    or bias applied in the wrong place); a random state (h0, c0)."""
+    from minirec.cells import ln_lstm
+    B, T, D, H = d["B"], d["T"], d["D"], d["H"]
+    params = ln_lstm.init_params(rng, D, H, dtype=np.float64)
+    for k in ("alpha_ih", "alpha_hh", "alpha_c"):
+        params[k] = params[k] + rng.uniform(-0.3, 0.3, params[k].shape)
+    for k in ("beta_ih", "beta_hh", "beta_c"):
+        params[k] = params[k] + rng.uniform(-0.2, 0.2, params[k].shape)
+    return {"params": {k: v.astype(dtype) for k, v in params.items()},
+            "x": _randn(rng, (B, T, D), dtype),
+            "state0": (_randn(rng, (B, H), dtype), _randn(rng, (B, H), dtype))}
+
+
+register(Entry("ln_lstm", "cell", "minirec.cells.ln_lstm",
+               "LSTM with a = LN(W_hh h_{t-1}) + LN(W_ih x_t) + b, h_t = o ⊙ tanh(LN(c_t))",
+               _ln_lstm_inputs))
+
 # --- slstm (issue 12) ---
 def _slstm_inputs(rng, dtype, d, method=None):
     """The cell's init with ``num_heads = NH``; a random state (h0, c0, n0, m0) with
