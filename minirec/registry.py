@@ -620,6 +620,39 @@ register(Entry("slstm", "cell", "minirec.cells.slstm",
                generic=lambda s: {"B": s[0], "T": s[1], "D": s[2], "H": s[3],
                                   "NH": 4 if s[3] % 4 == 0 else 1}))
 
+# --- gru_diagonal, lstm_diagonal: ParaRNN (issue 12) ---
+def _diagonal_cell_inputs(module_path, state="h"):
+    """The cell's inputs with a diagonal W_hh (``init_params(..., diagonal=True)``)."""
+    def make(rng, dtype, d, method=None):
+        B, T, D, H = d["B"], d["T"], d["D"], d["H"]
+        mod = importlib.import_module(module_path)
+        params = mod.init_params(rng, D, H, dtype=dtype, diagonal=True)
+        parts = 2 if state == "hc" else 1
+        state0 = tuple(_randn(rng, (B, H), dtype) for _ in range(parts))
+        return {"params": params, "x": _randn(rng, (B, T, D), dtype),
+                "state0": state0 if parts > 1 else state0[0]}
+    return make
+
+
+def _gru_diagonal():
+    from minirec.cells import gru
+    return gru.DIAGONAL
+
+
+def _lstm_diagonal():
+    from minirec.cells import lstm
+    return lstm.DIAGONAL
+
+
+register(Entry("gru_diagonal", "cell", "minirec.cells.gru",
+               "ParaRNN GRU: diagonal W_hh (3H,), gh = w ⊙ h_{t-1} + b_hh per gate; "
+               "Newton is a diagonal scan",
+               _diagonal_cell_inputs("minirec.cells.gru"), build=_gru_diagonal))
+register(Entry("lstm_diagonal", "cell", "minirec.cells.lstm",
+               "ParaRNN LSTM: diagonal W_hh (4H,), a = … + w ⊙ h_{t-1}; "
+               "Newton is a scan of 2×2 blocks per unit (h_j, c_j)",
+               _diagonal_cell_inputs("minirec.cells.lstm", state="hc"), build=_lstm_diagonal))
+
 # ---------------------------------------------------------------------------
 # one calling convention for every entry
 # ---------------------------------------------------------------------------

@@ -36,10 +36,41 @@ equations behind the backend seam, ``_backend.kernels("gru", backend)``
 time loop with ``gh``, GEMMs for the weight gradients from ``dgi`` and ``dgh``;
 :mod:`minirec.kernels.cuda.gru` for ``"cupy"`` and ``"cuda-emulated"``: the same
 GEMMs, and per step one GEMM ``h_{t-1} W_hh^T`` and one fused gate kernel).
+
+Step Jacobian (:func:`step_jacobian`), for ``method="newton"`` — the same
+derivatives as the backward, read as a matrix (``W_hr, W_hz, W_hn`` the three
+``(H, H)`` blocks of ``W_hh``):
+
+    α_r = (1 − z) ⊙ (1 − n²) ⊙ gh_n ⊙ r ⊙ (1 − r)
+    α_z = (h_{t-1} − n) ⊙ z ⊙ (1 − z)
+    α_n = (1 − z) ⊙ (1 − n²) ⊙ r
+    J_t = ∂h_t/∂h_{t-1} = diag(z) + diag(α_r) W_hr + diag(α_z) W_hz + diag(α_n) W_hn   (B, H, H)
+
+``method="newton"`` solves all T steps at once by Newton's method
+(:mod:`minirec.scan.newton`, DEER): each iteration evaluates every step in one
+batched call and solves ``δ_t = J_t δ_{t−1} + r_t`` with a linear scan; its
+backward is one reverse scan with the converged Jacobians (the
+implicit-function theorem). With ``backend="numba"``, ``"cupy"`` or
+``"cuda-emulated"`` the scans run on that backend, the steps in NumPy (CuPy).
+
+**Diagonal recurrence (ParaRNN).** ``init_params(..., diagonal=True)`` gives
+``W_hh`` as a vector ``(3H,)`` ``= [w_r | w_z | w_n]``: each unit sees only its
+own previous value, ``gh = [w_r ⊙ h_{t-1} | w_z ⊙ h_{t-1} | w_n ⊙ h_{t-1}] + b_hh``
+(the GRU of Danieli et al. 2025, "ParaRNN", with PyTorch's gate equations
+otherwise). ``forward`` detects it from ``W_hh.ndim == 1``. The Jacobian is then
+diagonal, ``J_t = z + α_r ⊙ w_r + α_z ⊙ w_z + α_n ⊙ w_n`` ``(B, H)``, so a Newton
+iteration is a diagonal scan (:mod:`minirec.scan.linear`). In the backward,
+``dh_prev = dh ⊙ z + Σ_gates dgh_gate ⊙ w_gate`` and ``dw_gate = Σ_B dgh_gate ⊙
+h_{t-1}``. The diagonal cell runs ``"recurrent"`` in NumPy only (the kernels
+take a full ``W_hh``) and ``"newton"`` on every backend
+(:data:`DIAGONAL_BACKEND_METHODS`; :data:`DIAGONAL` is the variant as a cell,
+the registry's ``"gru_diagonal"``).
 """
 
 from __future__ import annotations
 
+from functools import partial
+from types import SimpleNamespace
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -47,14 +78,19 @@ import numpy as np
 from minirec import _backend, bptt
 from minirec import _math as M
 from minirec import _validate as V
+from minirec.scan import newton
 
-METHODS = ("recurrent",)
+METHODS = ("recurrent", "newton")
 BACKENDS = ("numpy", "numba", "cupy", "cuda-emulated")
 # the methods each non-NumPy backend has kernels for (NumPy runs them all)
-BACKEND_METHODS = {"numba": ("recurrent",), "cupy": ("recurrent",),
-                   "cuda-emulated": ("recurrent",)}
+BACKEND_METHODS = {"numba": ("recurrent", "newton"), "cupy": ("recurrent", "newton"),
+                   "cuda-emulated": ("recurrent", "newton")}
+# the diagonal (ParaRNN) cell: no recurrent kernels, Newton on every backend's scans
+DIAGONAL_BACKEND_METHODS = {"numba": ("newton",), "cupy": ("newton",),
+                            "cuda-emulated": ("newton",)}
 GATES = 3  # r, z, n
 PARAM_SHAPES = {"W_ih": ("G", "D"), "W_hh": ("G", "H"), "b_ih": ("G",), "b_hh": ("G",)}
+DIAGONAL_PARAM_SHAPES = {"W_ih": ("G", "D"), "W_hh": ("G",), "b_ih": ("G",), "b_hh": ("G",)}
 
 
 class StepCache(NamedTuple):
@@ -73,8 +109,9 @@ class GRUCache(NamedTuple):
     """What :func:`backward` needs from :func:`forward`.
 
     Fields:
-        seq: ``backend="numpy"``: the :class:`minirec.bptt.SequenceCache` of the
-            loop over :func:`step_forward`; ``None`` otherwise.
+        seq: ``backend="numpy"``, ``method="recurrent"``: the
+            :class:`minirec.bptt.SequenceCache` of the loop over
+            :func:`step_forward`; ``None`` otherwise.
         kernel: other backends: the kernel module's own cache (see
             ``_backend.kernels("gru", backend)``); ``None`` for NumPy.
         y_like: zeros shaped and typed like ``y (B, T, H)`` (a read-only view
@@ -82,6 +119,8 @@ class GRUCache(NamedTuple):
         state_like: the same for the final state ``h (B, H)``.
         param_shapes: ``{name: shape}`` of the params the forward ran with.
         method, backend: the forward's options.
+        newton: ``method="newton"``: the :class:`minirec.scan.newton.NewtonCache`
+            (``.iterations``, ``.residual``); ``None`` otherwise.
     """
 
     seq: bptt.SequenceCache | None
@@ -91,32 +130,71 @@ class GRUCache(NamedTuple):
     param_shapes: dict
     method: str
     backend: str
+    newton: newton.NewtonCache | None = None
 
 
 def init_params(rng: np.random.Generator, input_size: int, hidden_size: int,
-                dtype=np.float64) -> dict[str, np.ndarray]:
+                dtype=np.float64, diagonal: bool = False) -> dict[str, np.ndarray]:
     """PyTorch's initialisation: every entry ~ U(−1/√H, 1/√H).
 
-    Returns ``{"W_ih": (3H, D), "W_hh": (3H, H), "b_ih": (3H,), "b_hh": (3H,)}``.
+    Returns ``{"W_ih": (3H, D), "W_hh": (3H, H), "b_ih": (3H,), "b_hh": (3H,)}``;
+    with ``diagonal=True`` (ParaRNN) ``W_hh`` is the vector ``(3H,)`` of the
+    three diagonals ``[w_r | w_z | w_n]``.
     """
     k = 1.0 / np.sqrt(hidden_size)
     G = GATES * hidden_size
-    shapes = {"W_ih": (G, input_size), "W_hh": (G, hidden_size), "b_ih": (G,), "b_hh": (G,)}
+    shapes = {"W_ih": (G, input_size), "W_hh": (G,) if diagonal else (G, hidden_size),
+              "b_ih": (G,), "b_hh": (G,)}
     return {n: rng.uniform(-k, k, s).astype(dtype) for n, s in shapes.items()}
+
+
+def _is_diagonal(params) -> bool:
+    """``W_hh`` given as the vector of diagonals ``(3H,)`` (ParaRNN)."""
+    return isinstance(params, dict) and getattr(params.get("W_hh"), "ndim", 2) == 1
+
+
+def _hidden_size(W_hh) -> int:
+    return W_hh.shape[0] // GATES if W_hh.ndim == 1 else W_hh.shape[1]
 
 
 def zero_state(params: dict, batch_size: int, dtype=None) -> np.ndarray:
     """``h_{-1} = 0`` of shape ``(B, H)`` (a CuPy array when the params are)."""
     W_hh = params["W_hh"]
-    return _backend.xp_of(W_hh).zeros((batch_size, W_hh.shape[1]), dtype or W_hh.dtype)
+    return _backend.xp_of(W_hh).zeros((batch_size, _hidden_size(W_hh)), dtype or W_hh.dtype)
 
 
 def _check(params, x, state0):
+    if _is_diagonal(params):
+        dtype, s = V.cell_inputs("gru", params, DIAGONAL_PARAM_SHAPES, x, state0, ("B", "H"))
+        H = s.dims.get("H", s["G"] // GATES)
+        if s["G"] != GATES * H:
+            raise ValueError(f"gru: W_hh: expected shape (3H,) = ({GATES * H},) (diagonal "
+                             f"recurrence: w_r, w_z, w_n stacked) for H = {H}, got "
+                             f"{params['W_hh'].shape}")
+        return dtype
     dtype, s = V.cell_inputs("gru", params, PARAM_SHAPES, x, state0, ("B", "H"))
     if s["G"] != GATES * s["H"]:
         raise ValueError(f"gru: W_hh: expected shape (3H, H) = ({GATES * s['H']}, {s['H']}) "
                          f"(gates r, z, n stacked on axis 0), got {params['W_hh'].shape}")
     return dtype
+
+
+def _hh(h_prev, W_hh):
+    """``h_{t-1} W_hh^T`` ``(B, 3H)``; for a diagonal ``W_hh (3H,)`` each gate's
+    ``w_gate ⊙ h_{t-1}``."""
+    if W_hh.ndim == 2:
+        return h_prev @ W_hh.T
+    B, H = h_prev.shape
+    return (h_prev[:, None, :] * W_hh.reshape(-1, H)).reshape(B, W_hh.shape[0])
+
+
+def _hh_backward(dgh, h_prev, W_hh):
+    """Back through :func:`_hh`: ``(dh_prev part, dW_hh)``."""
+    if W_hh.ndim == 2:
+        return dgh @ W_hh, dgh.T @ h_prev
+    B, H = h_prev.shape
+    dg = dgh.reshape(B, W_hh.shape[0] // H, H)
+    return (dg * W_hh.reshape(-1, H)).sum(axis=1), (dg * h_prev[:, None, :]).sum(axis=0).ravel()
 
 
 
@@ -129,7 +207,7 @@ def step_forward(params: dict, x_t: np.ndarray, h_prev: np.ndarray) -> tuple[np.
     """
     H = h_prev.shape[-1]
     gi = x_t @ params["W_ih"].T + params["b_ih"]
-    gh = h_prev @ params["W_hh"].T + params["b_hh"]
+    gh = _hh(h_prev, params["W_hh"]) + params["b_hh"]
     rz = M.sigmoid(gi[:, :2 * H] + gh[:, :2 * H])  # r and z in one call
     r, z = rz[:, :H], rz[:, H:]
     gh_n = gh[:, 2 * H:]
@@ -155,33 +233,69 @@ def step_backward(dh_next: np.ndarray, cache_t: StepCache):
     dgi = np.concatenate([da_r, da_z, da_n], axis=-1)
     dgh = np.concatenate([da_r, da_z, da_n * r], axis=-1)
     # through the two affine maps
-    dparams = {"W_ih": dgi.T @ x_t, "W_hh": dgh.T @ h_prev,
+    dh_hh, dW_hh = _hh_backward(dgh, h_prev, params["W_hh"])
+    dparams = {"W_ih": dgi.T @ x_t, "W_hh": dW_hh,
                "b_ih": dgi.sum(axis=0), "b_hh": dgh.sum(axis=0)}
-    return dgi @ params["W_ih"], dh * z + dgh @ params["W_hh"], dparams
+    return dgi @ params["W_ih"], dh * z + dh_hh, dparams
+
+
+def step_jacobian(params: dict, x_t: np.ndarray, h_prev: np.ndarray) -> np.ndarray:
+    """``J = ∂h_t/∂h_{t-1}`` (module docstring) for :mod:`minirec.scan.newton`:
+    full ``(B, H, H)`` with ``J[b, i, j] = ∂h_t[b, i]/∂h_{t-1}[b, j]``, or, for a
+    diagonal ``W_hh (3H,)``, the diagonal ``(B, H)``."""
+    _, (_, _, _, r, z, n, gh_n) = step_forward(params, x_t, h_prev)
+    dn = (1 - z) * M.dtanh_from_output(n)                       # ∂h/∂a_n
+    alpha = [dn * gh_n * M.dsigmoid_from_output(r),              # α_r
+             (h_prev - n) * M.dsigmoid_from_output(z),           # α_z
+             dn * r]                                             # α_n
+    W_hh = params["W_hh"]
+    H = h_prev.shape[-1]
+    if W_hh.ndim == 1:
+        w = W_hh.reshape(GATES, H)
+        return z + alpha[0] * w[0] + alpha[1] * w[1] + alpha[2] * w[2]
+    xp = _backend.xp_of(h_prev)
+    W = W_hh.reshape(GATES, H, H)
+    J = (alpha[0][:, :, None] * W[0] + alpha[1][:, :, None] * W[1]
+         + alpha[2][:, :, None] * W[2])
+    idx = xp.arange(H)
+    J[:, idx, idx] += z
+    return J
 
 
 def forward(params: dict, x: np.ndarray, state0: np.ndarray | None = None, *,
             method: str = "recurrent", chunk_size: int | None = None,
-            backend: str = "numpy") -> tuple[np.ndarray, np.ndarray, GRUCache]:
+            backend: str = "numpy",
+            newton_options: dict | None = None) -> tuple[np.ndarray, np.ndarray, GRUCache]:
     """Run the GRU over ``x (B, T, D)`` from ``state0 (B, H)`` (zeros if ``None``).
 
-    ``chunk_size`` is accepted for the common cell API (no method here uses it)
-    and checked all the same. Returns ``y (B, T, H)``, the final ``h (B, H)``
-    and the :class:`GRUCache` for :func:`backward`.
+    ``method="newton"`` solves every step at once (:func:`minirec.scan.newton.solve`;
+    ``newton_options``: its ``max_iter``, ``tol``, ``guess``, ``scan_method``,
+    ``on_fail``; ``chunk_size`` goes to its scan). ``chunk_size`` is otherwise
+    accepted for the common cell API and checked all the same. A diagonal
+    ``W_hh (3H,)`` (ParaRNN) is detected from the params. Returns
+    ``y (B, T, H)``, the final ``h (B, H)`` and the :class:`GRUCache` for
+    :func:`backward`.
     """
     V.choice("method", method, METHODS)
     V.positive_int("chunk_size", chunk_size, allow_none=True)
     _backend.resolve(backend, BACKENDS, what="cells.gru", method=method,
                      backend_methods=BACKEND_METHODS)
+    if _is_diagonal(params):
+        _backend.check_method(method, backend, DIAGONAL_BACKEND_METHODS,
+                              what="cells.gru with a diagonal W_hh (ParaRNN)")
     dtype = _check(params, x, state0)
+    opts = newton.options(newton_options, method)
     h0 = zero_state(params, x.shape[0], dtype) if state0 is None else state0
-    seq = kernel = None
-    if backend == "numpy":  # the definition: BPTT's loop over step_forward
+    seq = kernel = solve = None
+    if method == "newton":
+        y, h, solve = newton.solve(step_forward, step_jacobian, params, x, h0,
+                                   chunk_size=chunk_size, backend=backend, **opts)
+    elif backend == "numpy":  # the definition: BPTT's loop over step_forward
         y, h, seq = bptt.sequence_forward(step_forward, params, x, h0)
     else:
         y, h, kernel = _backend.kernels("gru", backend).forward(params, x, h0)
     return y, h, GRUCache(seq, kernel, V.zeros_view(y), V.zeros_view(h), V.param_shapes(params),
-                          method, backend)
+                          method, backend, solve)
 
 
 def backward(params: dict, cache: GRUCache, dy: np.ndarray | None,
@@ -193,6 +307,17 @@ def backward(params: dict, cache: GRUCache, dy: np.ndarray | None,
     fill = cache.backend != "numpy"  # kernels take arrays: None becomes zeros
     dy = V.grad_like("dy", dy, cache.y_like, "y", fill=fill)
     dstate = V.grad_state("dstate", dstate, cache.state_like, fill=fill)
+    if cache.method == "newton":  # the implicit-function theorem: one reverse scan
+        return newton.backward(step_backward, step_jacobian, params, cache.newton, dy, dstate)
     if cache.backend != "numpy":
         return _backend.kernels("gru", cache.backend).backward(params, cache.kernel, dy, dstate)
     return bptt.sequence_backward(step_backward, params, cache.seq, dy, dstate)
+
+
+# the ParaRNN variant as a cell of its own (the registry's "gru_diagonal"): the
+# same functions, diagonal parameters, and the backends it runs each method on
+DIAGONAL = SimpleNamespace(
+    __name__="minirec.cells.gru[diagonal]", METHODS=METHODS, BACKENDS=BACKENDS,
+    BACKEND_METHODS=DIAGONAL_BACKEND_METHODS, init_params=partial(init_params, diagonal=True),
+    zero_state=zero_state, step_forward=step_forward, step_backward=step_backward,
+    step_jacobian=step_jacobian, forward=forward, backward=backward)

@@ -18,6 +18,10 @@ Backward through one step (dh = ∂L/∂h_t, from the output and from t+1):
     dW_ih  += da^T x_t               dW_hh   += da^T h_{t-1}
     db_ih  += Σ_B da                 db_hh   += Σ_B da
 
+Step Jacobian (:func:`step_jacobian`, full ``(B, H, H)``), for ``method="newton"``:
+
+    J_t = ∂h_t/∂h_{t−1} = diag(φ'(a_t)) W_hh,     φ' = 1 − h_t² (tanh), [h_t > 0] (relu)
+
 ``forward``/``backward`` over a sequence are :mod:`minirec.bptt` loops over
 ``step_forward``/``step_backward`` (the definition). Other backends run the same
 equations behind the backend seam, ``_backend.kernels("rnn", backend)``
@@ -25,6 +29,13 @@ equations behind the backend seam, ``_backend.kernels("rnn", backend)``
 over all T, the fused time loop, GEMMs for the weight gradients;
 :mod:`minirec.kernels.cuda.rnn` for ``"cupy"`` and ``"cuda-emulated"``: the same
 GEMMs, and per step one GEMM ``h_{t-1} W_hh^T`` and one fused gate kernel).
+
+``method="newton"`` solves all T steps at once by Newton's method
+(:mod:`minirec.scan.newton`, DEER): each iteration evaluates every step in one
+batched call and solves ``δ_t = J_t δ_{t−1} + r_t`` with the matrix scan; its
+backward is one reverse scan with the converged Jacobians (the
+implicit-function theorem). With ``backend="numba"``, ``"cupy"`` or
+``"cuda-emulated"`` the scans run on that backend, the steps in NumPy (CuPy).
 """
 
 from __future__ import annotations
@@ -36,12 +47,13 @@ import numpy as np
 from minirec import _backend, bptt
 from minirec import _math as M
 from minirec import _validate as V
+from minirec.scan import newton
 
-METHODS = ("recurrent",)
+METHODS = ("recurrent", "newton")
 BACKENDS = ("numpy", "numba", "cupy", "cuda-emulated")
 # the methods each non-NumPy backend has kernels for (NumPy runs them all)
-BACKEND_METHODS = {"numba": ("recurrent",), "cupy": ("recurrent",),
-                   "cuda-emulated": ("recurrent",)}
+BACKEND_METHODS = {"numba": ("recurrent", "newton"), "cupy": ("recurrent", "newton"),
+                   "cuda-emulated": ("recurrent", "newton")}
 NONLINEARITIES = ("tanh", "relu")
 PARAM_SHAPES = {"W_ih": ("H", "D"), "W_hh": ("H", "H"), "b_ih": ("H",), "b_hh": ("H",)}
 
@@ -60,8 +72,9 @@ class RNNCache(NamedTuple):
     """What :func:`backward` needs from :func:`forward`.
 
     Fields:
-        seq: ``backend="numpy"``: the :class:`minirec.bptt.SequenceCache` of the
-            loop over :func:`step_forward`; ``None`` otherwise.
+        seq: ``backend="numpy"``, ``method="recurrent"``: the
+            :class:`minirec.bptt.SequenceCache` of the loop over
+            :func:`step_forward`; ``None`` otherwise.
         kernel: other backends: the kernel module's own cache (see
             ``_backend.kernels("rnn", backend)``); ``None`` for NumPy.
         y_like: zeros shaped and typed like ``y (B, T, H)`` (a read-only view
@@ -69,6 +82,8 @@ class RNNCache(NamedTuple):
         state_like: the same for the final state ``h (B, H)``.
         param_shapes: ``{name: shape}`` of the params the forward ran with.
         nonlinearity, method, backend: the forward's options.
+        newton: ``method="newton"``: the :class:`minirec.scan.newton.NewtonCache`
+            (``.iterations``, ``.residual``); ``None`` otherwise.
     """
 
     seq: bptt.SequenceCache | None
@@ -79,6 +94,7 @@ class RNNCache(NamedTuple):
     nonlinearity: str
     method: str
     backend: str
+    newton: newton.NewtonCache | None = None
 
 
 def init_params(rng: np.random.Generator, input_size: int, hidden_size: int,
@@ -128,15 +144,27 @@ def step_backward(dh_next: np.ndarray, cache_t: StepCache):
     return da @ params["W_ih"], da @ params["W_hh"], dparams
 
 
+def step_jacobian(params: dict, x_t: np.ndarray, h_prev: np.ndarray,
+                  nonlinearity: str = "tanh") -> np.ndarray:
+    """``J = ∂h_t/∂h_{t-1} = diag(φ'(a_t)) W_hh``, full: ``(B, H, H)`` with
+    ``J[b, i, j] = ∂h_t[b, i]/∂h_{t-1}[b, j]`` (for :mod:`minirec.scan.newton`)."""
+    h, _ = step_forward(params, x_t, h_prev, nonlinearity)
+    dphi = M.dtanh_from_output(h) if nonlinearity == "tanh" else (h > 0).astype(h.dtype)
+    return dphi[:, :, None] * params["W_hh"][None]
+
+
 def forward(params: dict, x: np.ndarray, state0: np.ndarray | None = None, *,
             nonlinearity: str = "tanh", method: str = "recurrent",
-            chunk_size: int | None = None,
-            backend: str = "numpy") -> tuple[np.ndarray, np.ndarray, RNNCache]:
+            chunk_size: int | None = None, backend: str = "numpy",
+            newton_options: dict | None = None) -> tuple[np.ndarray, np.ndarray, RNNCache]:
     """Run the RNN over ``x (B, T, D)`` from ``state0 (B, H)`` (zeros if ``None``).
 
-    ``chunk_size`` is accepted for the common cell API (no method here uses it)
-    and checked all the same. Returns ``y (B, T, H)``, the final ``h (B, H)``
-    and the :class:`RNNCache` for :func:`backward`.
+    ``method="newton"`` solves every step at once (:func:`minirec.scan.newton.solve`;
+    ``newton_options``: its ``max_iter``, ``tol``, ``guess``, ``scan_method``,
+    ``on_fail``; ``chunk_size`` goes to its scan). ``chunk_size`` is otherwise
+    accepted for the common cell API and checked all the same. Returns
+    ``y (B, T, H)``, the final ``h (B, H)`` and the :class:`RNNCache` for
+    :func:`backward`.
     """
     V.choice("nonlinearity", nonlinearity, NONLINEARITIES)
     V.choice("method", method, METHODS)
@@ -145,14 +173,20 @@ def forward(params: dict, x: np.ndarray, state0: np.ndarray | None = None, *,
                      backend_methods=BACKEND_METHODS)
     dtype = _check(params, x, state0)
     h0 = zero_state(params, x.shape[0], dtype) if state0 is None else state0
-    seq = kernel = None
-    if backend == "numpy":  # the definition: BPTT's loop over step_forward
+    opts = newton.options(newton_options, method)
+    seq = kernel = solve = None
+    if method == "newton":
+        y, h, solve = newton.solve(step_forward, step_jacobian, params, x, h0,
+                                   chunk_size=chunk_size, backend=backend,
+                                   step_kwargs={"nonlinearity": nonlinearity},
+                                   **opts)
+    elif backend == "numpy":  # the definition: BPTT's loop over step_forward
         y, h, seq = bptt.sequence_forward(step_forward, params, x, h0, nonlinearity=nonlinearity)
     else:
         y, h, kernel = _backend.kernels("rnn", backend).forward(params, x, h0,
                                                                 nonlinearity=nonlinearity)
     return y, h, RNNCache(seq, kernel, V.zeros_view(y), V.zeros_view(h), V.param_shapes(params),
-                          nonlinearity, method, backend)
+                          nonlinearity, method, backend, solve)
 
 
 def backward(params: dict, cache: RNNCache, dy: np.ndarray | None,
@@ -164,6 +198,8 @@ def backward(params: dict, cache: RNNCache, dy: np.ndarray | None,
     fill = cache.backend != "numpy"  # kernels take arrays: None becomes zeros
     dy = V.grad_like("dy", dy, cache.y_like, "y", fill=fill)
     dstate = V.grad_state("dstate", dstate, cache.state_like, fill=fill)
+    if cache.method == "newton":  # the implicit-function theorem: one reverse scan
+        return newton.backward(step_backward, step_jacobian, params, cache.newton, dy, dstate)
     if cache.backend != "numpy":
         return _backend.kernels("rnn", cache.backend).backward(params, cache.kernel, dy, dstate)
     return bptt.sequence_backward(step_backward, params, cache.seq, dy, dstate)
