@@ -225,7 +225,8 @@ def bench_case(entry, method: str, backend: str, dims: tuple, dtype, repeats: in
     t_f = timer(fwd, repeats, budget_s)
     t_fb = timer(fwd_bwd, repeats, budget_s)
     moved = _nbytes(inputs) + _nbytes(out) + _nbytes(state)
-    return {"name": entry.name, "method": method, "backend": backend, "dims": list(dims),
+    dims = list(dims.values()) if isinstance(dims, dict) else list(dims)
+    return {"name": entry.name, "method": method, "backend": backend, "dims": dims,
             "dtype": np.dtype(dtype).name, "first_call_s": first, "fwd_s": t_f,
             "fwd_bwd_s": t_fb, "fwd_GBps": moved / t_f / 1e9,
             "timer": "CUDA events" if on_gpu else "wall clock"}
@@ -238,7 +239,9 @@ def bench_case(entry, method: str, backend: str, dims: tuple, dtype, repeats: in
 SWEEP_TS = (64, 256, 1024, 4096, 16384)
 # (entry, B, D, H): scan.linear with little independent work (B·D = 32), where the
 # chunked scan's prange over chunks is meant to pay; rnn with a small hidden size
-SWEEPS = (("scan.linear", 1, 32, 32), ("rnn", 4, 32, 32))
+SWEEPS = (("scan.linear", 1, 32, 32), ("rnn", 4, 32, 32),
+          # simple GLA with 4 heads of K = V = 64: where the chunk form overtakes the loop
+          ("simple_gla", 2, 256, 64))
 
 
 def t_sweep(repeats: int, budget_s: float, dtype=np.float32,
@@ -261,6 +264,8 @@ def t_sweep(repeats: int, budget_s: float, dtype=np.float32,
             for T in SWEEP_TS:
                 if b == "numpy" and m == "recurrent" and T > 4096 and entry.kind == "cell":
                     continue  # minutes of Python loop; the trend is clear by then
+                if m == "parallel" and T > 4096:
+                    continue  # the quadratic form's (T, T) scores: gigabytes by then
                 row = bench_case(entry, m, b, (B, T, D, H), dtype, repeats, budget_s)
                 row["sweep"] = True
                 rows.append(row)
@@ -327,6 +332,69 @@ def speedup_targets(repeats: int, budget_s: float) -> list[dict]:
         rows.append({"what": f"{name} numba vs NumPy definition (fwd+bwd)", "shape": str(dims),
                      "measured": fast["fwd_bwd_s"], "reference": ref["fwd_bwd_s"],
                      "ratio": ratio, "target": target, "met": ratio >= 20, "note": ""})
+    return rows
+
+
+# the matrix-state ops' targets (issue 9): (B, T, H, K = V), float32
+MATRIX_TARGET_SHAPES = [(2, 4096, 4, 64), (2, 4096, 4, 128)]
+MATRIX_TARGET_ENTRIES = ("simple_gla", "gla", "delta_rule", "mlstm")
+
+
+def chunk_flops(T: int, C: int, K: int, V: int) -> float:
+    """Matmul flops of one (batch, head) of the scalar-gate chunk form's forward:
+    per chunk of C steps the scores ``Q K^T`` (2C²K, of which the causal half is
+    used), ``A V`` (2C²V), the inter-chunk read ``Q S`` (2CKV) and the state
+    update ``K^T V`` (2CKV); the backward is about twice this."""
+    n = -(-T // C)
+    return n * (2 * C * C * (K + V) + 4 * C * K * V)
+
+
+def matrix_targets(limits: dict, repeats: int, budget_s: float,
+                   backends: Collection[str] = ("numba",)) -> list[dict]:
+    """The matrix-state ops' targets: each backend's best method against the NumPy
+    recurrent definition (forward+backward) at :data:`MATRIX_TARGET_SHAPES`, and
+    the chunk form's achieved GFLOP/s (forward, matmul flops of
+    :func:`chunk_flops`) against the measured float32 GEMM throughput."""
+    from minirec import registry
+
+    rows = []
+    for B, T, H, K in MATRIX_TARGET_SHAPES:
+        for name in MATRIX_TARGET_ENTRIES:
+            entry = registry.get(name)
+            dims = dict(zip(entry.dim_names, (B, T, H, K, K)))
+            ref = bench_case(entry, "recurrent", "numpy", dims, np.float32,
+                             max(2, repeats // 2), budget_s)
+            for b in backends:
+                fast = [bench_case(entry, m, bb, dims, np.float32, repeats, budget_s)
+                        for m, bb in entry.pairs if bb == b]
+                if not fast:
+                    continue
+                best = min(fast, key=lambda r: r["fwd_bwd_s"])
+                ratio = ref["fwd_bwd_s"] / best["fwd_bwd_s"]
+                rows.append({"what": f"{name} {b} best method ({best['method']}) vs NumPy "
+                                     f"definition (fwd+bwd)",
+                             "shape": f"(B={B}, T={T}, H={H}, K=V={K})",
+                             "measured": best["fwd_bwd_s"], "reference": ref["fwd_bwd_s"],
+                             "ratio": ratio, "target": "≥ 20× faster", "met": ratio >= 20,
+                             "note": ", ".join(f"{r['method']} {_fmt_t(r['fwd_bwd_s'])}"
+                                               for r in fast)})
+        entry = registry.get("simple_gla")
+        dims = dict(zip(entry.dim_names, (B, T, H, K, K)))
+        C = 64  # the ops' default chunk_size
+        flops = B * H * chunk_flops(T, C, K, K)
+        peak = limits["gemm_float32_GFLOPs"]
+        for b in ("numpy",) + tuple(backends):
+            if ("chunk", b) not in entry.pairs:
+                continue
+            r = bench_case(entry, "chunk", b, dims, np.float32, repeats, budget_s)
+            gflops = flops / r["fwd_s"] / 1e9
+            rows.append({"what": f"simple_gla chunk {b}: forward GFLOP/s vs GEMM peak",
+                         "shape": f"(B={B}, T={T}, H={H}, K=V={K}), C={C}",
+                         "measured": r["fwd_s"], "reference": flops / (peak * 1e9),
+                         "ratio": r["fwd_s"] * peak * 1e9 / flops, "target": "reported",
+                         "met": True,
+                         "note": f"{gflops:.1f} GFLOP/s = {100 * gflops / peak:.0f}% of the "
+                                 f"measured {peak:.0f} GFLOP/s float32 GEMM"})
     return rows
 
 
@@ -949,6 +1017,8 @@ def main(argv: list[str] | None = None) -> int:
               "PyTorch ...")
         targets = scan_bandwidth_target(limits, args.repeats, args.budget)
         targets += speedup_targets(args.repeats, args.budget)
+        print("matrix-state ops: numba against the definition, chunk GFLOP/s ...")
+        targets += matrix_targets(limits, args.repeats, args.budget)
         for (B, T, H) in CELL_TARGET_SHAPES:
             for n in ("rnn", "gru", "lstm"):
                 rows.append(bench_case(registry.get(n), "recurrent", "numba", (B, T, H, H),

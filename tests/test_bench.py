@@ -343,3 +343,22 @@ def test_report_without_matplotlib_keeps_the_tables(tmp_path, monkeypatch):
     assert "| scan.linear | recurrent | numpy | (1, 8, 4, 4) |" in text
     assert "## Time against T" in text and "![" not in text
     assert list(tmp_path.glob("*.png")) == []
+
+
+def test_chunk_flops_counts_the_four_matmuls():
+    # T = 100, C = 64: two chunks, each 2C²(K+V) + 4CKV
+    assert bench.chunk_flops(100, 64, 3, 5) == 2 * (2 * 64 * 64 * 8 + 4 * 64 * 15)
+
+
+def test_matrix_targets_rows_name_the_best_method(monkeypatch):
+    """At a tiny shape (no time is asserted): one speed-up row per entry and
+    backend, its best method named, and a GFLOP/s row per chunk backend."""
+    monkeypatch.setattr(bench, "MATRIX_TARGET_SHAPES", [(1, 8, 1, 4)])
+    monkeypatch.setattr(bench, "MATRIX_TARGET_ENTRIES", ("simple_gla",))
+    rows = bench.matrix_targets({"gemm_float32_GFLOPs": 100.0}, 1, 0.01,
+                                backends=("cuda-emulated",))
+    speed = [r for r in rows if "best method" in r["what"]]
+    assert len(speed) == 1 and "(recurrent)" in speed[0]["what"]
+    assert speed[0]["ratio"] == speed[0]["reference"] / speed[0]["measured"]
+    flops = [r for r in rows if "GFLOP/s" in r["what"]]
+    assert [r["what"].split()[2].rstrip(":") for r in flops] == ["numpy"]

@@ -23,17 +23,21 @@ QK = ("B", "T", "H", "K")
 VV = ("B", "T", "H", "V")
 GATE = ("B", "T", "H")
 STATE = ("B", "H", "K", "V")
+# the ops' default chunk length (FlashLinearAttention's too): C² scores per chunk
+# stay in L2 while the matmuls are large enough for BLAS to run near its peak
+DEFAULT_CHUNK_SIZE = 64
 
 
 def check_call(what: str, method: Any, backend: Any, chunk_size: Any, backends: tuple,
                backend_methods: dict, methods: tuple = METHODS) -> int:
     """Check ``method``, ``backend`` (and that it runs ``method``) and
-    ``chunk_size`` (a positive int, checked even where the method ignores it);
-    return ``chunk_size``."""
+    ``chunk_size`` (a positive int, checked even where the method ignores it;
+    ``None`` means :data:`DEFAULT_CHUNK_SIZE`); return ``chunk_size``."""
     V.choice("method", method, methods)
     _backend.resolve(backend, backends, what=what, method=method,
                      backend_methods=backend_methods)
-    return V.positive_int("chunk_size", chunk_size)
+    chunk_size = V.positive_int("chunk_size", chunk_size, allow_none=True)
+    return DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
 
 
 def time_array(s: V.Shapes, name: str, x: Any, spec: tuple) -> Any:
