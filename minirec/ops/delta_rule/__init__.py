@@ -43,6 +43,12 @@ The delta engine (used by every op of the family; inputs already checked):
     grads = run_backward(cache, do, dstate)   # {"q","k","v","g","beta","initial_state"}
 
 ``g`` is ``None`` (the delta rule) or ``(B, T, H)`` (the gated rule).
+
+Backends (:data:`BACKEND_METHODS`): ``numba`` runs ``recurrent`` (a fused
+loop, checkpointed backward) and ``chunk`` (the UT transform with BLAS
+matmuls) (:mod:`minirec.kernels.numba.delta_rule`); ``cupy`` and
+``cuda-emulated`` run ``recurrent`` with the state in shared memory
+(:mod:`minirec.kernels.cuda.delta_rule`).
 """
 
 from __future__ import annotations
@@ -57,9 +63,10 @@ from minirec.ops import _heads
 from minirec.ops.delta_rule import chunk, parallel, recurrent
 
 METHODS = ("recurrent", "parallel", "chunk")
-BACKENDS = ("numpy", "cupy", "cuda-emulated")
-# the kernels run the definition's loop (the recurrent form); NumPy runs every form
-BACKEND_METHODS: dict[str, tuple[str, ...]] = {"cupy": ("recurrent",),
+BACKENDS = ("numpy", "numba", "cupy", "cuda-emulated")
+# NumPy runs every form; numba the fused loop and the chunk form (BLAS matmuls); CUDA the loop
+BACKEND_METHODS: dict[str, tuple[str, ...]] = {"numba": ("recurrent", "chunk"),
+                                               "cupy": ("recurrent",),
                                                "cuda-emulated": ("recurrent",)}
 
 _FORMS = {"recurrent": recurrent, "parallel": parallel, "chunk": chunk}

@@ -41,6 +41,13 @@ it. Three forms, each with its own hand-derived backward:
 
 Both only ever exponentiate differences of cumulative log decays that are
 ``≤ 0`` (for ``g ≤ 0``), so log decays of −20 or −100 per step stay finite.
+
+Backends (:data:`BACKEND_METHODS`): ``numba`` runs ``recurrent`` as one fused
+time loop per (batch, head) with the state in a local array and a backward
+that recomputes from checkpoints every ``chunk_size`` steps, and ``chunk``
+with its matmuls on BLAS (:mod:`minirec.kernels.numba.gla`); ``cupy`` and
+``cuda-emulated`` run ``recurrent`` with one block per (batch, head, 32
+columns of S), the state in shared memory (:mod:`minirec.kernels.cuda.gla`).
 """
 
 from __future__ import annotations
@@ -55,9 +62,10 @@ from minirec.ops import _heads
 from minirec.ops.gla import chunk, parallel, recurrent
 
 METHODS = ("recurrent", "parallel", "chunk")
-BACKENDS = ("numpy", "cupy", "cuda-emulated")
-# the kernels run the definition's loop (the recurrent form); NumPy runs every form
-BACKEND_METHODS: dict[str, tuple[str, ...]] = {"cupy": ("recurrent",),
+BACKENDS = ("numpy", "numba", "cupy", "cuda-emulated")
+# NumPy runs every form; numba the fused loop and the chunk form (BLAS matmuls); CUDA the loop
+BACKEND_METHODS: dict[str, tuple[str, ...]] = {"numba": ("recurrent", "chunk"),
+                                               "cupy": ("recurrent",),
                                                "cuda-emulated": ("recurrent",)}
 
 _FORMS = {"recurrent": recurrent, "parallel": parallel, "chunk": chunk}

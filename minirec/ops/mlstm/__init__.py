@@ -38,6 +38,11 @@ Public op: :func:`forward` / :func:`backward`. The engine's dispatcher
 :func:`run` / :func:`run_backward` (arrays already checked) is what a backend
 replaces: for ``backend != "numpy"`` it calls the kernel module
 ``minirec.kernels.<backend>.mlstm`` (family ``"mlstm"``) in one line.
+
+Backends (:data:`BACKEND_METHODS`): ``numba`` (:mod:`minirec.kernels.numba.mlstm`),
+``cupy`` and ``cuda-emulated`` (:mod:`minirec.kernels.cuda.mlstm`) run
+``recurrent``: a fused loop over time per (batch, head) with a checkpointed
+backward.
 """
 
 from __future__ import annotations
@@ -52,9 +57,10 @@ from minirec.ops import _heads
 from minirec.ops.mlstm import chunk, parallel, recurrent
 
 METHODS = ("recurrent", "parallel", "chunk")
-BACKENDS = ("numpy", "cupy", "cuda-emulated")
-# the kernels run the definition's loop (the recurrent form); NumPy runs every form
-BACKEND_METHODS: dict[str, tuple[str, ...]] = {"cupy": ("recurrent",),
+BACKENDS = ("numpy", "numba", "cupy", "cuda-emulated")
+# NumPy runs every form; numba the fused loop; CUDA the loop
+BACKEND_METHODS: dict[str, tuple[str, ...]] = {"numba": ("recurrent",),
+                                               "cupy": ("recurrent",),
                                                "cuda-emulated": ("recurrent",)}
 
 State = tuple  # (C (B, H, K, V), n (B, H, K), m (B, H))
