@@ -653,6 +653,39 @@ register(Entry("lstm_diagonal", "cell", "minirec.cells.lstm",
                "Newton is a scan of 2×2 blocks per unit (h_j, c_j)",
                _diagonal_cell_inputs("minirec.cells.lstm", state="hc"), build=_lstm_diagonal))
 
+# --- rnn_multihead, gru_multihead, lstm_multihead: FlashRNN's heads (issue 12) ---
+def _multihead_cell_inputs(module_path, state="h"):
+    """The cell's inputs with ``W_hh`` as NH blocks (``init_params(..., num_heads=NH)``)."""
+    def make(rng, dtype, d, method=None):
+        B, T, D, H, NH = d["B"], d["T"], d["D"], d["H"], d["NH"]
+        mod = importlib.import_module(module_path)
+        params = mod.init_params(rng, D, H, dtype=dtype, num_heads=NH)
+        parts = 2 if state == "hc" else 1
+        state0 = tuple(_randn(rng, (B, H), dtype) for _ in range(parts))
+        return {"params": params, "x": _randn(rng, (B, T, D), dtype),
+                "state0": state0 if parts > 1 else state0[0]}
+    return make
+
+
+def _multihead_entry(name, module_path, summary, state="h"):
+    return Entry(name, "cell", module_path, summary, _multihead_cell_inputs(module_path, state),
+                 dim_names=("B", "T", "D", "H", "NH"),
+                 sizes={"small": {"B": 2, "T": 5, "D": 3, "H": 4, "NH": 2},
+                        "medium": {"B": 3, "T": 37, "D": 8, "H": 16, "NH": 4}},
+                 generic=lambda s: {"B": s[0], "T": s[1], "D": s[2], "H": s[3],
+                                    "NH": 4 if s[3] % 4 == 0 else 1})
+
+
+register(_multihead_entry("rnn_multihead", "minirec.cells.rnn",
+                          "multi-head RNN (FlashRNN): block-diagonal W_hh, one (dh, dh) block "
+                          "per head"))
+register(_multihead_entry("gru_multihead", "minirec.cells.gru",
+                          "multi-head GRU (FlashRNN): block-diagonal W_hh (NH, 3dh, dh), the "
+                          "gates r, z, n of a head see only its own h"))
+register(_multihead_entry("lstm_multihead", "minirec.cells.lstm",
+                          "multi-head LSTM (FlashRNN): block-diagonal W_hh (NH, 4dh, dh), the "
+                          "gates i, f, g, o of a head see only its own h", state="hc"))
+
 # ---------------------------------------------------------------------------
 # one calling convention for every entry
 # ---------------------------------------------------------------------------

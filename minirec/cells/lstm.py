@@ -66,6 +66,28 @@ matrix scan of 2×2 blocks with the units on the batch axis. In the backward,
 The diagonal cell runs ``"recurrent"`` in NumPy only (the kernels take a full
 ``W_hh``) and ``"newton"`` on every backend (:data:`DIAGONAL_BACKEND_METHODS`;
 :data:`DIAGONAL` is the variant as a cell, the registry's ``"lstm_diagonal"``).
+
+**Multi-head (FlashRNN).** ``init_params(..., num_heads=NH)`` gives ``W_hh`` as
+``NH`` blocks ``(NH, 4·dh, dh)``, ``dh = H / NH``, each head's gates i, f, g, o
+stacked in PyTorch's order (``W_hh[h]`` is the ``weight_hh`` of a PyTorch cell
+of hidden size ``dh``): unit ``h·dh + j`` is unit ``j`` of head ``h``, and the
+gates of a head see only the head's previous state. The recurrent matrix is
+the block-diagonal :func:`minirec.cells.rnn.block_diagonal`, ``W[g·H + h·dh + j,
+h·dh + k] = W_hh[h, g·dh + j, k]``; ``W_ih``, ``b_ih``, ``b_hh`` keep the full
+cell's shapes and layout. ``forward`` detects it from ``W_hh.ndim == 3``. The
+equations above hold with ``h_{t-1} W_hh^T`` read per head
+(:func:`minirec.cells.rnn.head_recurrent`); in the backward
+``dh_prev[h·dh + k] += Σ_{g,j} d·[g·H + h·dh + j] W_hh[h, g·dh + j, k]`` and
+``dW_hh[h] = Σ_B d·_h^T h_{t-1, h}`` (``d·`` the gradient of the recurrent
+pre-activations, ``_h`` the head's rows). The Jacobian is block-diagonal over
+the heads; :func:`step_jacobian` returns it in the full cell's shape (zeros
+between heads), while ``method="newton"`` solves head by head
+(:func:`minirec.cells.rnn.newton_heads`: given ``x`` each head is the full
+cell of hidden size ``dh``, a Newton scan of its own ``(2dh, 2dh)`` blocks on
+the head's ``(h, c)``). Kernels:
+:mod:`minirec.kernels.numba.multihead` and :mod:`minirec.kernels.cuda.multihead`
+(``_backend.kernels("multihead", backend)``: the whole time loop with each
+head's block in cache on the CPU, in shared memory on the GPU).
 """
 
 from __future__ import annotations
@@ -79,6 +101,7 @@ import numpy as np
 from minirec import _backend, bptt
 from minirec import _math as M
 from minirec import _validate as V
+from minirec.cells import rnn  # the multi-head layout and its helpers
 from minirec.scan import newton
 
 METHODS = ("recurrent", "newton")
@@ -123,7 +146,8 @@ class LSTMCache(NamedTuple):
         param_shapes: ``{name: shape}`` of the params the forward ran with.
         method, backend: the forward's options.
         newton: ``method="newton"``: the :class:`minirec.scan.newton.NewtonCache`
-            (``.iterations``, ``.residual``); ``None`` otherwise.
+            (``.iterations``, ``.residual``; a :class:`minirec.cells.rnn.HeadsNewtonCache`
+            with the same fields for a multi-head cell); ``None`` otherwise.
     """
 
     seq: bptt.SequenceCache | None
@@ -133,22 +157,21 @@ class LSTMCache(NamedTuple):
     param_shapes: dict
     method: str
     backend: str
-    newton: newton.NewtonCache | None = None
+    newton: newton.NewtonCache | rnn.HeadsNewtonCache | None = None
 
 
 def init_params(rng: np.random.Generator, input_size: int, hidden_size: int,
-                dtype=np.float64, diagonal: bool = False) -> dict[str, np.ndarray]:
+                dtype=np.float64, diagonal: bool = False, *,
+                num_heads: int | None = None) -> dict[str, np.ndarray]:
     """PyTorch's initialisation: every entry ~ U(−1/√H, 1/√H).
 
     Returns ``{"W_ih": (4H, D), "W_hh": (4H, H), "b_ih": (4H,), "b_hh": (4H,)}``;
-    with ``diagonal=True`` (ParaRNN) ``W_hh`` is the vector ``(4H,)`` of the four
-    diagonals ``[w_i | w_f | w_g | w_o]``.
+    with ``diagonal=True`` (ParaRNN) ``W_hh`` is the vector ``(4H,)`` of the
+    four diagonals; with ``num_heads=NH`` (a divisor of H) it is the heads'
+    blocks ``(NH, 4·dh, dh)`` (the same draws: ``num_heads=1`` gives ``W_hh[None]``).
     """
-    k = 1.0 / np.sqrt(hidden_size)
-    G = GATES * hidden_size
-    shapes = {"W_ih": (G, input_size), "W_hh": (G,) if diagonal else (G, hidden_size),
-              "b_ih": (G,), "b_hh": (G,)}
-    return {n: rng.uniform(-k, k, s).astype(dtype) for n, s in shapes.items()}
+    return rnn.classic_init("lstm", rng, input_size, hidden_size, GATES, dtype, num_heads,
+                            diagonal)
 
 
 def _is_diagonal(params) -> bool:
@@ -157,7 +180,7 @@ def _is_diagonal(params) -> bool:
 
 
 def _hidden_size(W_hh) -> int:
-    return W_hh.shape[0] // GATES if W_hh.ndim == 1 else W_hh.shape[1]
+    return rnn.hidden_size(W_hh, GATES)
 
 
 def zero_state(params: dict, batch_size: int, dtype=None) -> tuple[np.ndarray, np.ndarray]:
@@ -169,6 +192,9 @@ def zero_state(params: dict, batch_size: int, dtype=None) -> tuple[np.ndarray, n
 
 
 def _check(params, x, state0):
+    if rnn.is_multihead(params):
+        return rnn.check_heads("lstm", params, x, state0, GATES, [("B", "H"), ("B", "H")],
+                           ("h0", "c0"))
     if _is_diagonal(params):
         dtype, s = V.cell_inputs("lstm", params, DIAGONAL_PARAM_SHAPES, x, state0,
                                  [("B", "H"), ("B", "H")], state_names=("h0", "c0"))
@@ -191,6 +217,8 @@ def _hh(h_prev, W_hh):
     ``w_gate ⊙ h_{t-1}``."""
     if W_hh.ndim == 2:
         return h_prev @ W_hh.T
+    if W_hh.ndim == 3:  # multi-head: per head
+        return rnn.head_recurrent(h_prev, W_hh)
     B, H = h_prev.shape
     return (h_prev[:, None, :] * W_hh.reshape(-1, H)).reshape(B, W_hh.shape[0])
 
@@ -199,6 +227,8 @@ def _hh_backward(da, h_prev, W_hh):
     """Back through :func:`_hh`: ``(dh_prev, dW_hh)``."""
     if W_hh.ndim == 2:
         return da @ W_hh, da.T @ h_prev
+    if W_hh.ndim == 3:  # multi-head
+        return rnn.head_recurrent_backward(da, h_prev, W_hh)
     B, H = h_prev.shape
     dg = da.reshape(B, W_hh.shape[0] // H, H)
     return (dg * W_hh.reshape(-1, H)).sum(axis=1), (dg * h_prev[:, None, :]).sum(axis=0).ravel()
@@ -257,7 +287,7 @@ def step_jacobian(params: dict, x_t: np.ndarray,
     Full W_hh: ``(B, 2H, 2H)`` on the flat state ``[h | c]``
     (``J[b, i, j] = ∂s_t[b, i]/∂s_{t-1}[b, j]``). Diagonal W_hh ``(4H,)``: one
     2×2 block per unit, ``(B, H, 2, 2)`` with ``J[b, j] = [[∂h_j/∂h_j, ∂h_j/∂c_j],
-    [∂c_j/∂h_j, ∂c_j/∂c_j]]``.
+    [∂c_j/∂h_j, ∂c_j/∂c_j]]``. Multi-head ``W_hh``: the full shape, zero between heads.
     """
     h_prev, c_prev = state
     _, (_, _, _, _, i, f, g, o, tanh_c) = step_forward(params, x_t, state)
@@ -278,7 +308,7 @@ def step_jacobian(params: dict, x_t: np.ndarray,
         J[..., 1, 0] = ch
         J[..., 1, 1] = f
         return J
-    W = W_hh.reshape(GATES, H, H)
+    W = (rnn.block_diagonal(W_hh) if W_hh.ndim == 3 else W_hh).reshape(GATES, H, H)
     ch = (beta[0][:, :, None] * W[0] + beta[1][:, :, None] * W[1]
           + beta[2][:, :, None] * W[2])
     J = xp.zeros((B, 2 * H, 2 * H), h_prev.dtype)
@@ -301,7 +331,8 @@ def forward(params: dict, x: np.ndarray, state0: tuple | None = None, *,
     ``newton_options``: its ``max_iter``, ``tol``, ``guess``, ``scan_method``,
     ``on_fail``; ``chunk_size`` goes to its scan). ``chunk_size`` is otherwise
     accepted for the common cell API and checked all the same. A diagonal
-    ``W_hh (4H,)`` (ParaRNN) is detected from the params. Returns
+    ``W_hh (4H,)`` (ParaRNN) or a multi-head ``W_hh (NH, 4dh, dh)`` is detected
+    from the params. Returns
     ``y (B, T, H)`` (every ``h_t``), the final state ``(h, c)`` and the
     :class:`LSTMCache` for :func:`backward`.
     """
@@ -316,11 +347,15 @@ def forward(params: dict, x: np.ndarray, state0: tuple | None = None, *,
     opts = newton.options(newton_options, method)
     s0 = zero_state(params, x.shape[0], dtype) if state0 is None else tuple(state0)
     seq = kernel = solve = None
-    if method == "newton":
-        y, state, solve = newton.solve(step_forward, step_jacobian, params, x, s0,
+    if method == "newton":  # a multi-head cell: a solve per head (independent given x)
+        solver = rnn.newton_heads if rnn.is_multihead(params) else newton.solve
+        y, state, solve = solver(step_forward, step_jacobian, params, x, s0,
                                        chunk_size=chunk_size, backend=backend, **opts)
     elif backend == "numpy":  # the definition: BPTT's loop over step_forward
         y, state, seq = bptt.sequence_forward(step_forward, params, x, s0)
+    elif rnn.is_multihead(params):  # W_hh (NH, 4dh, dh): each head's block in cache / shared memory
+        y, state, kernel = _backend.kernels("multihead", backend).forward(params, x, s0,
+                                                                          cell="lstm")
     else:
         y, state, kernel = _backend.kernels("lstm", backend).forward(params, x, s0)
     return y, state, LSTMCache(seq, kernel, V.zeros_view(y), tuple(map(V.zeros_view, state)),
@@ -341,9 +376,11 @@ def backward(params: dict, cache: LSTMCache, dy: np.ndarray | None,
     dy = V.grad_like("dy", dy, cache.y_like, "y", fill=fill)
     dstate = V.grad_state("dstate", dstate, cache.state_like, fill=fill)
     if cache.method == "newton":  # the implicit-function theorem: one reverse scan
-        return newton.backward(step_backward, step_jacobian, params, cache.newton, dy, dstate)
+        solve_backward = rnn.newton_heads_backward if rnn.is_multihead(params) else newton.backward
+        return solve_backward(step_backward, step_jacobian, params, cache.newton, dy, dstate)
     if cache.backend != "numpy":
-        return _backend.kernels("lstm", cache.backend).backward(params, cache.kernel, dy, dstate)
+        family = "multihead" if rnn.is_multihead(params) else "lstm"
+        return _backend.kernels(family, cache.backend).backward(params, cache.kernel, dy, dstate)
     return bptt.sequence_backward(step_backward, params, cache.seq, dy, dstate)
 
 

@@ -22,6 +22,37 @@ Step Jacobian (:func:`step_jacobian`, full ``(B, H, H)``), for ``method="newton"
 
     J_t = ∂h_t/∂h_{t−1} = diag(φ'(a_t)) W_hh,     φ' = 1 − h_t² (tanh), [h_t > 0] (relu)
 
+**Multi-head (FlashRNN).** ``init_params(..., num_heads=NH)`` gives ``W_hh`` as
+``NH`` blocks ``(NH, dh, dh)``, ``dh = H / NH``: the hidden units split into
+``NH`` heads of ``dh`` units (unit ``h·dh + j`` is unit ``j`` of head ``h``), and
+each head sees only its own previous state. The recurrent matrix is the
+block-diagonal ``W = blockdiag(W_hh[0], …, W_hh[NH−1])`` (:func:`block_diagonal`);
+``W_ih``, ``b_ih``, ``b_hh`` keep the full cell's shapes. ``forward`` detects
+it from ``W_hh.ndim == 3``. Head ``h`` is exactly a PyTorch cell of hidden size
+``dh`` with ``W_hh[h]`` as its ``weight_hh`` and the head's rows of ``W_ih``,
+and the equations above hold with ``h_{t-1} W_hh^T`` read per head
+(:func:`head_recurrent`),
+
+    (h_{t-1} W^T)[h·dh + j] = Σ_k W_hh[h, j, k] h_{t-1}[h·dh + k]
+    dh_{t-1}[h·dh + k] = Σ_j da[h·dh + j] W_hh[h, j, k]     dW_hh[h] += da_h^T h_{t-1, h}
+
+(``da_h``, ``h_{t-1, h}`` the head's ``(B, dh)`` slices). The Jacobian is
+block-diagonal, ``diag(φ'(a_t)) W``; :func:`step_jacobian` returns it as the
+full ``(B, H, H)`` matrix (zeros off the heads' blocks: what
+:func:`minirec.scan.newton.check_jacobian` and :func:`minirec.scan.newton.cell`
+take). ``method="newton"`` uses the blocks instead: given ``x`` the heads are
+independent recurrences, head ``h`` the full cell of hidden size ``dh`` with
+its rows of ``W_ih, b_ih, b_hh`` and ``W_hh[h]`` (:func:`head_params`), so
+:func:`newton_heads` solves each head on its own, a Newton scan of ``(dh, dh)``
+Jacobians (``(2dh, 2dh)`` for the LSTM's ``(h, c)``) instead of ``(H, H)``:
+``NH²`` times less work per combine, and a NaN in one head's gradient stays in
+that head, as in the definition. Kernels: :mod:`minirec.kernels.numba.multihead` and
+:mod:`minirec.kernels.cuda.multihead` (``_backend.kernels("multihead", backend)``:
+each head's block in cache on the CPU, in shared memory on the GPU). The GRU and
+LSTM (:mod:`minirec.cells.gru`, :mod:`minirec.cells.lstm`) take ``num_heads``
+the same way, ``W_hh (NH, G·dh, dh)`` with each head's gates stacked in
+PyTorch's order; the helpers here serve all three.
+
 ``forward``/``backward`` over a sequence are :mod:`minirec.bptt` loops over
 ``step_forward``/``step_backward`` (the definition). Other backends run the same
 equations behind the backend seam, ``_backend.kernels("rnn", backend)``
@@ -56,6 +87,8 @@ BACKEND_METHODS = {"numba": ("recurrent", "newton"), "cupy": ("recurrent", "newt
                    "cuda-emulated": ("recurrent", "newton")}
 NONLINEARITIES = ("tanh", "relu")
 PARAM_SHAPES = {"W_ih": ("H", "D"), "W_hh": ("H", "H"), "b_ih": ("H",), "b_hh": ("H",)}
+MULTIHEAD_PARAM_SHAPES = {"W_ih": ("H", "D"), "W_hh": ("NH", "dh", "dh"), "b_ih": ("H",),
+                          "b_hh": ("H",)}
 
 
 class StepCache(NamedTuple):
@@ -83,7 +116,8 @@ class RNNCache(NamedTuple):
         param_shapes: ``{name: shape}`` of the params the forward ran with.
         nonlinearity, method, backend: the forward's options.
         newton: ``method="newton"``: the :class:`minirec.scan.newton.NewtonCache`
-            (``.iterations``, ``.residual``); ``None`` otherwise.
+            (``.iterations``, ``.residual``; a :class:`HeadsNewtonCache` with the
+            same fields for a multi-head cell); ``None`` otherwise.
     """
 
     seq: bptt.SequenceCache | None
@@ -94,26 +128,247 @@ class RNNCache(NamedTuple):
     nonlinearity: str
     method: str
     backend: str
-    newton: newton.NewtonCache | None = None
+    newton: newton.NewtonCache | HeadsNewtonCache | None = None
 
 
 def init_params(rng: np.random.Generator, input_size: int, hidden_size: int,
-                dtype=np.float64) -> dict[str, np.ndarray]:
-    """PyTorch's initialisation: every entry ~ U(−1/√H, 1/√H)."""
+                dtype=np.float64, *, num_heads: int | None = None) -> dict[str, np.ndarray]:
+    """PyTorch's initialisation: every entry ~ U(−1/√H, 1/√H).
+
+    Returns ``{"W_ih": (H, D), "W_hh": (H, H), "b_ih": (H,), "b_hh": (H,)}``; with
+    ``num_heads=NH`` (a divisor of H) ``W_hh`` is the heads' blocks ``(NH, dh, dh)``
+    (the same draws: ``num_heads=1`` gives the full cell's ``W_hh[None]``).
+    """
+    return classic_init("rnn", rng, input_size, hidden_size, 1, dtype, num_heads)
+
+
+def classic_init(where: str, rng: np.random.Generator, input_size: int, hidden_size: int,
+                 gates: int, dtype, num_heads: int | None,
+                 diagonal: bool = False) -> dict[str, np.ndarray]:
+    """The classic cells' init: U(−1/√H, 1/√H) for ``W_ih (G·H, D)``, ``W_hh``
+    (full ``(G·H, H)``, diagonal ``(G·H,)`` or per head ``(NH, G·dh, dh)``),
+    ``b_ih``, ``b_hh (G·H,)``, drawn in this order."""
+    G = gates * hidden_size
+    if num_heads is None:
+        W_hh = (G,) if diagonal else (G, hidden_size)
+    else:
+        V.positive_int("num_heads", num_heads)
+        if diagonal:
+            raise ValueError(f"{where}: num_heads: expected None with diagonal=True (a "
+                             f"diagonal W_hh has no heads), got {num_heads}")
+        if hidden_size % num_heads:
+            raise ValueError(f"{where}: num_heads: expected a divisor of hidden_size="
+                             f"{hidden_size}, got {num_heads}")
+        dh = hidden_size // num_heads
+        W_hh = (num_heads, gates * dh, dh)
     k = 1.0 / np.sqrt(hidden_size)
-    shapes = {"W_ih": (hidden_size, input_size), "W_hh": (hidden_size, hidden_size),
-              "b_ih": (hidden_size,), "b_hh": (hidden_size,)}
+    shapes = {"W_ih": (G, input_size), "W_hh": W_hh, "b_ih": (G,), "b_hh": (G,)}
     return {n: rng.uniform(-k, k, s).astype(dtype) for n, s in shapes.items()}
+
+
+def is_multihead(params) -> bool:
+    """``W_hh`` given as the heads' blocks ``(NH, G·dh, dh)`` (multi-head cell)."""
+    return isinstance(params, dict) and getattr(params.get("W_hh"), "ndim", 2) == 3
+
+
+def hidden_size(W_hh, gates: int = 1) -> int:
+    """H from ``W_hh``: full ``(G·H, H)``, diagonal ``(G·H,)`` or per head
+    ``(NH, G·dh, dh)``."""
+    if W_hh.ndim == 3:
+        return W_hh.shape[0] * W_hh.shape[2]
+    return W_hh.shape[0] // gates if W_hh.ndim == 1 else W_hh.shape[1]
 
 
 def zero_state(params: dict, batch_size: int, dtype=None) -> np.ndarray:
     """``h_{-1} = 0`` of shape ``(B, H)`` (a CuPy array when the params are)."""
     W_hh = params["W_hh"]
-    return _backend.xp_of(W_hh).zeros((batch_size, W_hh.shape[1]), dtype or W_hh.dtype)
+    return _backend.xp_of(W_hh).zeros((batch_size, hidden_size(W_hh)), dtype or W_hh.dtype)
+
+
+def check_heads(where: str, params: dict, x, state0, gates: int,
+                state_spec: Any = ("B", "H"), state_names=None) -> np.dtype:
+    """The checks of a multi-head cell's inputs: the full cell's, with
+    ``W_hh (NH, G·dh, dh)`` and ``H = NH·dh``. Returns the computation dtype."""
+    spec = {"W_ih": ("G", "D"), "W_hh": ("NH", "Gd", "dh"), "b_ih": ("G",), "b_hh": ("G",)}
+    dtype, s = V.cell_inputs(where, params, spec, x, state0, state_spec,
+                             state_names=state_names)
+    NH, dh = s["NH"], s["dh"]
+    H = NH * dh
+    if s["Gd"] != gates * dh:
+        raise ValueError(f"{where}: W_hh: expected shape (NH, {gates}·dh, dh) = "
+                         f"({NH}, {gates * dh}, {dh}) (one block per head, the head's gates "
+                         f"stacked), got {tuple(params['W_hh'].shape)}")
+    if s["G"] != gates * H:
+        raise ValueError(f"{where}: W_ih: expected shape ({gates}H, D) = ({gates * H}, "
+                         f"{s['D']}) with H = NH·dh = {NH}·{dh} from W_hh "
+                         f"{tuple(params['W_hh'].shape)}, got {tuple(params['W_ih'].shape)}")
+    if state0 is not None and s["H"] != H:
+        name, h0 = ("state0", state0) if state_names is None else \
+            (f"state0[0] ({state_names[0]})", state0[0])
+        raise ValueError(f"{where}: {name}: expected shape (B, H) with H = NH·dh = {H} from "
+                         f"W_hh {tuple(params['W_hh'].shape)}, got {tuple(h0.shape)}")
+    return dtype
 
 
 def _check(params, x, state0):
+    if is_multihead(params):
+        return check_heads("rnn", params, x, state0, 1)
     return V.cell_inputs("rnn", params, PARAM_SHAPES, x, state0, ("B", "H"))[0]
+
+
+def head_recurrent(h_prev: np.ndarray, W_hh: np.ndarray) -> np.ndarray:
+    """``h_{t-1} W^T`` for the block-diagonal ``W`` of the heads' blocks
+    ``W_hh (NH, G·dh, dh)``: ``h_prev (B, H)`` → ``(B, G·H)`` in the full cell's
+    gate-major layout,
+
+        out[b, g·H + h·dh + j] = Σ_k W_hh[h, g·dh + j, k] h_prev[b, h·dh + k].
+    """
+    NH, Gd, dh = W_hh.shape
+    B = h_prev.shape[0]
+    hp = h_prev.reshape(B, NH, dh).transpose(1, 0, 2)          # (NH, B, dh)
+    out = hp @ W_hh.transpose(0, 2, 1)                         # (NH, B, G·dh)
+    return out.reshape(NH, B, Gd // dh, dh).transpose(1, 2, 0, 3).reshape(B, Gd * NH)
+
+
+def head_recurrent_backward(dg: np.ndarray, h_prev: np.ndarray,
+                            W_hh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Back through :func:`head_recurrent`, ``dg = ∂L/∂out (B, G·H)``:
+    ``dh_prev[b, h·dh + k] = Σ_{g,j} dg[b, g·H + h·dh + j] W_hh[h, g·dh + j, k]`` and
+    ``dW_hh[h, g·dh + j, k] = Σ_b dg[b, g·H + h·dh + j] h_prev[b, h·dh + k]``."""
+    NH, Gd, dh = W_hh.shape
+    B = h_prev.shape[0]
+    dg_h = dg.reshape(B, Gd // dh, NH, dh).transpose(2, 0, 1, 3).reshape(NH, B, Gd)
+    hp = h_prev.reshape(B, NH, dh).transpose(1, 0, 2)          # (NH, B, dh)
+    dh_prev = (dg_h @ W_hh).transpose(1, 0, 2).reshape(B, NH * dh)
+    return dh_prev, dg_h.transpose(0, 2, 1) @ hp
+
+
+def block_diagonal(W_hh: np.ndarray) -> np.ndarray:
+    """The full cell's ``W_hh (G·H, H)`` of the heads' blocks ``(NH, G·dh, dh)``:
+    ``W[g·H + h·dh + j, h·dh + k] = W_hh[h, g·dh + j, k]``, zero between heads."""
+    NH, Gd, dh = W_hh.shape
+    G = Gd // dh
+    W = _backend.xp_of(W_hh).zeros((G, NH, dh, NH, dh), W_hh.dtype)
+    heads = _backend.xp_of(W_hh).arange(NH)
+    W[:, heads, :, heads, :] = W_hh.reshape(NH, G, dh, dh)  # the index axis comes first
+    return W.reshape(G * NH * dh, NH * dh)
+
+
+def head_params(params: dict, h: int) -> dict:
+    """Head ``h`` of a multi-head cell as the full cell of hidden size ``dh``:
+    ``{"W_ih": (G·dh, D), "W_hh": (G·dh, dh), "b_ih": (G·dh,), "b_hh": (G·dh,)}``,
+    the head's rows ``g·H + h·dh + j`` of the gate-major ``W_ih, b_ih, b_hh``."""
+    NH, Gd, dh = params["W_hh"].shape
+
+    def rows(a):
+        return a.reshape(Gd // dh, NH, dh, *a.shape[1:])[:, h].reshape(Gd, *a.shape[1:])
+    return {"W_ih": rows(params["W_ih"]), "W_hh": params["W_hh"][h],
+            "b_ih": rows(params["b_ih"]), "b_hh": rows(params["b_hh"])}
+
+
+def _head_units(s, h, dh):
+    """Head ``h``'s units ``h·dh … h·dh + dh − 1`` (last axis) of an array or a
+    tuple of arrays; ``None`` stays ``None``."""
+    if s is None:
+        return None
+    if isinstance(s, (tuple, list)):
+        return tuple(_head_units(p, h, dh) for p in s)
+    return s[..., h * dh:(h + 1) * dh]
+
+
+def _concat_heads(parts, xp):
+    """The inverse of :func:`_head_units`: per-head arrays (or tuples) joined on the last axis."""
+    if isinstance(parts[0], tuple):
+        return tuple(xp.concatenate(p, axis=-1) for p in zip(*parts))
+    return xp.concatenate(parts, axis=-1)
+
+
+class HeadsNewtonCache(NamedTuple):
+    """``method="newton"`` of a multi-head cell (:func:`newton_heads`): one solve per head.
+
+    Fields:
+        iterations: the most Newton steps a head took.
+        residual: the largest final scaled residual of the heads (``nan`` if one is).
+        converged: whether every head converged.
+        heads: each head's :class:`minirec.scan.newton.NewtonCache`, in head order.
+    """
+
+    iterations: int
+    residual: float
+    converged: bool
+    heads: tuple
+
+
+def newton_heads(step_forward, step_jacobian, params: dict, x: np.ndarray, state0: Any, *,
+                 guess: Any = None, **options) -> tuple[np.ndarray, Any, HeadsNewtonCache]:
+    """``method="newton"`` of a multi-head cell, head by head.
+
+    Given ``x``, head ``h`` is the full cell of hidden size ``dh`` with the
+    parameters :func:`head_params` and the state's units ``h·dh …``, independent
+    of the other heads; each is solved by :func:`minirec.scan.newton.solve` with
+    the cell's own step functions (``(dh, dh)`` Jacobian blocks). ``guess``
+    (the state's structure with a time axis, ``(B, T, H)`` per part) is split
+    the same way; ``options`` go to every solve. Returns ``y (B, T, H)``, the
+    final state and a :class:`HeadsNewtonCache`.
+    """
+    NH, _, dh = params["W_hh"].shape
+    if guess is not None:
+        for i, p in enumerate(guess if isinstance(guess, (tuple, list)) else (guess,)):
+            V.array(f"guess[{i}]", p)
+            if p.ndim != 3 or p.shape[-1] != NH * dh:
+                raise ValueError(f"guess: expected part {i} of shape (B, T, H) with H = "
+                                 f"NH·dh = {NH * dh}, got {tuple(p.shape)}")
+    ys, finals, caches = [], [], []
+    for h in range(NH):
+        try:
+            y, s, c = newton.solve(step_forward, step_jacobian, head_params(params, h), x,
+                                   _head_units(state0, h, dh), guess=_head_units(guess, h, dh),
+                                   **options)
+        except newton.NewtonConvergenceError as e:
+            raise newton.NewtonConvergenceError(f"{e} [head {h} of {NH}, units {h * dh}…"
+                                                f"{(h + 1) * dh - 1}]", e.iterations,
+                                                e.residual, e.tol, e.where) from None
+        ys.append(y)
+        finals.append(s)
+        caches.append(c)
+    xp = _backend.xp_of(x)
+    cache = HeadsNewtonCache(max(c.iterations for c in caches),
+                             float(np.max([c.residual for c in caches])),
+                             all(c.converged for c in caches), tuple(caches))
+    return _concat_heads(ys, xp), _concat_heads(finals, xp), cache
+
+
+def newton_heads_backward(step_backward, step_jacobian, params: dict, cache: HeadsNewtonCache,
+                          dy: np.ndarray | None, dstate: Any = None) -> dict:
+    """The gradients of :func:`newton_heads`: each head's
+    :func:`minirec.scan.newton.backward`, put back in place (its rows of
+    ``W_ih, b_ih, b_hh``, ``W_hh[h]``, its units of ``state0``; ``dx`` summed)."""
+    V.cache("newton_heads", cache, HeadsNewtonCache)
+    NH, Gd, dh = params["W_hh"].shape
+    G = Gd // dh
+    per_head = [newton.backward(step_backward, step_jacobian, head_params(params, h),
+                                cache.heads[h], _head_units(dy, h, dh), _head_units(dstate, h, dh))
+                for h in range(NH)]
+    xp = _backend.xp_of(per_head[0]["x"])
+    grads = {"W_hh": xp.stack([g["W_hh"] for g in per_head])}
+    for k in ("W_ih", "b_ih", "b_hh"):  # rows g·H + h·dh + j: (G, NH, dh, …) → (G·H, …)
+        blocks = xp.stack([g[k].reshape(G, dh, *g[k].shape[1:]) for g in per_head], axis=1)
+        grads[k] = blocks.reshape(G * NH * dh, *blocks.shape[3:])
+    grads["x"] = sum(g["x"] for g in per_head[1:]) + per_head[0]["x"]
+    grads["state0"] = _concat_heads([g["state0"] for g in per_head], xp)
+    return grads
+
+
+def _hh(h_prev, W_hh):
+    """``h_{t-1} W_hh^T`` ``(B, H)``, per head for ``W_hh (NH, dh, dh)``."""
+    return head_recurrent(h_prev, W_hh) if W_hh.ndim == 3 else h_prev @ W_hh.T
+
+
+def _hh_backward(da, h_prev, W_hh):
+    """Back through :func:`_hh`: ``(dh_prev, dW_hh)``."""
+    if W_hh.ndim == 3:
+        return head_recurrent_backward(da, h_prev, W_hh)
+    return da @ W_hh, da.T @ h_prev
 
 
 
@@ -124,7 +379,7 @@ def step_forward(params: dict, x_t: np.ndarray, h_prev: np.ndarray,
 
     ``x_t (B, D)``, ``h_prev (B, H)`` → ``h_t (B, H)`` and a :class:`StepCache`.
     """
-    a = x_t @ params["W_ih"].T + params["b_ih"] + h_prev @ params["W_hh"].T + params["b_hh"]
+    a = x_t @ params["W_ih"].T + params["b_ih"] + _hh(h_prev, params["W_hh"]) + params["b_hh"]
     h = M.tanh(a) if nonlinearity == "tanh" else M.relu(a)
     return h, StepCache(params, x_t, h_prev, h, nonlinearity)
 
@@ -139,18 +394,21 @@ def step_backward(dh_next: np.ndarray, cache_t: StepCache):
     else:
         da = dh_next * (h > 0)
     # through the two affine maps
-    dparams = {"W_ih": da.T @ x_t, "W_hh": da.T @ h_prev,
+    dh_prev, dW_hh = _hh_backward(da, h_prev, params["W_hh"])
+    dparams = {"W_ih": da.T @ x_t, "W_hh": dW_hh,
                "b_ih": da.sum(axis=0), "b_hh": da.sum(axis=0)}
-    return da @ params["W_ih"], da @ params["W_hh"], dparams
+    return da @ params["W_ih"], dh_prev, dparams
 
 
 def step_jacobian(params: dict, x_t: np.ndarray, h_prev: np.ndarray,
                   nonlinearity: str = "tanh") -> np.ndarray:
     """``J = ∂h_t/∂h_{t-1} = diag(φ'(a_t)) W_hh``, full: ``(B, H, H)`` with
-    ``J[b, i, j] = ∂h_t[b, i]/∂h_{t-1}[b, j]`` (for :mod:`minirec.scan.newton`)."""
+    ``J[b, i, j] = ∂h_t[b, i]/∂h_{t-1}[b, j]`` (for :mod:`minirec.scan.newton`);
+    multi-head: the same with ``W = block_diagonal(W_hh)`` (zero between heads)."""
     h, _ = step_forward(params, x_t, h_prev, nonlinearity)
     dphi = M.dtanh_from_output(h) if nonlinearity == "tanh" else (h > 0).astype(h.dtype)
-    return dphi[:, :, None] * params["W_hh"][None]
+    W = params["W_hh"]
+    return dphi[:, :, None] * (block_diagonal(W) if W.ndim == 3 else W)[None]
 
 
 def forward(params: dict, x: np.ndarray, state0: np.ndarray | None = None, *,
@@ -162,9 +420,9 @@ def forward(params: dict, x: np.ndarray, state0: np.ndarray | None = None, *,
     ``method="newton"`` solves every step at once (:func:`minirec.scan.newton.solve`;
     ``newton_options``: its ``max_iter``, ``tol``, ``guess``, ``scan_method``,
     ``on_fail``; ``chunk_size`` goes to its scan). ``chunk_size`` is otherwise
-    accepted for the common cell API and checked all the same. Returns
-    ``y (B, T, H)``, the final ``h (B, H)`` and the :class:`RNNCache` for
-    :func:`backward`.
+    accepted for the common cell API and checked all the same. A multi-head
+    ``W_hh (NH, dh, dh)`` is detected from the params. Returns ``y (B, T, H)``,
+    the final ``h (B, H)`` and the :class:`RNNCache` for :func:`backward`.
     """
     V.choice("nonlinearity", nonlinearity, NONLINEARITIES)
     V.choice("method", method, METHODS)
@@ -175,13 +433,20 @@ def forward(params: dict, x: np.ndarray, state0: np.ndarray | None = None, *,
     h0 = zero_state(params, x.shape[0], dtype) if state0 is None else state0
     opts = newton.options(newton_options, method)
     seq = kernel = solve = None
-    if method == "newton":
+    if method == "newton" and is_multihead(params):  # independent heads: a solve each
+        y, h, solve = newton_heads(step_forward, step_jacobian, params, x, h0,
+                                   chunk_size=chunk_size, backend=backend,
+                                   step_kwargs={"nonlinearity": nonlinearity}, **opts)
+    elif method == "newton":
         y, h, solve = newton.solve(step_forward, step_jacobian, params, x, h0,
                                    chunk_size=chunk_size, backend=backend,
                                    step_kwargs={"nonlinearity": nonlinearity},
                                    **opts)
     elif backend == "numpy":  # the definition: BPTT's loop over step_forward
         y, h, seq = bptt.sequence_forward(step_forward, params, x, h0, nonlinearity=nonlinearity)
+    elif is_multihead(params):  # W_hh (NH, dh, dh): each head's block in cache / shared memory
+        y, h, kernel = _backend.kernels("multihead", backend).forward(
+            params, x, h0, cell="rnn", nonlinearity=nonlinearity)
     else:
         y, h, kernel = _backend.kernels("rnn", backend).forward(params, x, h0,
                                                                 nonlinearity=nonlinearity)
@@ -199,7 +464,9 @@ def backward(params: dict, cache: RNNCache, dy: np.ndarray | None,
     dy = V.grad_like("dy", dy, cache.y_like, "y", fill=fill)
     dstate = V.grad_state("dstate", dstate, cache.state_like, fill=fill)
     if cache.method == "newton":  # the implicit-function theorem: one reverse scan
-        return newton.backward(step_backward, step_jacobian, params, cache.newton, dy, dstate)
+        solve_backward = newton_heads_backward if is_multihead(params) else newton.backward
+        return solve_backward(step_backward, step_jacobian, params, cache.newton, dy, dstate)
     if cache.backend != "numpy":
-        return _backend.kernels("rnn", cache.backend).backward(params, cache.kernel, dy, dstate)
+        family = "multihead" if is_multihead(params) else "rnn"
+        return _backend.kernels(family, cache.backend).backward(params, cache.kernel, dy, dstate)
     return bptt.sequence_backward(step_backward, params, cache.seq, dy, dstate)
