@@ -398,6 +398,59 @@ def matrix_targets(limits: dict, repeats: int, budget_s: float,
     return rows
 
 
+# issue 12: Newton's iterations for a GRU at T = 4096 (float64, tol 1e-10), and
+# the multi-head LSTM against the single-head one at the same total hidden size
+NEWTON_TARGET = {"B": 2, "T": 4096, "D": 16, "H": 64}
+NEWTON_BACKENDS = ("numpy", "numba")
+MULTIHEAD_TARGET = {"B": 8, "T": 256, "D": 256, "H": 256, "NH": 4}
+
+
+def newton_targets(repeats: int, budget_s: float) -> list[dict]:
+    """Newton (``method="newton"``) against the loop (``recurrent``) for the GRU
+    and ParaRNN's diagonal GRU at :data:`NEWTON_TARGET`, float64 with
+    ``tol=1e-10``: iterations to converge and forward+backward time on each of
+    :data:`NEWTON_BACKENDS` (the scans run there); and the multi-head LSTM's
+    forward+backward on numba against the single-head LSTM's."""
+    from minirec import _backend, registry
+
+    rows = []
+    for name in ("gru", "gru_diagonal"):
+        entry = registry.get(name)
+        for b in NEWTON_BACKENDS:
+            if not _backend.available(b) or ("newton", b) not in entry.pairs:
+                continue
+            inputs = entry.make_inputs(np.random.default_rng(0), np.float64, NEWTON_TARGET,
+                                       method="newton")
+            kw = {**entry.forward_kwargs, "backend": b}
+            _, _, cache = registry.run_forward(entry, inputs, method="newton",
+                                               newton_options={"tol": 1e-10}, **kw)
+            iters = cache.newton.iterations
+            newton = bench_case(entry, "newton", b, NEWTON_TARGET, np.float64,
+                                max(2, repeats // 2), budget_s)
+            loop_b = b if ("recurrent", b) in entry.pairs else "numpy"
+            loop = bench_case(entry, "recurrent", loop_b, NEWTON_TARGET, np.float64,
+                              max(2, repeats // 2), budget_s)
+            rows.append({"what": f"{name} newton ({b} scans) vs recurrent ({loop_b}), "
+                                 "fwd+bwd, float64",
+                         "shape": str(tuple(NEWTON_TARGET.values())),
+                         "measured": newton["fwd_bwd_s"], "reference": loop["fwd_bwd_s"],
+                         "ratio": newton["fwd_bwd_s"] / loop["fwd_bwd_s"],
+                         "target": "reported", "met": True,
+                         "note": f"{iters} Newton iterations to tol 1e-10"})
+    single, multi = registry.get("lstm"), registry.get("lstm_multihead")
+    if _backend.available("numba"):
+        dims = {k: v for k, v in MULTIHEAD_TARGET.items() if k != "NH"}
+        ref = bench_case(single, "recurrent", "numba", dims, np.float32, repeats, budget_s)
+        mh = bench_case(multi, "recurrent", "numba", MULTIHEAD_TARGET, np.float32, repeats,
+                        budget_s)
+        ratio = mh["fwd_bwd_s"] / ref["fwd_bwd_s"]
+        rows.append({"what": "lstm_multihead numba vs lstm numba (fwd+bwd, same total H)",
+                     "shape": str(tuple(MULTIHEAD_TARGET.values())),
+                     "measured": mh["fwd_bwd_s"], "reference": ref["fwd_bwd_s"],
+                     "ratio": ratio, "target": "≤ 1.0×", "met": ratio <= 1.0, "note": ""})
+    return rows
+
+
 # the GPU targets' shape, (B, T, D) float32; cupy cases of these entries are also timed
 # at it (as (B, T, D, H)) when --sizes is not given
 GPU_SCAN_TARGET_SHAPE = (8, 4096, 4096)
@@ -1019,6 +1072,8 @@ def main(argv: list[str] | None = None) -> int:
         targets += speedup_targets(args.repeats, args.budget)
         print("matrix-state ops: numba against the definition, chunk GFLOP/s ...")
         targets += matrix_targets(limits, args.repeats, args.budget)
+        print("Newton iterations and time; multi-head LSTM ...")
+        targets += newton_targets(args.repeats, args.budget)
         for (B, T, H) in CELL_TARGET_SHAPES:
             for n in ("rnn", "gru", "lstm"):
                 rows.append(bench_case(registry.get(n), "recurrent", "numba", (B, T, H, H),

@@ -362,3 +362,17 @@ def test_matrix_targets_rows_name_the_best_method(monkeypatch):
     assert speed[0]["ratio"] == speed[0]["reference"] / speed[0]["measured"]
     flops = [r for r in rows if "GFLOP/s" in r["what"]]
     assert [r["what"].split()[2].rstrip(":") for r in flops] == ["numpy"]
+
+
+def test_newton_targets_report_iterations(monkeypatch):
+    """At a tiny shape (no time is asserted): a row per cell and backend naming
+    the iterations Newton took, and the multi-head row."""
+    monkeypatch.setattr(bench, "NEWTON_TARGET", {"B": 1, "T": 16, "D": 3, "H": 4})
+    monkeypatch.setattr(bench, "NEWTON_BACKENDS", ("numpy",))
+    monkeypatch.setattr(bench, "MULTIHEAD_TARGET", {"B": 1, "T": 4, "D": 4, "H": 4, "NH": 2})
+    rows = bench.newton_targets(1, 0.01)
+    newton = [r for r in rows if "newton" in r["what"]]
+    assert [r["what"].split()[0] for r in newton] == ["gru", "gru_diagonal"]
+    assert all(r["note"].endswith("Newton iterations to tol 1e-10")
+               and int(r["note"].split()[0]) >= 1 for r in newton)
+    assert any(r["what"].startswith("lstm_multihead") for r in rows)
