@@ -54,6 +54,17 @@ Backends: ``"numpy"`` runs every method; ``"numba"``
 (fused forward and one fused reverse pass for the backward) and ``chunked``
 (``prange`` over chunks; its backward is the chunked kernel on the reversed
 coefficients, like the NumPy path).
+
+Output buffers. ``forward(..., out=h_buf)`` writes ``h`` into a caller's array
+and ``backward(..., out={"a": da_buf, "b": db_buf})`` the gradients into
+caller's arrays, so a training loop that calls the scan again and again with
+the same shapes reuses memory instead of faulting in fresh pages every call
+(at (8, 4096, 1024) float32 a new 128 MiB array costs about as much as the
+scan itself, which reads and writes each element once). The numba kernels
+write straight into them; the other backends compute and copy. ``h`` then
+lives in ``out``, and the cache refers to it: a later forward into the same
+buffer makes this cache's backward raise instead of using the overwritten
+states.
 """
 
 from __future__ import annotations
@@ -71,6 +82,9 @@ BACKENDS = ("numpy", "numba", "cupy", "cuda-emulated")
 # the methods each non-NumPy backend has kernels for (NumPy runs them all)
 BACKEND_METHODS = {"numba": ("recurrent", "chunked"), "cupy": ("recurrent", "chunked"),
                    "cuda-emulated": ("recurrent", "chunked")}
+# the backends whose kernels write into ``out=`` buffers themselves (the others
+# compute into new arrays, which are then copied into ``out``)
+OUT_BACKENDS = ("numba",)
 
 
 class LinearScanCache(NamedTuple):
@@ -83,7 +97,10 @@ class LinearScanCache(NamedTuple):
     ``"chunked"``); ``backend``; ``real`` — for each gradient name (``"a"`` or
     ``"log_a"``, ``"b"``, ``"initial_state"``), whether that input was real
     (its gradient is returned real); ``kernel`` — what the backend's forward
-    kept for its backward (``None`` for NumPy).
+    kept for its backward (``None`` for NumPy); ``out_stamp`` — ``None``, or
+    when ``h`` was written into a caller's ``out`` buffer, ``(address, n)``:
+    the buffer's address and the count of forwards that had written there
+    (:func:`backward` refuses the cache once another forward has).
     """
 
     a: np.ndarray
@@ -95,6 +112,7 @@ class LinearScanCache(NamedTuple):
     backend: str
     real: dict
     kernel: Any
+    out_stamp: tuple[int, int] | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -225,13 +243,78 @@ def _check_log_coefficients(a, log_a):
 
 
 # ---------------------------------------------------------------------------
+# caller's output buffers (out=)
+# ---------------------------------------------------------------------------
+
+# forwards and backwards written into each out= buffer so far, by the buffer's
+# address: a cache whose h lives in a buffer written again since is stale
+_OUT_WRITES: dict[int, int] = {}
+
+
+def _stamp(out) -> tuple[int, int]:
+    """Count one more write into the buffer ``out``; its ``(address, count)``."""
+    data = out.data
+    address = int(data.ptr) if hasattr(data, "ptr") else int(out.__array_interface__["data"][0])
+    _OUT_WRITES[address] = _OUT_WRITES.get(address, 0) + 1
+    return address, _OUT_WRITES[address]
+
+
+def _check_out(name, out, like_name, shape, dtype, like, others):
+    """``out`` must be an array of ``like``'s kind (NumPy or CuPy), of ``shape``
+    and ``dtype`` (those of ``like_name``, what it will hold), C-contiguous and
+    writeable, and share no memory with any array in ``others`` (name →
+    array or ``None``)."""
+    V.array(name, out)
+    xp = _backend.xp_of(like)
+    if _backend.xp_of(out) is not xp:
+        raise TypeError(f"{name}: expected a {xp.__name__} array like the inputs, got "
+                        f"{type(out).__module__}.{type(out).__name__}")
+    if np.dtype(out.dtype) != np.dtype(dtype):
+        raise TypeError(f"{name}: expected dtype {np.dtype(dtype)} (that of {like_name}), "
+                        f"got {out.dtype}")
+    if tuple(out.shape) != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)} (that of {like_name}), "
+                         f"got {tuple(out.shape)}")
+    if not out.flags.c_contiguous:
+        raise ValueError(f"{name}: expected a C-contiguous array, got strides "
+                         f"{tuple(out.strides)}")
+    if not getattr(out.flags, "writeable", True):
+        raise ValueError(f"{name}: expected a writeable array, got a read-only one")
+    for other, x in others.items():
+        if x is not None and xp.may_share_memory(out, x):
+            raise ValueError(f"{name}: expected an array that shares no memory with "
+                             f"{other}, got one that overlaps it")
+
+
+def _check_grad_out(out, cache, dh, dstate):
+    """The ``out=`` of :func:`backward`: a dict of buffers keyed like its result."""
+    name = "a" if cache.log_a is None else "log_a"
+    keys = (name, "b", "initial_state")
+    if not isinstance(out, dict):
+        raise TypeError(f"out: expected a dict of arrays keyed by some of {keys}, got "
+                        f"{type(out).__name__}")
+    for k in out:
+        if k not in keys:
+            raise ValueError(f"out: expected keys among {keys}, got {k!r}")
+    h = cache.h
+    real_dtype = np.finfo(h.dtype).dtype
+    shapes = {name: h.shape, "b": h.shape, "initial_state": cache.h0.shape}
+    others = {"dh": dh, "dstate": dstate, "the forward's a": cache.a, "log_a": cache.log_a,
+              "h": h, "initial_state": cache.h0}
+    for k, buf in out.items():
+        dtype = real_dtype if cache.real[k] else h.dtype
+        _check_out(f"out[{k!r}]", buf, f"the gradient of {k}", shapes[k], dtype, h, others)
+        others[f"out[{k!r}]"] = buf
+
+
+# ---------------------------------------------------------------------------
 # public API
 # ---------------------------------------------------------------------------
 
 def forward(a: np.ndarray | None, b: np.ndarray, initial_state: np.ndarray | None = None, *,
             log_a: np.ndarray | None = None, method: str = "recurrent",
-            chunk_size: int | None = None,
-            backend: str = "numpy") -> tuple[np.ndarray, np.ndarray, LinearScanCache]:
+            chunk_size: int | None = None, backend: str = "numpy",
+            out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, LinearScanCache]:
     """Run ``h_t = a_t ⊙ h_{t-1} + b_t`` over axis 1.
 
     Give the coefficients either as ``a`` or, keyword-only, as their log
@@ -253,10 +336,18 @@ def forward(a: np.ndarray | None, b: np.ndarray, initial_state: np.ndarray | Non
         chunk_size: chunk length for ``"chunked"`` (default ⌈√T⌉); checked,
             and unused, by the other methods.
         backend: one of :data:`BACKENDS`.
+        out: ``None`` (``h`` is a new array), or a ``(B, T, ...)`` array of
+            ``h``'s dtype (the common dtype of the inputs), C-contiguous,
+            writeable, sharing no memory with the inputs, into which ``h`` is
+            written and which is returned as ``h``. Reusing one buffer across
+            calls saves allocating (and faulting in) ``h`` each time. The
+            cache refers to it: run :func:`backward` before writing into it
+            again (a later forward or backward into it makes this cache's
+            backward raise).
 
     Returns:
-        ``h (B, T, ...)`` all states, ``h_T (B, ...)`` the final state, and the
-        cache for :func:`backward`.
+        ``h (B, T, ...)`` all states (``out`` when given), ``h_T (B, ...)`` the
+        final state, and the cache for :func:`backward`.
     """
     V.choice("method", method, METHODS)
     _backend.resolve(backend, BACKENDS, what="scan.linear", method=method,
@@ -280,6 +371,9 @@ def forward(a: np.ndarray | None, b: np.ndarray, initial_state: np.ndarray | Non
         # ⌈√T⌉ on the CPU; a CUDA block scan picks its own tile (kernels/cuda/linear_scan)
         chunk_size = None if backend in _backend.CUDA_BACKENDS else default_chunk_size(T)
     dtype = V.common_dtype(**{name: coef}, b=b, initial_state=initial_state)
+    if out is not None:
+        _check_out("out", out, "h", coef.shape, dtype, b,
+                   {name: coef, "b": b, "initial_state": initial_state})
     if method == "log":
         _check_log_coefficients(a, log_a)
     if log_a is not None:
@@ -287,47 +381,84 @@ def forward(a: np.ndarray | None, b: np.ndarray, initial_state: np.ndarray | Non
     xp = _backend.xp_of(b)  # CuPy arrays stay on the GPU (backend="cupy")
     h0 = xp.zeros(state_shape, dtype) if initial_state is None else initial_state
     if backend != "numpy":
+        into = {"out": out} if out is not None and backend in OUT_BACKENDS else {}
         h, h_T, kernel = _backend.kernels("linear_scan", backend).forward(
-            a, b, h0, method=method, chunk_size=chunk_size)
+            a, b, h0, method=method, chunk_size=chunk_size, **into)
     else:
         if method == "log":  # the log-space scan takes log a, never a
             h = _log(np.log(a) if log_a is None else log_a, b, h0)
         else:
             h = _FORWARD[method](a, b, h0, chunk_size)
         h_T, kernel = h[:, -1].copy(), None
+    if out is not None and h is not out:
+        xp.copyto(out, h)
+        h = out
     real = {name: not np.iscomplexobj(coef), "b": not np.iscomplexobj(b),
             "initial_state": not np.iscomplexobj(h0)}
-    cache = LinearScanCache(a, log_a, h, h0, method, chunk_size, backend, real, kernel)
+    cache = LinearScanCache(a, log_a, h, h0, method, chunk_size, backend, real, kernel,
+                            None if out is None else _stamp(out))
     return h, h_T, cache
 
 
 def backward(cache: LinearScanCache, dh: np.ndarray | None,
-             dstate: np.ndarray | None = None) -> dict[str, np.ndarray]:
+             dstate: np.ndarray | None = None, *,
+             out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Gradients of :func:`forward` by the reverse scan of the same method.
 
     Args:
         cache: from :func:`forward`.
         dh: ``(B, T, ...)`` ∂L/∂h (``None`` means zeros).
         dstate: ``(B, ...)`` ∂L/∂h_T through the final state (``None`` means zeros).
+        out: ``None``, or a dict of buffers for some of the gradients, keyed
+            like the result (``"a"`` or ``"log_a"``, ``"b"``,
+            ``"initial_state"``): each an array of that gradient's shape and
+            dtype, C-contiguous, writeable, sharing no memory with ``dh``,
+            ``dstate``, the cache's arrays or the other buffers. Those
+            gradients are written into them (``out={"a": da, "b": db}``
+            reuses two ``(B, T, ...)`` arrays across calls) and returned.
 
     Returns:
         ``{"a", "b", "initial_state"}`` — ``{"log_a", "b", "initial_state"}``
         when the forward was given ``log_a`` — with the shapes and dtypes of
-        the forward's inputs (real for a real input).
+        the forward's inputs (real for a real input); the ``out`` buffers
+        where given.
     """
     V.cache("scan.linear", cache, LinearScanCache)
+    if cache.out_stamp is not None and _OUT_WRITES.get(cache.out_stamp[0]) != cache.out_stamp[1]:
+        raise ValueError("cache: expected the states h that the forward wrote into its out "
+                         "buffer, got a cache whose out buffer has been written into since "
+                         "(by a later forward or backward); run backward before reusing it")
     h = cache.h
+    if out is not None:
+        _check_grad_out(out, cache, dh, dstate)
     dh = V.grad_like("dh", dh, h, "h", fill=True)
     dstate = V.grad_state("dstate", dstate, h[:, -1], fill=True)
     if cache.backend != "numpy":
+        into = {}
+        if out is not None and cache.backend in OUT_BACKENDS:
+            # the kernels compute in h's dtype: buffers of that dtype take their
+            # gradient directly (a log_a buffer takes da, scaled in place below)
+            into = {"out": {("a" if k == "log_a" else k): v for k, v in out.items()
+                            if v.dtype == h.dtype}}
         grads = _backend.kernels("linear_scan", cache.backend).backward(
             cache.a, h, cache.h0, cache.kernel, dh, dstate,
-            method=cache.method, chunk_size=cache.chunk_size)
+            method=cache.method, chunk_size=cache.chunk_size, **into)
     else:
         grads = _reverse(cache, dh, dstate)
     if cache.log_a is not None:  # a = exp(log_a): ∂L/∂log_a = ∂L/∂a ⊙ conj(a)
-        grads = {"log_a": grads.pop("a") * np.conj(cache.a), **grads}
-    return _realify(grads, cache.real)
+        da = grads.pop("a")
+        xp = _backend.xp_of(da)
+        conj_a = xp.conj(cache.a) if xp.iscomplexobj(cache.a) else cache.a
+        in_place = out is not None and da is out.get("log_a")
+        grads = {"log_a": xp.multiply(da, conj_a, out=da if in_place else None), **grads}
+    grads = _realify(grads, cache.real)
+    if out is not None:
+        for k, buf in out.items():
+            if grads[k] is not buf:
+                _backend.xp_of(buf).copyto(buf, grads[k])
+                grads[k] = buf
+            _stamp(buf)
+    return grads
 
 
 def _reverse(cache, dh, dstate):

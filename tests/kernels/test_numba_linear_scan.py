@@ -77,3 +77,25 @@ def test_numba_refuses_methods_it_has_no_kernel_for(rng):
     d = ENTRY.make_inputs(rng, np.float64)
     with pytest.raises(ValueError, match="backend='numba' supports"):
         linear.forward(d["a"], d["b"], method="blelloch", backend="numba")
+
+
+@pytest.mark.parametrize("method", ["recurrent", "chunked"])
+def test_kernels_write_into_the_callers_buffers(method, rng):
+    """With ``out`` the wrappers hand the caller's arrays to the kernels (no new
+    ``(B, T, R)`` output, no copy); results equal those of new arrays."""
+    from minirec.kernels.numba import linear_scan as kern
+    a, b, h0 = (rng.standard_normal(s) for s in ((2, 10, 3, 2), (2, 10, 3, 2), (2, 3, 2)))
+    h, h_T, _ = kern.forward(a, b, h0, method=method, chunk_size=4)
+    buf = np.full_like(h, np.nan)
+    h2, h_T2, _ = kern.forward(a, b, h0, method=method, chunk_size=4, out=buf)
+    assert h2 is buf
+    np.testing.assert_array_equal(h2, h)
+    np.testing.assert_array_equal(h_T2, h_T)
+    dh, dstate = rng.standard_normal(h.shape), rng.standard_normal(h_T.shape)
+    ref = kern.backward(a, h, h0, None, dh, dstate, method=method, chunk_size=4)
+    bufs = {"a": np.full_like(h, np.nan), "initial_state": np.full_like(h0, np.nan)}
+    g = kern.backward(a, h, h0, None, dh, dstate, method=method, chunk_size=4, out=bufs)
+    assert g["a"] is bufs["a"] and g["initial_state"] is bufs["initial_state"]
+    for k in ref:
+        assert g[k].shape == ref[k].shape
+        np.testing.assert_array_equal(g[k], ref[k])

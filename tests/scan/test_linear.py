@@ -265,3 +265,132 @@ def test_a_dict_or_another_scans_cache_is_refused(rng):
         with pytest.raises(TypeError, match=r"cache: expected the cache returned by "
                                             r"scan.linear.s forward \(LinearScanCache\), got"):
             linear.backward(cache, h)
+
+
+# ---------------------------------------------------------------------------
+# out= buffers (issue 10: the API at the kernel's speed)
+# ---------------------------------------------------------------------------
+
+def _backend_methods():
+    """(backend, method) pairs runnable here: NumPy's every method, numba's kernels."""
+    pairs = [("numpy", m) for m in linear.METHODS]
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return pairs
+    return pairs + [("numba", m) for m in linear.BACKEND_METHODS["numba"]]
+
+
+@pytest.mark.parametrize("backend, method", _backend_methods())
+@pytest.mark.parametrize("dtype", [np.float64, np.complex128])
+def test_out_buffers_receive_exactly_what_new_arrays_would(backend, method, dtype, rng):
+    a, b, h0 = _inputs(rng, dtype, method=method, T=13)
+    h, h_T, cache = linear.forward(a, b, h0, method=method, chunk_size=4, backend=backend)
+    dh, dstate = _upstream(rng, h), _upstream(rng, h_T)
+    ref = linear.backward(cache, dh, dstate)
+    h_buf = np.full_like(h, np.nan)
+    h2, h_T2, cache2 = linear.forward(a, b, h0, method=method, chunk_size=4, backend=backend,
+                                      out=h_buf)
+    assert h2 is h_buf
+    np.testing.assert_array_equal(h2, h)
+    np.testing.assert_array_equal(h_T2, h_T)
+    bufs = {k: np.full_like(v, np.nan) for k, v in ref.items()}
+    g = linear.backward(cache2, dh, dstate, out=dict(bufs))
+    for k in ref:
+        assert g[k] is bufs[k], k
+        np.testing.assert_array_equal(g[k], ref[k])
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_out_buffers_with_log_a_and_real_gates_of_complex_inputs(backend, rng):
+    """``log_a``'s gradient (da scaled by a) and a real ``a`` with complex ``b``
+    (complex da, real part returned) land in their buffers too."""
+    pytest.importorskip(backend)
+    _, b, h0 = _inputs(rng, np.complex128)
+    cases = [(None, {"log_a": _log_gates(rng, b.shape)}),
+             (rng.uniform(-1, 1, b.shape), {})]
+    for a, kw in cases:
+        h, _, cache = linear.forward(a, b, h0, backend=backend, **kw)
+        dh = _upstream(rng, h)
+        ref = linear.backward(cache, dh)
+        h2, _, cache2 = linear.forward(a, b, h0, backend=backend, out=np.empty_like(h), **kw)
+        bufs = {k: np.empty_like(v) for k, v in ref.items()}
+        g = linear.backward(cache2, dh, out=dict(bufs))
+        for k in ref:
+            assert g[k] is bufs[k] and g[k].dtype == ref[k].dtype, k
+            np.testing.assert_array_equal(g[k], ref[k])
+
+
+def test_a_partial_out_dict_fills_only_its_keys(rng):
+    a, b, h0 = _inputs(rng)
+    h, _, cache = linear.forward(a, b, h0)
+    db = np.empty_like(b)
+    g = linear.backward(cache, np.ones_like(h), out={"b": db})
+    assert g["b"] is db and g["a"] is not db
+    np.testing.assert_array_equal(g["b"], linear.backward(cache, np.ones_like(h))["b"])
+
+
+def test_a_wrong_out_is_refused_naming_it(rng):
+    a, b, h0 = _inputs(rng, T=9)
+    ro = np.empty_like(b)
+    ro.flags.writeable = False
+    wrong = [(TypeError, r"out: expected an ndarray, got list", [[0.0]]),
+             (TypeError, r"out: expected dtype float64 \(that of h\), got float32",
+              np.empty(b.shape, np.float32)),
+             (ValueError, r"out: expected shape \(2, 9, 3\) \(that of h\), got \(2, 9, 4\)",
+              np.empty((2, 9, 4))),
+             (ValueError, r"out: expected a C-contiguous array, got strides",
+              np.empty(b.shape[::-1]).T),
+             (ValueError, r"out: expected a writeable array, got a read-only one", ro),
+             (ValueError, r"out: expected an array that shares no memory with b, got one",
+              b)]
+    for error, message, out in wrong:
+        with pytest.raises(error, match=message):
+            linear.forward(a, b, h0, out=out)
+    whole = np.empty((2 * 9 * 3 + 6,))      # h0 placed inside the buffer given as out
+    h0_inside = whole[:6].reshape(2, 3)
+    h0_inside[...] = h0
+    with pytest.raises(ValueError, match=r"out: expected an array that shares no memory "
+                                         r"with initial_state"):
+        linear.forward(a, b, h0_inside, out=whole[:54].reshape(b.shape))
+
+
+def test_a_wrong_gradient_out_is_refused_naming_it(rng):
+    a, b, h0 = _inputs(rng, T=9)
+    h, _, cache = linear.forward(a, b, h0)
+    dh = np.ones_like(h)
+    buf = np.empty_like(h)
+    wrong = [(TypeError, r"out: expected a dict of arrays keyed by some of \('a', 'b', "
+                         r"'initial_state'\), got ndarray", buf),
+             (ValueError, r"out: expected keys among \('a', 'b', 'initial_state'\), "
+                          r"got 'log_a'", {"log_a": buf}),
+             (ValueError, r"out\['initial_state'\]: expected shape \(2, 3\) \(that of the "
+                          r"gradient of initial_state\), got \(2, 9, 3\)",
+              {"initial_state": buf}),
+             (ValueError, r"out\['b'\]: expected an array that shares no memory with dh",
+              {"b": dh}),
+             (ValueError, r"out\['a'\]: expected an array that shares no memory with h,",
+              {"a": h}),
+             (ValueError, r"out\['b'\]: expected an array that shares no memory with "
+                          r"out\['a'\]", {"a": buf, "b": buf})]
+    for error, message, out in wrong:
+        with pytest.raises(error, match=message):
+            linear.backward(cache, dh, out=out)
+    np.testing.assert_array_equal(dh, 1.0)   # refused before anything was written
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_a_cache_whose_out_buffer_was_written_again_is_refused(backend, rng):
+    """Reusing the forward's buffer before the backward would silently give the
+    gradients of other states; the stale cache is refused, the fresh one runs."""
+    pytest.importorskip(backend)
+    a, b, h0 = _inputs(rng)
+    buf = np.empty_like(b)
+    _, _, first = linear.forward(a, b, h0, backend=backend, out=buf)
+    h, _, second = linear.forward(a, 2 * b, h0, backend=backend, out=buf)
+    with pytest.raises(ValueError, match=r"cache: expected the states h that the forward "
+                                         r"wrote into its out buffer, got a cache whose out "
+                                         r"buffer has been written into since"):
+        linear.backward(first, np.ones_like(h))
+    ref = linear.backward(linear.forward(a, 2 * b, h0)[2], np.ones_like(h))
+    assert_close(linear.backward(second, np.ones_like(h))["a"], ref["a"], 1e-12)

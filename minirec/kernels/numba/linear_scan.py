@@ -22,7 +22,9 @@ the chunked kernel on the reversed scan.
 
 :func:`forward` and :func:`backward` at the end are the wrappers
 :mod:`minirec.scan.linear` calls, with its argument names and return
-structure; they flatten, cast and allocate, the kernels only compute.
+structure; they flatten, cast and allocate (or hand the caller's ``out=``
+buffers to the kernels: a new 128 MiB output costs about as much to fault in
+as the forward scan itself), the kernels only compute.
 ``fastmath`` is off so that results match the NumPy reference to rounding.
 This module imports nothing from the rest of minirec.
 """
@@ -119,7 +121,7 @@ def _flat(x, B, T, R, dtype=None):
     return np.ascontiguousarray(x, dtype=dtype).reshape(B, T, R)
 
 
-def forward(a, b, initial_state, *, method, chunk_size):
+def forward(a, b, initial_state, *, method, chunk_size, out=None):
     """``(h, h_T, None)`` as :func:`minirec.scan.linear.forward` returns them
     (``None``: the backward needs nothing beyond the definition's cache).
 
@@ -127,6 +129,10 @@ def forward(a, b, initial_state, *, method, chunk_size):
     ``method`` in ``("recurrent", "chunked")``; ``chunk_size``: the chunk length
     for ``"chunked"`` (resolved by the caller). ``h`` has the common dtype of
     the three; ``a`` keeps its own (a real ``a`` is not copied to complex).
+    ``out``: ``None``, or a C-contiguous, writeable ``(B, T, ...)`` array of
+    ``h``'s dtype that shares no memory with the inputs (checked by the
+    caller); the kernels write ``h`` straight into it and it is returned as
+    ``h`` (no fresh pages to fault in per call).
     """
     B, T = b.shape[:2]
     R = int(np.prod(b.shape[2:], dtype=np.int64))
@@ -134,7 +140,7 @@ def forward(a, b, initial_state, *, method, chunk_size):
     a3 = _flat(a, B, T, R)
     b3 = _flat(b, B, T, R, dtype)
     h03 = np.ascontiguousarray(initial_state, dtype=dtype).reshape(B, R)
-    h = np.empty((B, T, R), dtype)
+    h = np.empty((B, T, R), dtype) if out is None else out.reshape(B, T, R)
     if method == "recurrent":
         _forward_recurrent(a3, b3, h03, h)
     elif method == "chunked":
@@ -143,20 +149,33 @@ def forward(a, b, initial_state, *, method, chunk_size):
     else:
         raise ValueError(f"method: the numba linear scan expected 'recurrent' or 'chunked', "
                          f"got {method!r}")
-    h = h.reshape(b.shape)
+    h = h.reshape(b.shape) if out is None else out
     return h, h[:, -1].copy(), None
 
 
-def backward(a, h, initial_state, kernel, dh, dstate, *, method, chunk_size):
+def _buffer(out, key, shape, dtype):
+    """``out[key]`` viewed as ``shape`` when the caller gave it, else a new array."""
+    if out is not None and key in out:
+        return out[key].reshape(shape)
+    return np.empty(shape, dtype)
+
+
+def backward(a, h, initial_state, kernel, dh, dstate, *, method, chunk_size, out=None):
     """``{"a", "b", "initial_state"}`` in ``h``'s dtype (complex when ``h`` is;
     the caller takes the real part for real inputs).
 
     ``a``, ``h``, ``initial_state`` from the forward; ``kernel``: what
     :func:`forward` returned third (unused); ``dh (B, T, ...)``,
     ``dstate (B, ...)`` the upstream gradients. ``recurrent``: one fused
-    reverse pass. ``chunked``: the chunked forward kernel on the reversed
-    scan ``g_t = dh_t + conj(a_{t+1}) g_{t+1}`` (``c_{T-1} = 1``), then
-    ``da = g ⊙ conj(h_{t-1})``, ``dh0 = conj(a_0) ⊙ g_0``.
+    reverse pass that writes ``da`` and ``db`` together (read ``a, h, dh``
+    once, write ``da, db`` once). ``chunked``: the chunked forward kernel on
+    the reversed scan ``g_t = dh_t + conj(a_{t+1}) g_{t+1}``
+    (``c_{T-1} = 1``), then ``da = g ⊙ conj(h_{t-1})``, ``dh0 = conj(a_0) ⊙ g_0``.
+    ``out``: ``None`` or a dict with some of the keys ``"a", "b",
+    "initial_state"``, each a C-contiguous, writeable array of its
+    gradient's shape in ``h``'s dtype sharing no memory with the rest
+    (checked by the caller); those gradients are written into them and they
+    are returned.
     """
     B, T = h.shape[:2]
     R = int(np.prod(h.shape[2:], dtype=np.int64))
@@ -166,10 +185,10 @@ def backward(a, h, initial_state, kernel, dh, dstate, *, method, chunk_size):
     h03 = np.ascontiguousarray(initial_state, dtype=dtype).reshape(B, R)
     dh3 = _flat(dh, B, T, R, dtype)
     ds = np.ascontiguousarray(dstate, dtype=dtype).reshape(B, R)
+    da = _buffer(out, "a", (B, T, R), dtype)
+    db = _buffer(out, "b", (B, T, R), dtype)
+    dh0 = _buffer(out, "initial_state", (B, R), dtype)
     if method == "recurrent":
-        da = np.empty((B, T, R), dtype)
-        db = np.empty((B, T, R), dtype)
-        dh0 = np.empty((B, R), dtype)
         _backward(a3, h3, h03, dh3, ds, da, db, dh0)
     elif method == "chunked":
         c = np.empty((B, T, R), a3.dtype)
@@ -179,12 +198,14 @@ def backward(a, h, initial_state, kernel, dh, dstate, *, method, chunk_size):
         prod = np.empty((B, T, R), a3.dtype)
         _forward_chunked(np.ascontiguousarray(c[:, ::-1]), np.ascontiguousarray(dh3[:, ::-1]),
                          ds, g, prod, int(chunk_size))
-        db = np.ascontiguousarray(g[:, ::-1])
+        db[...] = g[:, ::-1]
         h_prev = np.concatenate([h03[:, None], h3[:, :-1]], axis=1)
-        da = db * np.conj(h_prev)
-        dh0 = np.conj(a3[:, 0]) * db[:, 0]
+        np.multiply(db, np.conj(h_prev), out=da)
+        np.multiply(np.conj(a3[:, 0]), db[:, 0], out=dh0)
     else:
         raise ValueError(f"method: the numba linear scan expected 'recurrent' or 'chunked', "
                          f"got {method!r}")
-    return {"a": da.reshape(h.shape), "b": db.reshape(h.shape),
-            "initial_state": dh0.reshape(initial_state.shape)}
+    grads = {"a": da, "b": db, "initial_state": dh0}
+    shapes = {"a": h.shape, "b": h.shape, "initial_state": initial_state.shape}
+    return {k: out[k] if out is not None and k in out else v.reshape(shapes[k])
+            for k, v in grads.items()}
