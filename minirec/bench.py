@@ -297,11 +297,23 @@ def scan_bandwidth_target(limits: dict, repeats: int, budget_s: float) -> list[d
     linear.backward(cache, dh)
     t_f = _median_time(lambda: linear.forward(a, b, backend="numba"), repeats, budget_s)
     t_b = _median_time(lambda: linear.backward(cache, dh), repeats, budget_s)
+    # the same through the API with reused buffers (out=): no fresh pages to fault in
+    h_buf, da_buf, db_buf = np.empty_like(b), np.empty_like(a), np.empty_like(b)
+    _, _, cache_out = linear.forward(a, b, backend="numba", out=h_buf)
+    linear.backward(cache_out, dh, out={"a": da_buf, "b": db_buf})
+    t_f_out = _median_time(lambda: linear.forward(a, b, backend="numba", out=h_buf), repeats,
+                           budget_s)
+    _, _, cache_out = linear.forward(a, b, backend="numba", out=h_buf)
+    t_b_out = _median_time(lambda: linear.backward(cache_out, dh,
+                                                   out={"a": da_buf, "b": db_buf}),
+                           repeats, budget_s)
     n = a.size
     bw = limits["copy_GBps"] * 1e9
     rows = []
     for what, t, nbytes, target in (("scan.linear numba forward", t_f, 12, 1.2),
-                                     ("scan.linear numba backward", t_b, 20, 1.5)):
+                                     ("scan.linear numba backward", t_b, 20, 1.5),
+                                     ("scan.linear numba forward, out=", t_f_out, 12, 1.2),
+                                     ("scan.linear numba backward, out=", t_b_out, 20, 1.5)):
         bound = nbytes * n / bw
         rows.append({"what": what, "shape": str(SCAN_TARGET_SHAPE), "measured": t,
                      "reference": bound, "ratio": t / bound, "target": f"≤ {target}× bound",
