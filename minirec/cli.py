@@ -478,18 +478,47 @@ def _cmd_check(args: argparse.Namespace) -> int:
 # tour: check everything, then the training demo of minirec.demo
 # ---------------------------------------------------------------------------
 
-def _cmd_tour(args: argparse.Namespace) -> int:
-    print("minirec tour, 1/2: checking every registry entry (gradients in float64, "
-          "every method and backend against the recurrent definition)")
-    tasks, notes = plan_checks(select_entries(None))
-    # cuda-emulated runs CUDA C on the CPU, one thread per CUDA thread: it is for tests,
-    # teaching and debugging, and building it first takes minutes; `minirec check
-    # --backend cuda-emulated` checks it
-    emulated = [t for t in tasks if t[2] == "cuda-emulated"]
-    tasks = [t for t in tasks if t[2] != "cuda-emulated"]
+# The numba kernels the tour compiles and checks, one per kernel family that its
+# users meet first (compiling every numba kernel from an empty cache takes minutes
+# on 2 cores; `minirec check --backend numba` checks them all)
+TOUR_NUMBA = {"scan.linear": ("recurrent", "chunked"), "lstm": ("recurrent",),
+              "mingru": ("recurrent",), "simple_gla": ("chunk",)}
+
+
+def tour_plan(tasks: Sequence[tuple[registry.Entry, str, str]]
+              ) -> tuple[list[tuple[registry.Entry, str, str]], list[str]]:
+    """The tour's share of ``tasks``: every NumPy check, the numba checks of
+    :data:`TOUR_NUMBA`, and the CuPy checks; notes saying what is left out and
+    which command checks it."""
+    kept, numba_left, emulated = [], 0, 0
+    for t in tasks:
+        e, m, b = t
+        if b == "cuda-emulated":
+            emulated += 1
+        elif b == "numba" and m not in TOUR_NUMBA.get(e.name, ()):
+            numba_left += 1
+        else:
+            kept.append(t)
+    notes = []
+    if numba_left:
+        notes.append(f"not in the tour: {numba_left} more numba checks (every entry and method "
+                     "compiled takes minutes the first time; run them with: minirec check "
+                     "--backend numba)")
+    # cuda-emulated runs CUDA C on the CPU, one thread per CUDA thread: for tests,
+    # teaching and debugging, and building it first takes minutes
     if emulated:
-        notes.append(f"not in the tour: {len(emulated)} cuda-emulated checks (CUDA C run on "
+        notes.append(f"not in the tour: {emulated} cuda-emulated checks (CUDA C run on "
                      "the CPU, slow; run them with: minirec check --backend cuda-emulated)")
+    return kept, notes
+
+
+def _cmd_tour(args: argparse.Namespace) -> int:
+    print("minirec tour, 1/2: checking every registry entry (gradients in float64, every "
+          "method against the recurrent definition; on NumPy, and a kernel of each kind "
+          "on numba)")
+    tasks, notes = plan_checks(select_entries(None))
+    tasks, more = tour_plan(tasks)
+    notes += more
     for n in notes:
         print(n)
     rows = run_checks(tasks, PRECISIONS, progress=True)

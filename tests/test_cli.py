@@ -279,8 +279,8 @@ def test_tour_checks_then_trains_and_saves_the_loss_curve(monkeypatch, capsys, t
     text = capsys.readouterr().out
     assert rc == 0, text
     tasks = cli.plan_checks([registry.get("scan.linear")])[0]
-    n = len([t for t in tasks if t[2] != "cuda-emulated"])  # the tour leaves the emulator out
-    assert f"{n}/{n} checks passed" in text
+    n = len(cli.tour_plan(tasks)[0])  # the tour leaves the emulator and most numba out
+    assert n >= 5 and f"{n}/{n} checks passed" in text
     if any(t[2] == "cuda-emulated" for t in tasks):
         assert "not in the tour: 2 cuda-emulated checks" in text
         assert "cuda-emulated" not in text.split("not in the tour")[1].split("\n", 1)[1]
@@ -295,3 +295,15 @@ def test_importing_the_cli_imports_neither_numba_nor_matplotlib():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_tour_checks_every_entry_on_numpy_and_a_numba_kernel_of_each_kind():
+    tasks = cli.plan_checks(cli.select_entries(None))[0]
+    kept, notes = cli.tour_plan(tasks)
+    numpy_pairs = {(e.name, m) for e, m, b in tasks if b == "numpy"}
+    assert numpy_pairs == {(e.name, m) for e, m, b in kept if b == "numpy"}
+    numba = {(e.name, m) for e, m, b in kept if b == "numba"}
+    if any(b == "numba" for _, _, b in tasks):
+        assert numba == {(n, m) for n, ms in cli.TOUR_NUMBA.items() for m in ms}
+        assert any("minirec check --backend numba" in n for n in notes)
+    assert not any(b == "cuda-emulated" for _, _, b in kept)
