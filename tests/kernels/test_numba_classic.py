@@ -1,6 +1,10 @@
 """The Numba RNN/GRU/LSTM kernels (kernels/numba/classic.py): what the contract
-test (tests/test_contract.py) does not see — a hidden size that is no multiple
-of a SIMD width, and float32 arithmetic staying float32 inside the loops."""
+test (tests/test_contract.py) does not see — both forms of the recurrent
+product (per-step BLAS gemm and row loop) whatever the size switch picks, batch
+blocks of unequal size, a hidden size that is no multiple of a SIMD width,
+float32 arithmetic staying float32 inside the loops, and the kernels' tanh near 0."""
+
+import math
 
 import numpy as np
 import pytest
@@ -9,30 +13,63 @@ from minirec import registry
 from tests.conftest import TOL
 
 numba = pytest.importorskip("numba")
-from minirec.kernels.numba import classic  # noqa: E402  (imports numba)
+from minirec.kernels.numba import _math as NM  # noqa: E402  (imports numba)
+from minirec.kernels.numba import classic  # noqa: E402
 
 ENTRIES = ["rnn", "rnn_relu", "gru", "lstm"]
 KERNELS = ["rnn_forward", "rnn_backward", "gru_forward", "gru_backward", "lstm_forward",
            "lstm_backward"]
+# the size switch forced each way: (GEMM_MAX_W_BYTES, GEMM_MIN_ROWS)
+PRODUCTS = {"gemm": (1 << 62, 1), "row loop": (-1, 1 << 62)}
 
 
-@pytest.mark.parametrize("name", ENTRIES)
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_numba_equals_definition_at_an_odd_hidden_size(name, dtype):
-    """H = 33: the vectorised inner loops have a remainder (agreement with the
-    float64 NumPy definition: relative RMS ≤ 1e-10 in float64, ≤ 1e-4 in float32)."""
+def _agree(name, dtype, **dims):
     entry = registry.get(name)
     errors = registry.agreement(entry, "recurrent", "numba", dtype=np.dtype(dtype),
-                                size=entry.size("medium", T=13, H=33))
+                                size=entry.size("medium", **dims))
     tol = TOL[np.dtype(dtype)]
     bad = {k: v for k, v in errors.items() if not v <= tol}
     assert not bad, f"relative RMS above {tol:.0e}: {bad}"
 
 
+@pytest.mark.parametrize("product", PRODUCTS)
+@pytest.mark.parametrize("name", ENTRIES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numba_equals_definition_at_an_odd_hidden_size(name, dtype, product, monkeypatch):
+    """H = 33: the vectorised inner loops have a remainder; B = 5 splits into
+    batch blocks of unequal size (agreement with the float64 NumPy definition:
+    relative RMS ≤ 1e-10 in float64, ≤ 1e-4 in float32), for both products."""
+    monkeypatch.setattr(classic, "GEMM_MAX_W_BYTES", PRODUCTS[product][0])
+    monkeypatch.setattr(classic, "GEMM_MIN_ROWS", PRODUCTS[product][1])
+    _agree(name, dtype, B=5, T=13, H=33)
+
+
+@pytest.mark.parametrize("product", PRODUCTS)
+@pytest.mark.parametrize("name", ["gru", "lstm"])
+def test_a_single_row_runs_as_one_block(name, product, monkeypatch):
+    """B = 1: one block, whatever the thread count."""
+    monkeypatch.setattr(classic, "GEMM_MAX_W_BYTES", PRODUCTS[product][0])
+    monkeypatch.setattr(classic, "GEMM_MIN_ROWS", PRODUCTS[product][1])
+    _agree(name, np.float64, B=1, T=7, H=9)
+
+
+def test_the_size_switch():
+    """gemm for a W_hh that fits half of L2 or for blocks of many rows, the row
+    loop for a large W_hh and few rows per block."""
+    small = np.zeros((4 * 64, 64), np.float32)     # 64 KiB
+    large = np.zeros((4 * 256, 256), np.float32)   # 1 MiB
+    assert classic.use_gemm(small, 8)
+    assert not classic.use_gemm(large, 2)
+    assert classic.use_gemm(large, classic.GEMM_MIN_ROWS * classic.n_chunks(1 << 10))
+    assert classic.n_chunks(1) == 1
+    assert classic.n_chunks(0) == 1
+
+
 def test_float32_is_computed_in_float32_inside_every_kernel(monkeypatch):
     """No float64 value anywhere in the float32 specialisations: a float64
     literal (``1.0 - z``) or the old local tanh/σ would promote the arithmetic.
-    The kernels are recompiled uncached here so that their types can be read."""
+    The kernels are recompiled uncached here so that their types can be read;
+    both products are compiled in every kernel (``gemm`` is a run-time flag)."""
     fresh = {k: numba.njit(getattr(classic, k).py_func) for k in KERNELS}
     for k, f in fresh.items():
         monkeypatch.setattr(classic, k, f)
@@ -49,3 +86,55 @@ def test_float32_is_computed_in_float32_inside_every_kernel(monkeypatch):
         assert numba.float32 in typemap.values(), k
         promoted = sorted(v for v, t in typemap.items() if t == numba.float64)
         assert not promoted, f"{k}: float64 values in the float32 kernel: {promoted}"
+
+
+# ---------------------------------------------------------------------------
+# tanh near 0: no cancellation in (1 − e)/(1 + e)
+# ---------------------------------------------------------------------------
+
+@numba.njit
+def _tanh_kernel(x, out):
+    for i in range(x.shape[0]):
+        out[i] = NM.tanh(x[i])
+
+
+def _tanh_exact(x):
+    """tanh in float64 from expm1 (a few ulp, no cancellation anywhere), for |x| ≤ 1."""
+    u = np.expm1(-2.0 * np.abs(x.astype(np.float64)))
+    return np.sign(x) * (-u / (2.0 + u))
+
+
+@pytest.mark.parametrize("dtype, max_eps", [(np.float64, 8), (np.float32, 4)])
+def test_tanh_keeps_its_relative_precision_near_zero(dtype, max_eps):
+    """Relative error ≤ a few eps of the dtype for 1e-30 ≤ |x| ≤ 1 (the exp form
+    alone: ~1500 eps at |x| = 1e-4 in float64, and tanh(1e-9) was 0 in float32),
+    in the compiled kernel function and in the plain Python one."""
+    mag = np.geomspace(1e-30, 1.0, 3001).astype(dtype)
+    x = np.concatenate([mag, -mag])
+    ref = _tanh_exact(x)
+    out = np.empty_like(x)
+    _tanh_kernel(x, out)
+    assert out.dtype == dtype
+    eps = np.finfo(dtype).eps
+    rel = np.abs(out.astype(np.float64) - ref) / np.abs(ref)
+    assert rel.max() <= max_eps * eps, f"{rel.max() / eps:.1f} eps at x = {x[rel.argmax()]!r}"
+    if dtype == np.float64:
+        py = np.array([NM.tanh(float(v)) for v in x])
+        rel_py = np.abs(py - ref) / np.abs(ref)
+        assert rel_py.max() <= max_eps * eps
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tanh_at_the_edges(dtype):
+    """Signed zeros, ±inf, NaN, large arguments and both sides of the series'
+    threshold against np.tanh."""
+    s = NM.TANH_SERIES_BELOW[np.dtype(dtype)]
+    x = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 30.0, -30.0, 1e30, s,
+                  np.nextafter(s, 0), -s, 0.5, -3.0], dtype)
+    out = np.empty_like(x)
+    _tanh_kernel(x, out)
+    ref = np.tanh(x.astype(np.float64))
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
+    fin = ~np.isnan(ref)
+    np.testing.assert_allclose(out[fin], ref[fin], rtol=8 * np.finfo(dtype).eps, atol=0)
+    assert math.copysign(1.0, out[1]) == -1.0  # tanh(−0) = −0

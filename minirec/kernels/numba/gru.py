@@ -18,7 +18,7 @@ import numpy as np
 
 from minirec.kernels import _dense
 from minirec.kernels.numba import classic
-from minirec.kernels.numba._blas import blas_single_thread
+from minirec.kernels.numba._blas import blas_single_thread, blas_threads
 
 
 class Cache(NamedTuple):
@@ -36,14 +36,16 @@ def forward(params: dict, x: np.ndarray,
     validated ``params``, ``x (B, T, D)`` and ``state0 (B, H)`` (not ``None``)."""
     dtype = np.result_type(x, *params.values())
     p = {k: v.astype(dtype, copy=False) for k, v in params.items()}
-    with blas_single_thread():
+    B, T, D = x.shape
+    G, H = p["W_hh"].shape
+    with blas_threads(classic.dense_threads(B, T, D, G)):
         gi = _dense.project(x.astype(dtype, copy=False), p["W_ih"], p["b_ih"])
-        B, T, G = gi.shape
-        H = G // 3
-        hs = np.empty((B, T, H), dtype)
-        gates = np.empty((B, T, 4 * H), dtype)
-        h0 = np.ascontiguousarray(state0, dtype=dtype)
-        classic.gru_forward(gi, np.ascontiguousarray(p["W_hh"].T), p["b_hh"], h0, hs, gates)
+    hs = np.empty((B, T, H), dtype)
+    gates = np.empty((B, T, 4 * H), dtype)
+    h0 = np.ascontiguousarray(state0, dtype=dtype)
+    with blas_single_thread():
+        classic.gru_forward(gi, np.ascontiguousarray(p["W_hh"].T), p["b_hh"], h0,
+                            classic.use_gemm(p["W_hh"], B), classic.n_chunks(B), hs, gates)
     return hs, hs[:, -1].copy(), Cache(x, hs, h0, gates)
 
 
@@ -54,13 +56,16 @@ def backward(params: dict, cache: Cache, dy: np.ndarray,
     hs, h0 = cache.hs, cache.h0
     dt = hs.dtype
     B, T, H = hs.shape
+    D = cache.x.shape[2]
+    W_hh = np.ascontiguousarray(params["W_hh"], dtype=dt)
+    dgi = np.empty((B, T, 3 * H), dt)
+    dgh = np.empty((B, T, 3 * H), dt)
+    dh0 = np.empty_like(h0)
     with blas_single_thread():
-        dgi = np.empty((B, T, 3 * H), dt)
-        dgh = np.empty((B, T, 3 * H), dt)
-        dh0 = np.empty_like(h0)
-        classic.gru_backward(hs, h0, cache.gates, np.ascontiguousarray(params["W_hh"], dtype=dt),
-                             np.ascontiguousarray(dy, dtype=dt),
-                             np.ascontiguousarray(dstate, dtype=dt), dgi, dgh, dh0)
+        classic.gru_backward(hs, h0, cache.gates, W_hh, np.ascontiguousarray(dy, dtype=dt),
+                             np.ascontiguousarray(dstate, dtype=dt),
+                             classic.use_gemm(W_hh, B), classic.n_chunks(B), dgi, dgh, dh0)
+    with blas_threads(classic.dense_threads(B, T, D, 3 * H)):
         grads = _dense.dense_grads(cache.x.astype(dt, copy=False),
                                     _dense.previous_states(h0, hs), dgi, dgh,
                                     params["W_ih"].astype(dt, copy=False))

@@ -18,7 +18,7 @@ import numpy as np
 
 from minirec.kernels import _dense
 from minirec.kernels.numba import classic
-from minirec.kernels.numba._blas import blas_single_thread
+from minirec.kernels.numba._blas import blas_single_thread, blas_threads
 
 
 class Cache(NamedTuple):
@@ -38,14 +38,17 @@ def forward(params: dict, x: np.ndarray,
     validated ``params``, ``x (B, T, D)`` and ``state0 = (h0, c0)`` (not ``None``)."""
     dtype = np.result_type(x, *params.values())
     p = {k: v.astype(dtype, copy=False) for k, v in params.items()}
-    with blas_single_thread():
+    B, T, D = x.shape
+    G = p["W_hh"].shape[0]
+    with blas_threads(classic.dense_threads(B, T, D, G)):
         gi = _dense.project(x.astype(dtype, copy=False), p["W_ih"], p["b_ih"] + p["b_hh"])
-        B, T, G = gi.shape
-        hs = np.empty((B, T, G // 4), dtype)
-        cs = np.empty_like(hs)
-        gates = np.empty_like(gi)
-        h0, c0 = (np.ascontiguousarray(s, dtype=dtype) for s in state0)
-        classic.lstm_forward(gi, np.ascontiguousarray(p["W_hh"].T), h0, c0, hs, cs, gates)
+    hs = np.empty((B, T, G // 4), dtype)
+    cs = np.empty_like(hs)
+    gates = np.empty_like(gi)
+    h0, c0 = (np.ascontiguousarray(s, dtype=dtype) for s in state0)
+    with blas_single_thread():
+        classic.lstm_forward(gi, np.ascontiguousarray(p["W_hh"].T), h0, c0,
+                             classic.use_gemm(p["W_hh"], B), classic.n_chunks(B), hs, cs, gates)
     return hs, (hs[:, -1].copy(), cs[:, -1].copy()), Cache(x, hs, cs, h0, c0, gates)
 
 
@@ -55,14 +58,16 @@ def backward(params: dict, cache: Cache, dy: np.ndarray,
     ``dy (B, T, H)`` and both parts of ``dstate`` are arrays (zeros, not ``None``)."""
     hs, h0, c0 = cache.hs, cache.h0, cache.c0
     dt = hs.dtype
+    B, T, D = cache.x.shape
+    W_hh = np.ascontiguousarray(params["W_hh"], dtype=dt)
     dstate_h, dstate_c = (np.ascontiguousarray(d, dtype=dt) for d in dstate)
+    da = np.empty_like(cache.gates)
+    dh0, dc0 = np.empty_like(h0), np.empty_like(c0)
     with blas_single_thread():
-        da = np.empty_like(cache.gates)
-        dh0, dc0 = np.empty_like(h0), np.empty_like(c0)
-        classic.lstm_backward(cache.cs, c0, cache.gates,
-                              np.ascontiguousarray(params["W_hh"], dtype=dt),
+        classic.lstm_backward(cache.cs, c0, cache.gates, W_hh,
                               np.ascontiguousarray(dy, dtype=dt), dstate_h, dstate_c,
-                              da, dh0, dc0)
+                              classic.use_gemm(W_hh, B), classic.n_chunks(B), da, dh0, dc0)
+    with blas_threads(classic.dense_threads(B, T, D, W_hh.shape[0])):
         grads = _dense.dense_grads(cache.x.astype(dt, copy=False),
                                     _dense.previous_states(h0, hs), da, da,
                                     params["W_ih"].astype(dt, copy=False))

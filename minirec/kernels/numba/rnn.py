@@ -18,7 +18,7 @@ import numpy as np
 
 from minirec.kernels import _dense
 from minirec.kernels.numba import classic
-from minirec.kernels.numba._blas import blas_single_thread
+from minirec.kernels.numba._blas import blas_single_thread, blas_threads
 
 
 class Cache(NamedTuple):
@@ -36,12 +36,16 @@ def forward(params: dict, x: np.ndarray, state0: np.ndarray, *,
     validated ``params``, ``x (B, T, D)`` and ``state0 (B, H)`` (not ``None``)."""
     dtype = np.result_type(x, *params.values())
     p = {k: v.astype(dtype, copy=False) for k, v in params.items()}
-    with blas_single_thread():
+    B, T, D = x.shape
+    H = p["W_hh"].shape[0]
+    with blas_threads(classic.dense_threads(B, T, D, H)):
         gi = _dense.project(x.astype(dtype, copy=False), p["W_ih"], p["b_ih"] + p["b_hh"])
-        hs = np.empty(gi.shape, dtype)
-        h0 = np.ascontiguousarray(state0, dtype=dtype)
-        relu = nonlinearity == "relu"
-        classic.rnn_forward(gi, np.ascontiguousarray(p["W_hh"].T), h0, relu, hs)
+    hs = np.empty(gi.shape, dtype)
+    h0 = np.ascontiguousarray(state0, dtype=dtype)
+    relu = nonlinearity == "relu"
+    with blas_single_thread():
+        classic.rnn_forward(gi, np.ascontiguousarray(p["W_hh"].T), h0, relu,
+                            classic.use_gemm(p["W_hh"], B), classic.n_chunks(B), hs)
     return hs, hs[:, -1].copy(), Cache(x, hs, h0, relu)
 
 
@@ -51,12 +55,16 @@ def backward(params: dict, cache: Cache, dy: np.ndarray,
     ``dy (B, T, H)`` and ``dstate (B, H)`` are arrays (zeros, not ``None``)."""
     hs, h0 = cache.hs, cache.h0
     dt = hs.dtype
+    B, T, H = hs.shape
+    D = cache.x.shape[2]
+    W_hh = np.ascontiguousarray(params["W_hh"], dtype=dt)
+    da = np.empty_like(hs)
+    dh0 = np.empty_like(h0)
     with blas_single_thread():
-        da = np.empty_like(hs)
-        dh0 = np.empty_like(h0)
-        classic.rnn_backward(hs, np.ascontiguousarray(params["W_hh"], dtype=dt),
-                             np.ascontiguousarray(dy, dtype=dt),
-                             np.ascontiguousarray(dstate, dtype=dt), cache.relu, da, dh0)
+        classic.rnn_backward(hs, W_hh, np.ascontiguousarray(dy, dtype=dt),
+                             np.ascontiguousarray(dstate, dtype=dt), cache.relu,
+                             classic.use_gemm(W_hh, B), classic.n_chunks(B), da, dh0)
+    with blas_threads(classic.dense_threads(B, T, D, H)):
         grads = _dense.dense_grads(cache.x.astype(dt, copy=False),
                                     _dense.previous_states(h0, hs), da, da,
                                     params["W_ih"].astype(dt, copy=False))
