@@ -46,19 +46,21 @@ of its arrays (as ``h`` is for an RNN or LSTM), the step returns it
 separately: ``y_t, state, cache_t = step_forward(params, x_t, state)`` and
 ``dx_t, dstate_prev, dparams = step_backward(dy_t, dstate_next, cache_t)``.
 
-Backends: ``backend="numba"`` keeps the projections (``x W_k^T``,
-``x W_v^T``, ``o W_o^T`` and the weight gradients) as NumPy GEMMs over all
-tokens and passes the backend to :mod:`minirec.ops.softmax_scan`, whose numba
-kernel runs the ``recurrent`` scan (and its backward) as one fused loop over
-time; ``blelloch`` is NumPy-only. ``backend="cupy"`` and ``"cuda-emulated"``
-do the same with softmax_scan's CUDA kernels (one warp per (batch, head)); for
-``"cupy"`` the parameters and ``x`` are CuPy arrays and the projections are
-CuPy GEMMs (cuBLAS).
+Backends: ``backend="numba"`` runs :mod:`minirec.kernels.numba.aaren`
+(``_backend.kernels("aaren", "numba")``): the projections and the weight
+gradients as 2-D GEMMs over all tokens (scores and values as one GEMM,
+``x [w_s; W_v]^T`` with ``w_s = q W_k / √K`` per head), the
+``recurrent`` scan and its backward as one fused loop over time each
+(softmax_scan's numba kernels); ``blelloch`` is NumPy-only.
+``backend="cupy"`` and ``"cuda-emulated"`` keep the projections here and pass
+the backend to :mod:`minirec.ops.softmax_scan`, whose CUDA kernels run the scan
+(one warp per (batch, head)); for ``"cupy"`` the parameters and ``x`` are CuPy
+arrays and the projections are CuPy GEMMs (cuBLAS).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -94,15 +96,20 @@ class AarenCache(NamedTuple):
     """What :func:`backward` needs from :func:`forward`: ``x (B, T, D)``, the
     keys ``k (B, T, NH, K)``, the heads' outputs ``o_flat (B, T, NH·V)``, the
     scan's cache ``scan``, ``param_shapes`` (checked against the params given to
-    the backward), ``method``, ``backend``."""
+    the backward), ``method``, ``backend``; with ``backend="numba"`` ``kernel``,
+    the kernel module's cache (``k``, ``o_flat``, ``scan`` are ``None`` then),
+    and ``state_like``, zeros shaped like the final state (``dstate`` is checked
+    against it)."""
 
     x: np.ndarray
-    k: np.ndarray
-    o_flat: np.ndarray
-    scan: softmax_scan.SoftmaxScanCache
+    k: np.ndarray | None
+    o_flat: np.ndarray | None
+    scan: softmax_scan.SoftmaxScanCache | None
     param_shapes: dict
     method: str
     backend: str
+    kernel: Any = None
+    state_like: tuple | None = None
 
 
 def init_params(rng: np.random.Generator, input_size: int, hidden_size: int, *,
@@ -249,6 +256,11 @@ def forward(params: dict, x: np.ndarray, state0: State | None = None, *,
                      backend_methods=BACKEND_METHODS)
     V.positive_int("chunk_size", chunk_size, allow_none=True)
     _check(params, x, state0)
+    if backend == "numba":  # projections, scan and read-out behind the seam
+        s0 = zero_state(params, x.shape[0], x.dtype) if state0 is None else state0
+        y, state, kernel = _backend.kernels("aaren", backend).forward(params, x, s0)
+        return y, state, AarenCache(x, None, None, None, V.param_shapes(params), method,
+                                    backend, kernel, tuple(map(V.zeros_view, state)))
     k, v, s = _project(params, x)
     o, state, scan_cache = softmax_scan.forward(s, v, initial_state=state0, method=method,
                                                 backend=backend)
@@ -270,6 +282,9 @@ def backward(params: dict, cache: AarenCache, dy: np.ndarray | None,
     xp = _backend.xp_of(x)  # CuPy arrays for backend="cupy"
     y_like = V.zeros_view(x, (B, T) + params["b_o"].shape)
     dy = V.grad_like("dy", dy, y_like, "y")
+    if c.backend == "numba":
+        dstate = V.grad_state("dstate", dstate, c.state_like, fill=True)
+        return _backend.kernels("aaren", c.backend).backward(params, c.kernel, dy, dstate)
     if dy is None:
         do = None
         dout = {"W_o": xp.zeros_like(params["W_o"]), "b_o": xp.zeros_like(params["b_o"])}

@@ -54,15 +54,12 @@ cast their real operand to complex first, so that each is one complex BLAS
 call (NumPy's matmul of a real array with a complex one does not reach BLAS;
 ~6x slower), with every backend.
 
-Backends. ``backend="numba"`` runs the same equations: the projections stay
-NumPy GEMMs and ``backend`` is passed to :func:`minirec.scan.linear.forward`,
-whose numba kernels (complex included) run the scan for its
-``BACKEND_METHODS`` and the reverse pass in the backward. ``backend="cupy"`` /
-``"cuda-emulated"``: the projections are GEMMs here (cuBLAS through CuPy), the
-scan one fused CUDA kernel per direction that forms ``γ ⊙ Bx_t`` inside the
-scan and, backward, ``γ ⊙ g``, ``Σ_t g_t conj(h_{t−1})`` and ``Σ_t Re(g_t
-conj(Bx_t))`` in the same reverse pass (:mod:`minirec.kernels.cuda.lru`;
-methods ``recurrent`` and ``chunked``).
+Backends. Other backends run the same equations: the projections are GEMMs
+here (cuBLAS through CuPy for ``"cupy"``), the scan one fused kernel per
+direction that forms ``γ ⊙ Bx_t`` inside the scan and, backward, ``γ ⊙ g``,
+``Σ_t g_t conj(h_{t−1})`` and ``Σ_t Re(g_t conj(Bx_t))`` in the same reverse
+pass (``_backend.kernels("lru", backend)``: :mod:`minirec.kernels.numba.lru`,
+:mod:`minirec.kernels.cuda.lru`; methods ``recurrent`` and ``chunked``).
 """
 
 from __future__ import annotations
@@ -77,9 +74,8 @@ from minirec.scan import linear
 
 METHODS = linear.METHODS
 BACKENDS = ("numpy", "numba", "cupy", "cuda-emulated")
-# numba: the projections stay NumPy and the recurrence runs in scan.linear's kernels;
-# cupy, cuda-emulated: fused scan kernels (kernels/cuda/diagonal.cu), GEMMs around them
-BACKEND_METHODS = {"numba": linear.BACKEND_METHODS["numba"], "cupy": ("recurrent", "chunked"),
+# fused scan kernels (kernels/numba/diagonal.py, kernels/cuda/diagonal.cu), GEMMs around them
+BACKEND_METHODS = {"numba": ("recurrent", "chunked"), "cupy": ("recurrent", "chunked"),
                    "cuda-emulated": ("recurrent", "chunked")}
 PARAM_SHAPES = {"nu_log": ("N",), "theta_log": ("N",), "gamma_log": ("N",),
                 "B_re": ("N", "D"), "B_im": ("N", "D"), "C_re": ("D", "N"),
@@ -89,10 +85,10 @@ PARAM_SHAPES = {"nu_log": ("N",), "theta_log": ("N",), "gamma_log": ("N",),
 class LRUCache(NamedTuple):
     """What :func:`backward` needs: ``x (B, T, D)``; ``Bx = x B^T (B, T, N)``;
     ``h (B, T, N)`` every state; ``scan``, the scan's
-    :class:`~minirec.scan.linear.LinearScanCache` (``None`` on the CUDA
+    :class:`~minirec.scan.linear.LinearScanCache` (``None`` on the other
     backends); ``param_shapes`` (``{name: shape}`` of the forward's params);
     ``h0 (B, N)`` the initial state (as given, or zeros); ``backend``;
-    ``kernel``, the CUDA kernel's cache (``None`` on the others)."""
+    ``kernel``, the kernel module's cache (``None`` for NumPy)."""
 
     x: np.ndarray
     Bx: np.ndarray
@@ -274,7 +270,7 @@ def forward(params: dict, x: np.ndarray, state0: np.ndarray | None = None, *,
     Bx = x.astype(cdtype) @ B.T                     # (B, T, N)
     h0 = zero_state(params, x.shape[0], dtype) if state0 is None else state0
     scan_cache = kernel = None
-    if backend in _backend.CUDA_BACKENDS:  # γ ⊙ Bx and the scan fused (kernels/cuda/lru)
+    if backend != "numpy":  # γ ⊙ Bx and the scan fused (kernels/{numba,cuda}/lru)
         h, h_T, kernel = _backend.kernels("lru", backend).forward(
             lam, gamma, Bx, h0, method=method, chunk_size=chunk_size)
     else:
@@ -314,7 +310,7 @@ def backward(params: dict, cache: LRUCache, dy: np.ndarray | None,
     lam, gamma, B, C = _complex_params(params, cdtype)
     dyc, xc = dy.astype(cdtype), x.astype(cdtype)   # complex: one BLAS call per product
     dh = dyc @ C.conj()                             # through y = Re(h C^T) + D ⊙ x
-    if cache.backend in _backend.CUDA_BACKENDS:     # the reverse scan and its sums fused
+    if cache.backend != "numpy":                    # the reverse scan and its sums fused
         gg, dlam, dgamma, dh0 = _backend.kernels("lru", cache.backend).backward(
             cache.kernel, dh, dstate)
         dz = dlam * lam.conj()                      # through λ = exp(z)

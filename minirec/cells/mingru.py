@@ -51,13 +51,12 @@ returned state; ``c = 1``, or ``c = 2`` with negative eigenvalues, so that
 ``step_forward``/``step_backward`` are one time step of the same equations,
 for streaming (and a test loops them against ``forward``/``backward``).
 
-``backend="numba"``: the gates stay vectorised NumPy (GEMMs over all T) and
-``backend`` is passed to :func:`minirec.scan.linear.forward`, whose numba
-kernels run the recurrence (its ``BACKEND_METHODS``), forward and backward.
-``backend="cupy"`` / ``"cuda-emulated"``: the projections are GEMMs here (cuBLAS
-through CuPy), then one fused CUDA kernel per direction computes the gates from
-``k`` inside the scan and, backward, ``dk`` and ``dh̃`` in the same reverse pass
-(:mod:`minirec.kernels.cuda.mingru`; methods ``recurrent`` and ``chunked``).
+Other backends: the projections are GEMMs here (cuBLAS through CuPy for
+``"cupy"``), then one fused kernel per direction computes the gates from ``k``
+inside the scan and, backward, ``dk`` and ``dh̃`` in the same reverse pass
+(``_backend.kernels("mingru", backend)``: :mod:`minirec.kernels.numba.mingru`
+for ``"numba"``, :mod:`minirec.kernels.cuda.mingru` for ``"cupy"`` /
+``"cuda-emulated"``; methods ``recurrent`` and ``chunked``).
 """
 
 from __future__ import annotations
@@ -73,9 +72,8 @@ from minirec.scan import linear
 
 METHODS = linear.METHODS  # ("recurrent", "hillis_steele", "blelloch", "chunked", "log")
 BACKENDS = ("numpy", "numba", "cupy", "cuda-emulated")
-# numba: the gates stay NumPy and the recurrence runs in scan.linear's kernels;
-# cupy, cuda-emulated: fused gate + scan kernels (kernels/cuda/diagonal.cu)
-BACKEND_METHODS = {"numba": linear.BACKEND_METHODS["numba"], "cupy": ("recurrent", "chunked"),
+# fused gate + scan kernels (kernels/numba/diagonal.py, kernels/cuda/diagonal.cu)
+BACKEND_METHODS = {"numba": ("recurrent", "chunked"), "cupy": ("recurrent", "chunked"),
                    "cuda-emulated": ("recurrent", "chunked")}
 PARAM_SHAPES = {"W_z": ("H", "D"), "b_z": ("H",), "W_h": ("H", "D"), "b_h": ("H",)}
 
@@ -96,8 +94,8 @@ class GatedScanCache(NamedTuple):
 
 
 class KernelScanCache(NamedTuple):
-    """The gated scan's cache on the CUDA backends, whose fused kernels recompute
-    the gates: ``h (B, T, H)`` every state (what ``dy`` is checked against),
+    """The gated scan's cache on the kernel backends (numba, CUDA), whose fused
+    kernels form the gates themselves: ``h (B, T, H)`` every state (what ``dy`` is checked against),
     ``backend``, and ``kernel``, the kernel module's own cache."""
 
     h: np.ndarray
@@ -107,7 +105,7 @@ class KernelScanCache(NamedTuple):
 
 class MinGRUCache(NamedTuple):
     """What :func:`backward` needs: ``x (B, T, D)``, ``core`` (a
-    :class:`GatedScanCache`, or a :class:`KernelScanCache` on the CUDA backends)
+    :class:`GatedScanCache`, or a :class:`KernelScanCache` on the kernel backends)
     and ``param_shapes`` (``{name: shape}`` of the forward's params)."""
 
     x: np.ndarray
@@ -255,7 +253,7 @@ def gated_scan_backward(cache: GatedScanCache, dy: np.ndarray | None,
 def kernel_scan(family: str, logits: tuple, h_tilde: np.ndarray, h0: np.ndarray, *,
                 negative_eigenvalues: bool, method: str, chunk_size: int | None, backend: str,
                 ) -> tuple[np.ndarray, np.ndarray, KernelScanCache]:
-    """The gated scan on a CUDA backend: ``family``'s fused kernel (``"mingru"``:
+    """The gated scan on a kernel backend: ``family``'s fused kernel (``"mingru"``:
     ``logits = (s,)``; ``"minlstm"``: ``(k_f, k_i)``) computes the gates from the
     logits inside the scan. Returns ``h``, ``h_T`` and a :class:`KernelScanCache`."""
     h, h_T, kernel = _backend.kernels(family, backend).forward(
@@ -328,7 +326,7 @@ def forward(params: dict, x: np.ndarray, state0: np.ndarray | None = None, *,
     dtype = V.cell_inputs("mingru", params, PARAM_SHAPES, x, state0, ("B", "H"))[0]
     h0 = zero_state(params, x.shape[0], dtype) if state0 is None else state0
     k, h_tilde = project(params, x, "z"), project(params, x, "h")
-    if backend in _backend.CUDA_BACKENDS:  # gates and scan fused (kernels/cuda/mingru)
+    if backend != "numpy":  # gates and scan fused (kernels/{numba,cuda}/mingru)
         y, h_T, core = kernel_scan("mingru", (k,), h_tilde, h0,
                                    negative_eigenvalues=negative_eigenvalues, method=method,
                                    chunk_size=chunk_size, backend=backend)

@@ -46,12 +46,11 @@ write ``a = 1 − c i'`` with ``c = 1``, or ``c = 2`` with negative eigenvalues)
     dx    = dk_f W_f + dk_i W_i + dh̃ W_h
     dstate0 = dh0
 
-``backend="numba"``: as minGRU's, the gates stay vectorised NumPy and the
-recurrence runs in :func:`minirec.scan.linear.forward`'s numba kernels.
-``backend="cupy"`` / ``"cuda-emulated"``: the projections are GEMMs here, then
-one fused CUDA kernel per direction forms ``s`` from ``k_f``, ``k_i`` inside the
-scan and, backward, returns ``dk_f``, ``dk_i``, ``dh̃`` from the same reverse
-pass (:mod:`minirec.kernels.cuda.minlstm`; methods ``recurrent`` and ``chunked``).
+Other backends: the projections are GEMMs here, then one fused kernel per
+direction forms ``s`` from ``k_f``, ``k_i`` inside the scan and, backward,
+returns ``dk_f``, ``dk_i``, ``dh̃`` from the same reverse pass
+(``_backend.kernels("minlstm", backend)``: :mod:`minirec.kernels.numba.minlstm`,
+:mod:`minirec.kernels.cuda.minlstm`; methods ``recurrent`` and ``chunked``).
 """
 
 from __future__ import annotations
@@ -60,7 +59,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from minirec import _backend
 from minirec import _validate as V
 from minirec._math import sigmoid, softplus
 from minirec.cells import mingru
@@ -93,7 +91,7 @@ class MinLSTMCache(NamedTuple):
     """What :func:`backward` needs: ``x (B, T, D)``, the gate logits
     ``k_f, k_i (B, T, H)``, ``core`` (minGRU's
     :class:`~minirec.cells.mingru.GatedScanCache`, or its
-    :class:`~minirec.cells.mingru.KernelScanCache` on the CUDA backends) and
+    :class:`~minirec.cells.mingru.KernelScanCache` on the kernel backends) and
     ``param_shapes`` (``{name: shape}`` of the forward's params)."""
 
     x: np.ndarray
@@ -197,7 +195,7 @@ def forward(params: dict, x: np.ndarray, state0: np.ndarray | None = None, *,
     dtype = V.cell_inputs("minlstm", params, PARAM_SHAPES, x, state0, ("B", "H"))[0]
     h0 = zero_state(params, x.shape[0], dtype) if state0 is None else state0
     k_f, k_i, h_tilde = (project(params, x, n) for n in ("f", "i", "h"))
-    if backend in _backend.CUDA_BACKENDS:  # s, the gates and the scan fused in one kernel
+    if backend != "numpy":  # s, the gates and the scan fused in one kernel
         y, h_T, core = kernel_scan("minlstm", (k_f, k_i), h_tilde, h0,
                                    negative_eigenvalues=negative_eigenvalues, method=method,
                                    chunk_size=chunk_size, backend=backend)

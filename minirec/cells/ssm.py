@@ -105,16 +105,14 @@ channel. The S4D paper counts the state size with the conjugates,
                plus a skew-symmetric part, so its eigenvalues are −1/2 + iω;
                of the 2N eigenvalues of the size-2N matrix keep the N with ω > 0.
 
-Backends. ``backend="numba"`` computes the discretisation, ``B̄ x_t`` and the
-read-out in NumPy and passes ``backend`` to :func:`minirec.scan.linear.forward`,
-whose numba kernels (complex included) run the scan for its
-``BACKEND_METHODS`` and the reverse pass in the backward. ``backend="cupy"`` /
-``"cuda-emulated"``: the discretisation stays array code on ``(D, N)``; one fused
-CUDA kernel per direction forms ``B̄ x_t`` inside the scan and sums the read-out
-``2 Re(Σ_n C h_t) + D x_t`` over the modes, and backward forms ``dh = 2 dy
-conj(C)``, ``dx`` and the sums of ``dĀ``, ``dB̄``, ``dC`` over time in the same
-reverse pass (:mod:`minirec.kernels.cuda.ssm`; methods ``recurrent`` and
-``chunked``, ``N ≤ 1024``). ``conv`` is FFT work and stays NumPy-only.
+Backends. The discretisation stays array code on ``(D, N)``; on the other
+backends one fused kernel per direction forms ``B̄ x_t`` inside the scan and
+sums the read-out ``2 Re(Σ_n C h_t) + D x_t`` over the modes, and backward
+forms ``dh = 2 dy conj(C)``, ``dx`` and the sums of ``dĀ``, ``dB̄``, ``dC`` over
+time in the same reverse pass (``_backend.kernels("ssm", backend)``:
+:mod:`minirec.kernels.numba.ssm`, the complex arithmetic in real and imaginary
+parts; :mod:`minirec.kernels.cuda.ssm`, ``N ≤ 1024``; methods ``recurrent`` and
+``chunked``). ``conv`` is FFT work and stays NumPy-only.
 """
 
 from __future__ import annotations
@@ -129,9 +127,8 @@ from minirec.scan import linear
 
 METHODS = linear.METHODS + ("conv",)
 BACKENDS = ("numpy", "numba", "cupy", "cuda-emulated")
-# numba: the discretisation and read-out stay NumPy and the scan runs in scan.linear's
-# kernels; cupy, cuda-emulated: fused scan + read-out kernels (kernels/cuda/diagonal.cu)
-BACKEND_METHODS = {"numba": linear.BACKEND_METHODS["numba"], "cupy": ("recurrent", "chunked"),
+# fused scan + read-out kernels (kernels/numba/diagonal.py, kernels/cuda/diagonal.cu)
+BACKEND_METHODS = {"numba": ("recurrent", "chunked"), "cupy": ("recurrent", "chunked"),
                    "cuda-emulated": ("recurrent", "chunked")}
 DISCRETIZATIONS = ("zoh", "bilinear")
 INITS = ("s4d-lin", "s4d-inv", "legs")
@@ -162,7 +159,7 @@ class SSMCache(NamedTuple):
     ``discretization``; ``method``; ``param_shapes`` (``{name: shape}`` of the
     forward's params); for the scan methods ``h (B, T, D, N)`` and ``scan``
     (the :class:`~minirec.scan.linear.LinearScanCache`), for ``conv`` the
-    :class:`ConvCache` ``conv``; ``backend``; on the CUDA backends ``kernel``,
+    :class:`ConvCache` ``conv``; ``backend``; on the other backends ``kernel``,
     the fused kernel's cache, in place of ``h`` and ``scan`` (the fields a
     path does not use are ``None``)."""
 
@@ -541,7 +538,7 @@ def forward(params: dict, x: np.ndarray, state0: np.ndarray | None = None, *,
     h = scan_cache = conv_cache = kernel = None
     if method == "conv":
         y, h_T, conv_cache = _conv_forward(params, x, h0, Abar, Bbar, C)
-    elif backend in _backend.CUDA_BACKENDS:  # B̄ x, the scan and the read-out fused
+    elif backend != "numpy":  # B̄ x, the scan and the read-out fused
         y, h_T, kernel = _backend.kernels("ssm", backend).forward(
             Abar, Bbar, C, params["D"], x, h0, method=method, chunk_size=chunk_size)
     else:
@@ -588,7 +585,7 @@ def backward(params: dict, cache: SSMCache, dy: np.ndarray | None,
     if cache.method == "conv":
         dx, dh0, dAbar, dBbar, dC = _conv_backward(params, x, h0, Abar, Bbar, C,
                                                     cache.conv, dy, dstate)
-    elif cache.backend in _backend.CUDA_BACKENDS:  # the reverse scan, dx and the sums fused
+    elif cache.backend != "numpy":  # the reverse scan, dx and the sums fused
         dx, dh0, dAbar, dBbar, dC = _backend.kernels("ssm", cache.backend).backward(
             cache.kernel, dy, dstate)
     else:

@@ -46,12 +46,10 @@ Backward (``dh`` = ∂L/∂h_t from outside, ``dstate`` through the final state)
                               eigenvalues, where the scan is given a)
     d initial_state = dh0
 
-``backend="numba"``: ``backend`` is passed to :func:`minirec.scan.linear.forward`,
-whose numba kernels run the recurrence (its ``BACKEND_METHODS``), forward and
-backward. ``backend="cupy"`` / ``"cuda-emulated"``: one fused CUDA kernel per
-direction forms ``exp(g)`` inside the scan and, backward, ``dx`` and ``dg`` in
-the same reverse pass (:mod:`minirec.kernels.cuda.hgrn`; methods ``recurrent``
-and ``chunked``).
+Other backends: one fused kernel per direction forms ``exp(g)`` inside the
+scan and, backward, ``dx`` and ``dg`` in the same reverse pass
+(``_backend.kernels("hgrn", backend)``: :mod:`minirec.kernels.numba.hgrn`,
+:mod:`minirec.kernels.cuda.hgrn`; methods ``recurrent`` and ``chunked``).
 """
 
 from __future__ import annotations
@@ -67,18 +65,17 @@ from minirec.scan import linear
 
 METHODS = linear.METHODS  # ("recurrent", "hillis_steele", "blelloch", "chunked", "log")
 BACKENDS = ("numpy", "numba", "cupy", "cuda-emulated")
-# numba: the recurrence runs in scan.linear's kernels; cupy, cuda-emulated: fused
-# gate + scan kernels (kernels/cuda/diagonal.cu)
-BACKEND_METHODS = {"numba": linear.BACKEND_METHODS["numba"], "cupy": ("recurrent", "chunked"),
+# fused gate + scan kernels (kernels/numba/diagonal.py, kernels/cuda/diagonal.cu)
+BACKEND_METHODS = {"numba": ("recurrent", "chunked"), "cupy": ("recurrent", "chunked"),
                    "cuda-emulated": ("recurrent", "chunked")}
 
 
 class HGRNCache(NamedTuple):
     """What :func:`backward` needs: ``negative_eigenvalues``; ``h (B, T, D)`` every
-    state; ``backend``; for NumPy and numba ``scan``, the scan's
+    state; ``backend``; for NumPy ``scan``, the scan's
     :class:`~minirec.scan.linear.LinearScanCache`, and with negative eigenvalues
     ``exp_g = e^g (B, T, D)`` (``None`` otherwise: the scan was given ``log a = g``
-    and returns ``dg`` itself); for the CUDA backends ``kernel``, the fused
+    and returns ``dg`` itself); for the other backends ``kernel``, the fused
     kernel's cache (the other two ``None``)."""
 
     negative_eigenvalues: bool
@@ -124,7 +121,7 @@ def forward(x: np.ndarray, g: np.ndarray, *, initial_state: np.ndarray | None = 
     dtype = V.common_dtype(x=x, g=g, initial_state=initial_state)
     if method == "log":
         _check_log_method(g, negative_eigenvalues)
-    if backend in _backend.CUDA_BACKENDS:  # the gates and the scan fused in one kernel
+    if backend != "numpy":  # the gates and the scan fused in one kernel
         h0 = (_backend.xp_of(x).zeros((x.shape[0], x.shape[2]), dtype)
               if initial_state is None else initial_state)
         h, h_T, kernel = _backend.kernels("hgrn", backend).forward(
@@ -174,7 +171,7 @@ def backward(cache: HGRNCache, dh: np.ndarray | None,
     V.cache("ops.hgrn.backward", cache, HGRNCache)
     V.grad_like("dh", dh, cache.h, "h")
     V.grad_state("dstate", dstate, cache.h[:, -1])
-    if cache.backend in _backend.CUDA_BACKENDS:
+    if cache.backend != "numpy":
         return _backend.kernels("hgrn", cache.backend).backward(cache.kernel, dh, dstate)
     grads = linear.backward(cache.scan, dh, dstate)
     if cache.negative_eigenvalues:  # a = 2 exp(g) − 1
