@@ -347,7 +347,7 @@ def speedup_targets(repeats: int, budget_s: float) -> list[dict]:
     return rows
 
 
-# the matrix-state ops' targets (issue 9): (B, T, H, K = V), float32
+# the matrix-state ops' targets: (B, T, H, K = V), float32
 MATRIX_TARGET_SHAPES = [(2, 4096, 4, 64), (2, 4096, 4, 128)]
 MATRIX_TARGET_ENTRIES = ("simple_gla", "gla", "delta_rule", "mlstm")
 
@@ -410,7 +410,7 @@ def matrix_targets(limits: dict, repeats: int, budget_s: float,
     return rows
 
 
-# issue 12: Newton's iterations for a GRU at T = 4096 (float64, tol 1e-10), and
+# Newton's iterations for a GRU at T = 4096 (float64, tol 1e-10), and
 # the multi-head LSTM against the single-head one at the same total hidden size
 NEWTON_TARGET = {"B": 2, "T": 4096, "D": 16, "H": 64}
 NEWTON_BACKENDS = ("numpy", "numba")

@@ -377,8 +377,9 @@ def test_bad_input(rng):
         mlstm.forward(q, k, v, i, f, method="blelloch")
     with pytest.raises(ValueError, match=r"chunk_size: expected a positive integer, got 0"):
         mlstm.forward(q, k, v, i, f, method="chunk", chunk_size=0)
-    with pytest.raises(ValueError, match=r"backend: ops.mlstm supports \('numpy',\)"):
-        mlstm.forward(q, k, v, i, f, backend="numba")
+    with pytest.raises(ValueError, match=r"method: ops.mlstm with backend='numba' supports "
+                                         r"\('recurrent',\), got 'parallel'"):
+        mlstm.forward(q, k, v, i, f, method="parallel", backend="numba")
     with pytest.raises(ValueError, match="scale: expected a positive finite number"):
         mlstm.forward(q, k, v, i, f, scale=0.0)
     _, _, cache = mlstm.forward(q, k, v, i, f)
