@@ -93,3 +93,28 @@ def state_tuple(name: str, x: Any, n: int) -> tuple:
 def dtype_of(**arrays: Any) -> np.dtype:
     """The common (real) dtype of the given arrays (``None`` entries skipped)."""
     return V.common_dtype(**arrays)
+
+
+def inputs(q: Any, k: Any, v: Any, scale_arg: Any, gates: tuple = (), *,
+           names: tuple[str, str, str] = ("q", "k", "v")) -> tuple[V.Shapes, np.dtype, float]:
+    """A forward's checks of ``q, k (B, T, H, K)``, ``v (B, T, H, V)`` (:func:`qkv`),
+    its other arrays ``gates``, ``(name, array, spec)`` triples such as
+    ``("g", g, GATE)`` (:func:`time_array`), their common dtype and the scale
+    ``scale_arg`` (:func:`scale`); return the bound shapes, the dtype and the scale."""
+    s = qkv(q, k, v, names=names)
+    for name, x, spec in gates:
+        time_array(s, name, x, spec)
+    dtype = dtype_of(**dict(zip(names, (q, k, v))), **{name: x for name, x, _ in gates})
+    return s, dtype, scale(scale_arg, s["K"])
+
+
+def grads_in(what: str, cache: Any, cls: type, dout: Any, dstate: Any, *,
+             out: str = "o") -> tuple[Any, Any, Any]:
+    """A backward's checks: ``cache`` a ``cls`` (from the forward), the upstream
+    gradient ``d<out>`` against ``cache.<out>_like`` and ``dstate`` against
+    ``cache.state_like`` (``None``, or ``None`` parts, filled with zeros);
+    return ``(cache, dout, dstate)``."""
+    c = V.cache(what, cache, cls)
+    dout = V.grad_like(f"d{out}", dout, getattr(c, f"{out}_like"), out, fill=True)
+    dstate = V.grad_state("dstate", dstate, c.state_like, fill=True)
+    return c, dout, dstate

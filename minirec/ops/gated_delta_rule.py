@@ -75,11 +75,8 @@ def forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, g: np.ndarray, beta: np
     """
     chunk_size = _heads.check_call("ops.gated_delta_rule", method, backend, chunk_size,
                                    BACKENDS, BACKEND_METHODS)
-    s = _heads.qkv(q, k, v)
-    _heads.time_array(s, "g", g, _heads.GATE)
-    _heads.time_array(s, "beta", beta, _heads.GATE)
-    dtype = _heads.dtype_of(q=q, k=k, v=v, g=g, beta=beta)
-    scale = _heads.scale(scale, s["K"])
+    s, dtype, scale = _heads.inputs(q, k, v, scale, (("g", g, _heads.GATE),
+                                                     ("beta", beta, _heads.GATE)))
     S0 = _heads.state(s, "initial_state", initial_state, _heads.STATE, dtype, q)
     o, S_T, engine = _engine.run(q, k, v, g, beta, S0, scale=scale, method=method,
                                  chunk_size=chunk_size, backend=backend)
@@ -100,8 +97,6 @@ def backward(cache: GatedDeltaRuleCache, do: np.ndarray | None,
         ``{"q", "k", "v", "g", "beta", "initial_state"}`` with the forward's shapes
         and dtype.
     """
-    c = V.cache("ops.gated_delta_rule", cache, GatedDeltaRuleCache)
-    do = V.grad_like("do", do, c.o_like, "o", fill=True)
-    dstate = V.grad_state("dstate", dstate, c.state_like, fill=True)
+    c, do, dstate = _heads.grads_in("ops.gated_delta_rule", cache, GatedDeltaRuleCache, do, dstate)
     grads = _engine.run_backward(c.engine, do, dstate)
     return {name: grads[name] for name in ("q", "k", "v", "g", "beta", "initial_state")}

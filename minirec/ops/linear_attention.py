@@ -97,9 +97,7 @@ def forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, scale: float | None 
     if not isinstance(normalize, (bool, np.bool_)):
         raise TypeError(f"normalize: expected True or False, got {type(normalize).__name__} "
                         f"{normalize!r}")
-    s = _heads.qkv(q, k, v)
-    dtype = _heads.dtype_of(q=q, k=k, v=v)
-    scale = _heads.scale(scale, s["K"])
+    s, dtype, scale = _heads.inputs(q, k, v, scale)
     if not normalize:
         S0 = _heads.state(s, "initial_state", initial_state, _heads.STATE, dtype, q)
         o, S, engine = _engine.run(q, k, v, None, None, S0, scale=scale, method=method,
@@ -136,9 +134,8 @@ def backward(cache: LinearAttentionCache, do: np.ndarray | None,
         ``{"q", "k", "v", "initial_state"}`` with the forward's shapes
         (``initial_state`` the pair ``(dS0, dz0)`` with ``normalize``).
     """
-    c = V.cache("ops.linear_attention.backward", cache, LinearAttentionCache)
-    do = V.grad_like("do", do, c.o_like, "o", fill=True)
-    dstate = V.grad_state("dstate", dstate, c.state_like, fill=True)
+    c, do, dstate = _heads.grads_in("ops.linear_attention.backward", cache,
+                                    LinearAttentionCache, do, dstate)
     if not c.normalize:
         grads = _engine.run_backward(c.engine, do, dstate)
         return {name: grads[name] for name in ("q", "k", "v", "initial_state")}

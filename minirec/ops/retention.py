@@ -91,10 +91,8 @@ def forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, scale: float | None 
     """
     chunk_size = _heads.check_call("ops.retention", method, backend, chunk_size, BACKENDS,
                                    BACKEND_METHODS)
-    s = _heads.qkv(q, k, v)
-    dtype = _heads.dtype_of(q=q, k=k, v=v)
+    s, dtype, scale = _heads.inputs(q, k, v, scale)
     S0 = _heads.state(s, "initial_state", initial_state, _heads.STATE, dtype, q)
-    scale = _heads.scale(scale, s["K"])
     B, T, H, _ = q.shape
     gamma = decays(H) if gamma is None else _check_gamma(gamma, H)
     log_gamma = np.log(np.asarray(gamma, np.float64)).astype(dtype)
@@ -117,8 +115,6 @@ def backward(cache: RetentionCache, do: np.ndarray | None,
         ``{"q", "k", "v", "initial_state"}`` with the forward's shapes (no
         gradient for the decays).
     """
-    c = V.cache("ops.retention.backward", cache, RetentionCache)
-    do = V.grad_like("do", do, c.o_like, "o", fill=True)
-    dstate = V.grad_state("dstate", dstate, c.state_like, fill=True)
+    c, do, dstate = _heads.grads_in("ops.retention.backward", cache, RetentionCache, do, dstate)
     grads = _engine.run_backward(c.engine, do, dstate)
     return {name: grads[name] for name in ("q", "k", "v", "initial_state")}

@@ -82,13 +82,9 @@ def forward(r: np.ndarray, k: np.ndarray, v: np.ndarray, w: np.ndarray, u: np.nd
     """
     chunk_size = _heads.check_call("ops.rwkv6", method, backend, chunk_size, BACKENDS,
                                    BACKEND_METHODS)
-    s = _heads.qkv(r, k, v, names=("r", "k", "v"))
-    _heads.time_array(s, "w", w, _heads.QK)
-    V.array("u", u, ndim=2, allow_complex=False)
-    s.check("u", u, ("H", "K"))
-    dtype = _heads.dtype_of(r=r, k=k, v=v, w=w, u=u)
+    s, dtype, scale = _heads.inputs(r, k, v, scale, (("w", w, _heads.QK), ("u", u, ("H", "K"))),
+                                    names=("r", "k", "v"))
     S0 = _heads.state(s, "initial_state", initial_state, _heads.STATE, dtype, r)
-    scale = _heads.scale(scale, s["K"])
     o, S, engine = _engine.run(r, k, v, w, u, S0, scale=scale, method=method,
                                chunk_size=chunk_size, backend=backend)
     return o, S, RWKV6Cache(engine, method, backend, V.zeros_view(o), V.zeros_view(S))
@@ -106,9 +102,7 @@ def backward(cache: RWKV6Cache, do: np.ndarray | None,
     Returns:
         ``{"r", "k", "v", "w", "u", "initial_state"}`` with the forward's shapes.
     """
-    c = V.cache("ops.rwkv6.backward", cache, RWKV6Cache)
-    do = V.grad_like("do", do, c.o_like, "o", fill=True)
-    dstate = V.grad_state("dstate", dstate, c.state_like, fill=True)
+    c, do, dstate = _heads.grads_in("ops.rwkv6.backward", cache, RWKV6Cache, do, dstate)
     grads = _engine.run_backward(c.engine, do, dstate)
     return {"r": grads["q"], "k": grads["k"], "v": grads["v"], "w": grads["g"],
             "u": grads["u"], "initial_state": grads["initial_state"]}

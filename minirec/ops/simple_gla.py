@@ -69,11 +69,8 @@ def forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, g: np.ndarray, *,
     """
     chunk_size = _heads.check_call("ops.simple_gla", method, backend, chunk_size, BACKENDS,
                                    BACKEND_METHODS)
-    s = _heads.qkv(q, k, v)
-    _heads.time_array(s, "g", g, _heads.GATE)
-    dtype = _heads.dtype_of(q=q, k=k, v=v, g=g)
+    s, dtype, scale = _heads.inputs(q, k, v, scale, (("g", g, _heads.GATE),))
     S0 = _heads.state(s, "initial_state", initial_state, _heads.STATE, dtype, q)
-    scale = _heads.scale(scale, s["K"])
     o, S, engine = _engine.run(q, k, v, g, None, S0, scale=scale, method=method,
                                chunk_size=chunk_size, backend=backend)
     return o, S, SimpleGLACache(engine, method, backend, V.zeros_view(o), V.zeros_view(S))
@@ -91,8 +88,6 @@ def backward(cache: SimpleGLACache, do: np.ndarray | None,
     Returns:
         ``{"q", "k", "v", "g", "initial_state"}`` with the forward's shapes.
     """
-    c = V.cache("ops.simple_gla.backward", cache, SimpleGLACache)
-    do = V.grad_like("do", do, c.o_like, "o", fill=True)
-    dstate = V.grad_state("dstate", dstate, c.state_like, fill=True)
+    c, do, dstate = _heads.grads_in("ops.simple_gla.backward", cache, SimpleGLACache, do, dstate)
     grads = _engine.run_backward(c.engine, do, dstate)
     return {name: grads[name] for name in ("q", "k", "v", "g", "initial_state")}

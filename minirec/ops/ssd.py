@@ -249,9 +249,7 @@ def backward(cache: SSDCache, dy: np.ndarray | None,
         the forward's argument (``"D"`` is ``None`` when ``D`` was; the
         ``initial_state`` gradient is returned also when it was ``None``).
     """
-    c = V.cache("ops.ssd", cache, SSDCache)
-    dy = V.grad_like("dy", dy, c.y_like, "y", fill=True)
-    dstate = V.grad_state("dstate", dstate, c.state_like, fill=True)
+    c, dy, dstate = _heads.grads_in("ops.ssd", cache, SSDCache, dy, dstate, out="y")
     if c.engine is None:
         grads = _recurrent_backward(c, dy, dstate)
     else:

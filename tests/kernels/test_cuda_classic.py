@@ -19,20 +19,18 @@ from minirec.kernels.cuda import _build, _launch, classic
 from minirec.kernels.cuda import gru as cuda_gru
 from minirec.kernels.cuda import lstm as cuda_lstm
 from minirec.kernels.cuda import rnn as cuda_rnn
-from tests.conftest import TOL, assert_close
-from tests.kernels.cuda_helpers import cupy_or_skip, needs_compiler
+from tests.conftest import TOL
+from tests.kernels.cuda_helpers import (
+    assert_sanitizer_clean,
+    bad_agreement,
+    check_gpu_and_emulator_agree,
+    check_gpu_matches_definition,
+    needs_compiler,
+)
 
 CELLS = ["rnn", "rnn_relu", "lstm", "gru"]
 FAMILY = {"rnn": "rnn", "rnn_relu": "rnn", "lstm": "lstm", "gru": "gru"}
 DTYPES = [np.float64, np.float32]
-
-
-def _agreement(name, dtype, **dims):
-    entry = registry.get(name)
-    errors = registry.agreement(entry, "recurrent", "cuda-emulated", dtype=np.dtype(dtype),
-                                size=entry.size("small", **dims))
-    tol = TOL[np.dtype(dtype)]  # float64 1e-10, float32 1e-4 relative RMS
-    return {k: v for k, v in errors.items() if not v <= tol}
 
 
 # ---------------------------------------------------------------------------
@@ -45,7 +43,7 @@ def _agreement(name, dtype, **dims):
 def test_several_blocks_and_idle_tail_threads(name, dtype):
     """B·H = 3·90 = 270 lanes: two blocks of 256 threads, 242 of them idle; H = 90 is
     no multiple of a warp, so the gates' blocks (offsets q·H) straddle warps."""
-    bad = _agreement(name, dtype, B=3, T=4, D=5, H=90)
+    bad = bad_agreement(name, dtype, B=3, T=4, D=5, H=90)
     assert not bad, f"relative RMS above {TOL[np.dtype(dtype)]:.0e}: {bad}"
 
 
@@ -53,7 +51,7 @@ def test_several_blocks_and_idle_tail_threads(name, dtype):
 @pytest.mark.parametrize("name", CELLS)
 def test_fewer_lanes_than_a_warp(name):
     """B·H = 1·5: one warp, 27 idle threads; T = 7."""
-    bad = _agreement(name, np.float64, B=1, T=7, D=2, H=5)
+    bad = bad_agreement(name, np.float64, B=1, T=7, D=2, H=5)
     assert not bad, f"relative RMS above 1e-10: {bad}"
 
 
@@ -184,12 +182,7 @@ for name in ("rnn", "rnn_relu", "lstm", "gru"):  # B·H = 2·20: two warps, 24 i
 @pytest.mark.parametrize("sanitizer", ["thread", "address"])
 def test_sanitizers_are_clean_on_the_step_kernels(sanitizer):
     proc = _build.run_sanitized(sanitizer, SANITIZED_RUN.format(source=classic.SOURCE))
-    assert "Sanitizer" not in proc.stderr, proc.stderr[-3000:]
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = proc.stdout.splitlines()
-    assert len(lines) == 4
-    for line in lines:  # and the answers are right
-        assert float(line.split()[1]) <= 1e-10, line
+    assert_sanitizer_clean(proc, 4)
 
 
 @needs_compiler
@@ -214,25 +207,6 @@ def test_address_sanitizer_catches_a_missing_bounds_guard(tmp_path):
 
 
 
-def _leaves(prefix, x):
-    """``{name: array}`` of a nested dict/tuple, the arrays left where they are."""
-    if isinstance(x, dict):
-        return {k: v for n, e in x.items() for k, v in _leaves(f"{prefix}.{n}", e).items()}
-    if isinstance(x, (tuple, list)):
-        return {k: v for i, e in enumerate(x) for k, v in _leaves(f"{prefix}[{i}]", e).items()}
-    return {prefix: x}
-
-
-def _to(cupy, x):
-    if x is None:
-        return None
-    if isinstance(x, dict):
-        return {k: _to(cupy, v) for k, v in x.items()}
-    if isinstance(x, (tuple, list)):
-        return tuple(_to(cupy, v) for v in x)
-    return cupy.asarray(x)
-
-
 GPU_ENTRIES = [*CELLS, "lstm_stack2", "gru_bidirectional"]
 
 
@@ -244,30 +218,12 @@ def test_gpu_matches_definition(name, with_state, dtype):
     """CuPy arrays in, CuPy arrays out, through the cell (and the compose
     wrappers): B·H = 4·300 over 5 blocks, T = 33; ``state0=None`` makes the cell
     build its zeros on the GPU, ``dstate=None`` its zero upstream gradient."""
-    cupy = cupy_or_skip()
     entry = registry.get(name)
-    rng = np.random.default_rng(0)
-    inputs = entry.make_inputs(rng, np.dtype(dtype), entry.size("small", B=4, T=33, D=24, H=300))
-    if not with_state:
-        inputs["state0"] = None
-    ref_inputs = registry._to64(inputs)
-    ref_out, ref_state, ref_cache = registry.run_forward(entry, ref_inputs, **entry.forward_kwargs)
-    dy = rng.standard_normal(ref_out.shape)
-    ref = registry.run_backward(entry, ref_inputs, ref_cache, dy, None)
-    gpu_inputs = _to(cupy, inputs)
-    out, state, cache = registry.run_forward(entry, gpu_inputs, **entry.forward_kwargs,
-                                             backend="cupy")
-    assert isinstance(out, cupy.ndarray)
-    tol = TOL[np.dtype(dtype)]
-    assert_close(out.get(), ref_out, tol, "y")
-    for k, v in _leaves("state", ref_state).items():
-        assert_close(_leaves("state", state)[k].get(), v, tol, k)
-    grads = registry.run_backward(entry, gpu_inputs, cache, cupy.asarray(dy.astype(dtype)), None)
-    got = _leaves("", grads)
-    for k, v in _leaves("", ref).items():
-        assert isinstance(got[k], cupy.ndarray), k
-        assert got[k].dtype == np.dtype(dtype), k
-        assert_close(got[k].get(), v, tol, f"d{k}")
+    check_gpu_matches_definition(
+        name, dtype, {"B": 4, "T": 33, "D": 24, "H": 300}, with_state,
+        lambda g: registry.run_forward(entry, g, **entry.forward_kwargs, backend="cupy"),
+        lambda g, cache, dy: registry.run_backward(entry, g, cache, dy, None),
+        **entry.forward_kwargs)
 
 
 @pytest.mark.gpu
@@ -276,12 +232,5 @@ def test_gpu_matches_definition(name, with_state, dtype):
 def test_gpu_and_emulator_agree(name):
     """The same kernels and plans on both backends; only libm (tanh, exp) and the
     GEMMs' summation order differ, far below the float64 tolerance."""
-    cupy = cupy_or_skip()
-    entry = registry.get(name)
-    inputs = entry.make_inputs(np.random.default_rng(0), np.float64,
-                               entry.size("small", B=2, T=9, D=4, H=40))
-    emulated, _, _ = registry.run_forward(entry, inputs, **entry.forward_kwargs,
-                                          backend="cuda-emulated")
-    gpu, _, _ = registry.run_forward(entry, _to(cupy, inputs), **entry.forward_kwargs,
-                                     backend="cupy")
-    assert_close(gpu.get(), emulated, 1e-12, "y")
+    check_gpu_and_emulator_agree(name, {"B": 2, "T": 9, "D": 4, "H": 40},
+                                 **registry.get(name).forward_kwargs)

@@ -20,17 +20,17 @@ from minirec.cells import ln_lstm
 from minirec.kernels.cuda import _build, _launch
 from minirec.kernels.cuda import ln_lstm as cuda_ln_lstm
 from tests.conftest import TOL, assert_close
-from tests.kernels.cuda_helpers import cupy_or_skip, needs_compiler
+from tests.kernels.cuda_helpers import (
+    assert_sanitizer_clean,
+    bad_agreement,
+    check_gpu_and_emulator_agree,
+    cupy_or_skip,
+    needs_compiler,
+    to_gpu,
+)
 
 DTYPES = [np.float64, np.float32]
 ENTRY = registry.get("ln_lstm")
-
-
-def _agreement(dtype, **dims):
-    errors = registry.agreement(ENTRY, "recurrent", "cuda-emulated", dtype=np.dtype(dtype),
-                                size=ENTRY.size("small", **dims))
-    tol = TOL[np.dtype(dtype)]  # float64 1e-10, float32 1e-4 relative RMS
-    return {k: v for k, v in errors.items() if not v <= tol}
 
 
 # ---------------------------------------------------------------------------
@@ -42,7 +42,7 @@ def _agreement(dtype, **dims):
 def test_rows_longer_than_a_block(dtype):
     """H = 300: the step kernels' 256 threads own one or two units each, the gate rows
     (4H = 1200) are strided five deep over the threads, 8 warps reduce."""
-    bad = _agreement(dtype, B=2, T=3, D=4, H=300)
+    bad = bad_agreement("ln_lstm", dtype, B=2, T=3, D=4, H=300)
     assert not bad, f"relative RMS above {TOL[np.dtype(dtype)]:.0e}: {bad}"
 
 
@@ -51,7 +51,7 @@ def test_rows_longer_than_a_block(dtype):
 def test_partial_warps(B, T, D, H):
     """H = 40: two warps, 24 idle lanes in the step kernels' reductions; H = 5: one
     warp with 27 idle lanes (and 4H = 20 for the gate rows)."""
-    bad = _agreement(np.float64, B=B, T=T, D=D, H=H)
+    bad = bad_agreement("ln_lstm", np.float64, B=B, T=T, D=D, H=H)
     assert not bad, f"relative RMS above 1e-10: {bad}"
 
 
@@ -158,9 +158,7 @@ print(max(errors.values()))
 @pytest.mark.parametrize("sanitizer", ["thread", "address"])
 def test_sanitizers_are_clean(sanitizer):
     proc = _build.run_sanitized(sanitizer, SANITIZED_RUN.format(source=cuda_ln_lstm.SOURCE))
-    assert "Sanitizer" not in proc.stderr, proc.stderr[-3000:]
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert float(proc.stdout.split()[-1]) <= 1e-10, proc.stdout  # and the answer is right
+    assert_sanitizer_clean(proc, 1)
 
 
 @needs_compiler
@@ -185,16 +183,6 @@ def test_thread_sanitizer_catches_a_missing_barrier_in_the_block_sum(tmp_path):
 # on a GPU, through CuPy (pytest -m gpu)
 # ---------------------------------------------------------------------------
 
-def _to(cupy, x):
-    if x is None:
-        return None
-    if isinstance(x, dict):
-        return {k: _to(cupy, v) for k, v in x.items()}
-    if isinstance(x, (tuple, list)):
-        return tuple(_to(cupy, v) for v in x)
-    return cupy.asarray(x)
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("with_state", [True, False], ids=["state0", "no-state0"])
@@ -213,7 +201,7 @@ def test_gpu_matches_definition(with_state, dtype):
     ref_y, ref_state, ref_cache = ln_lstm.forward(params, x, s0, eps=1e-3)
     dy = rng.standard_normal(ref_y.shape)
     ref = ln_lstm.backward(params, ref_cache, dy)
-    g = _to(cupy, inputs)
+    g = to_gpu(cupy, inputs)
     y, state, cache = ln_lstm.forward(g["params"], g["x"], g["state0"], eps=1e-3, backend="cupy")
     assert isinstance(y, cupy.ndarray)
     tol = TOL[np.dtype(dtype)]
@@ -233,9 +221,4 @@ def test_gpu_matches_definition(with_state, dtype):
 def test_gpu_and_emulator_agree():
     """The same kernels and plans on both backends; only libm (tanh, exp) and the
     GEMMs' summation order differ, far below the float64 tolerance."""
-    cupy = cupy_or_skip()
-    inputs = ENTRY.make_inputs(np.random.default_rng(0), np.float64,
-                               ENTRY.size("small", B=2, T=9, D=4, H=40))
-    emulated, _, _ = registry.run_forward(ENTRY, inputs, backend="cuda-emulated")
-    gpu, _, _ = registry.run_forward(ENTRY, _to(cupy, inputs), backend="cupy")
-    assert_close(gpu.get(), emulated, 1e-12, "y")
+    check_gpu_and_emulator_agree("ln_lstm", {"B": 2, "T": 9, "D": 4, "H": 40})

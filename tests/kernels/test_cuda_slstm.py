@@ -19,17 +19,15 @@ from minirec.cells import slstm
 from minirec.kernels.cuda import _build, _launch
 from minirec.kernels.cuda import slstm as cuda_slstm
 from tests.conftest import TOL, assert_close
-from tests.kernels.cuda_helpers import cupy_or_skip, needs_compiler
+from tests.kernels.cuda_helpers import (
+    assert_sanitizer_clean,
+    bad_agreement,
+    check_gpu_and_emulator_agree,
+    check_gpu_matches_definition,
+    needs_compiler,
+)
 
 DTYPES = [np.float64, np.float32]
-
-
-def _bad_agreement(dtype, **dims):
-    entry = registry.get("slstm")
-    errors = registry.agreement(entry, "recurrent", "cuda-emulated", dtype=np.dtype(dtype),
-                                size=entry.size("small", **dims))
-    tol = TOL[np.dtype(dtype)]  # float64 1e-10, float32 1e-4 relative RMS
-    return {k: v for k, v in errors.items() if not v <= tol}
 
 
 # ---------------------------------------------------------------------------
@@ -44,7 +42,7 @@ def _bad_agreement(dtype, **dims):
     (1, 2, 2, 260, 1),  # dh = 260 > 256 threads: threads 0-3 own two units each
 ])
 def test_blocks_heads_and_idle_threads(B, T, D, H, NH, dtype):
-    bad = _bad_agreement(dtype, B=B, T=T, D=D, H=H, NH=NH)
+    bad = bad_agreement("slstm", dtype, B=B, T=T, D=D, H=H, NH=NH)
     assert not bad, f"relative RMS above {TOL[np.dtype(dtype)]:.0e}: {bad}"
 
 
@@ -159,12 +157,7 @@ for dims in ({{"B": 2, "T": 3, "D": 3, "H": 40, "NH": 2}}, {{"B": 1, "T": 2, "D"
 @pytest.mark.parametrize("sanitizer", ["thread", "address"])
 def test_sanitizers_are_clean(sanitizer):
     proc = _build.run_sanitized(sanitizer, SANITIZED_RUN.format(source=cuda_slstm.SOURCE))
-    assert "Sanitizer" not in proc.stderr, proc.stderr[-3000:]
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = proc.stdout.splitlines()
-    assert len(lines) == 2
-    for line in lines:  # and the answers are right
-        assert float(line.split()[1]) <= 1e-10, line
+    assert_sanitizer_clean(proc, 2)
 
 
 @needs_compiler
@@ -184,25 +177,6 @@ def test_thread_sanitizer_catches_a_missing_barrier(tmp_path):
 # on a GPU, through CuPy (pytest -m gpu)
 # ---------------------------------------------------------------------------
 
-def _leaves(prefix, x):
-    """``{name: array}`` of a nested dict/tuple, the arrays left where they are."""
-    if isinstance(x, dict):
-        return {k: v for n, e in x.items() for k, v in _leaves(f"{prefix}.{n}", e).items()}
-    if isinstance(x, (tuple, list)):
-        return {k: v for i, e in enumerate(x) for k, v in _leaves(f"{prefix}[{i}]", e).items()}
-    return {prefix: x}
-
-
-def _to(cupy, x):
-    if x is None:
-        return None
-    if isinstance(x, dict):
-        return {k: _to(cupy, v) for k, v in x.items()}
-    if isinstance(x, (tuple, list)):
-        return tuple(_to(cupy, v) for v in x)
-    return cupy.asarray(x)
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("with_state", [True, False], ids=["state0", "no-state0"])
@@ -211,31 +185,10 @@ def test_gpu_matches_definition(H, NH, with_state, dtype):
     """CuPy arrays in, CuPy arrays out, through the cell: B = 5, T = 33;
     ``state0=None`` makes the cell build its zeros on the GPU, ``dstate=None``
     its zero upstream gradient."""
-    cupy = cupy_or_skip()
-    entry = registry.get("slstm")
-    rng = np.random.default_rng(0)
-    inputs = entry.make_inputs(rng, np.dtype(dtype), entry.size("small", B=5, T=33, D=24,
-                                                                   H=H, NH=NH))
-    if not with_state:
-        inputs["state0"] = None
-    ref_inputs = registry._to64(inputs)
-    ref_out, ref_state, ref_cache = registry.run_forward(entry, ref_inputs)
-    dy = rng.standard_normal(ref_out.shape)
-    ref = registry.run_backward(entry, ref_inputs, ref_cache, dy, None)
-    gpu_inputs = _to(cupy, inputs)
-    out, state, cache = slstm.forward(gpu_inputs["params"], gpu_inputs["x"],
-                                      gpu_inputs["state0"], backend="cupy")
-    assert isinstance(out, cupy.ndarray)
-    tol = TOL[np.dtype(dtype)]
-    assert_close(out.get(), ref_out, tol, "y")
-    for k, v in _leaves("state", ref_state).items():
-        assert_close(_leaves("state", state)[k].get(), v, tol, k)
-    grads = slstm.backward(gpu_inputs["params"], cache, cupy.asarray(dy.astype(dtype)), None)
-    got = _leaves("", grads)
-    for k, v in _leaves("", ref).items():
-        assert isinstance(got[k], cupy.ndarray), k
-        assert got[k].dtype == np.dtype(dtype), k
-        assert_close(got[k].get(), v, tol, f"d{k}")
+    check_gpu_matches_definition(
+        "slstm", dtype, {"B": 5, "T": 33, "D": 24, "H": H, "NH": NH}, with_state,
+        lambda g: slstm.forward(g["params"], g["x"], g["state0"], backend="cupy"),
+        lambda g, cache, dy: slstm.backward(g["params"], cache, dy, None))
 
 
 @pytest.mark.gpu
@@ -243,10 +196,4 @@ def test_gpu_matches_definition(H, NH, with_state, dtype):
 def test_gpu_and_emulator_agree():
     """The same kernels and plans on both backends; only libm (tanh, exp, log1p)
     and the GEMMs' summation order differ, far below the float64 tolerance."""
-    cupy = cupy_or_skip()
-    entry = registry.get("slstm")
-    inputs = entry.make_inputs(np.random.default_rng(0), np.float64,
-                               entry.size("small", B=2, T=9, D=4, H=40, NH=2))
-    emulated, _, _ = registry.run_forward(entry, inputs, backend="cuda-emulated")
-    gpu, _, _ = registry.run_forward(entry, _to(cupy, inputs), backend="cupy")
-    assert_close(gpu.get(), emulated, 1e-12, "y")
+    check_gpu_and_emulator_agree("slstm", {"B": 2, "T": 9, "D": 4, "H": 40, "NH": 2})

@@ -54,17 +54,18 @@ Gam_ij``, ``dR = Diag(β) dX`` (``dv = dR``, ``dS_in −= (e^{G} ⊙ K)^T dR``),
 ``fastmath`` is off so results match the NumPy reference to rounding; ``scale``
 and 1 arrive in the arrays' dtype; the ``chunk`` kernels run with one BLAS
 thread. This module imports nothing from the rest of minirec except
-:mod:`minirec.kernels.numba._blas`."""
+:mod:`minirec.kernels.numba._heads` (and its :mod:`~minirec.kernels.numba._blas`)."""
 
 from __future__ import annotations
 
-import contextlib
 from typing import NamedTuple
 
 import numpy as np
 from numba import njit, prange
 
-from minirec.kernels.numba._blas import blas_single_thread
+from minirec.kernels.numba._heads import blas_limit as _blas_limit
+from minirec.kernels.numba._heads import check_method
+from minirec.kernels.numba._heads import contiguous as _c
 
 METHODS = ("recurrent", "chunk")
 
@@ -465,18 +466,6 @@ class DeltaKernelCache(NamedTuple):
     states: np.ndarray
 
 
-def _blas_limit(method):
-    """One BLAS thread while the ``chunk`` kernels run: their GEMMs are called
-    from inside Numba's ``prange`` threads (see :mod:`._blas`)."""
-    return blas_single_thread() if method == "chunk" else contextlib.nullcontext()
-
-
-def _c(x, dtype):
-    """``x`` as a C-contiguous, writeable array of ``dtype`` (copied only if
-    needed; read-only views are copied so each kernel compiles once per dtype)."""
-    return np.require(x, dtype=dtype, requirements=("C", "W"))
-
-
 def forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, g: np.ndarray | None,
             beta: np.ndarray, initial_state: np.ndarray, *, scale: float,
             method: str = "recurrent", chunk_size: int = 64
@@ -496,12 +485,7 @@ def forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, g: np.ndarray | None,
     Returns:
         ``o (B, T, H, V)``, ``S_T (B, H, K, V)`` and the cache for :func:`backward`.
     """
-    if method not in METHODS:
-        raise ValueError(f"method: expected one of {METHODS} for the numba delta-rule "
-                         f"kernels, got {method!r}")
-    if int(chunk_size) < 1:
-        raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size!r}")
-    C = int(chunk_size)
+    C = check_method("delta-rule", METHODS, method, chunk_size)
     dtype = q.dtype
     B, T, H, K = q.shape
     Vd = v.shape[3]

@@ -71,18 +71,20 @@ are float64 also for float32 inputs: with decays of −100 per step a chunk's
 with float64, float32 chunk results are as close to the float64 definition as
 the float32 recurrence is). Only ``du`` is reduced over B outside the kernels,
 and the ``chunk`` kernels run with one BLAS thread. This module imports nothing
-from the rest of minirec except :mod:`minirec.kernels.numba._blas`.
+from the rest of minirec except :mod:`minirec.kernels.numba._heads` (and its
+:mod:`~minirec.kernels.numba._blas`).
 """
 
 from __future__ import annotations
 
-import contextlib
 from typing import NamedTuple
 
 import numpy as np
 from numba import njit, prange
 
-from minirec.kernels.numba._blas import blas_single_thread
+from minirec.kernels.numba._heads import blas_limit as _blas_limit
+from minirec.kernels.numba._heads import check_method
+from minirec.kernels.numba._heads import contiguous as _c
 
 METHODS = ("recurrent", "chunk")
 
@@ -606,28 +608,6 @@ class GLAKernelCache(NamedTuple):
     states: np.ndarray
 
 
-def _c(x, dtype):
-    """``x`` as a C-contiguous, writeable array of ``dtype`` (a copy only if
-    needed: read-only views such as ``np.broadcast_to`` are copied, so that each
-    kernel compiles once per dtype)."""
-    return np.require(x, dtype=dtype, requirements=("C", "W"))
-
-
-def _blas_limit(method):
-    """One BLAS thread while the ``chunk`` kernels run: their GEMMs are called
-    from inside Numba's ``prange`` threads (see :mod:`._blas`)."""
-    return blas_single_thread() if method == "chunk" else contextlib.nullcontext()
-
-
-def _check_method(method, chunk_size):
-    if method not in METHODS:
-        raise ValueError(f"method: expected one of {METHODS} for the numba GLA kernels, "
-                         f"got {method!r}")
-    if int(chunk_size) < 1:
-        raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size!r}")
-    return int(chunk_size)
-
-
 def forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, g: np.ndarray | None,
             u: np.ndarray | None, initial_state: np.ndarray, *, scale: float,
             method: str = "recurrent", chunk_size: int = 64
@@ -647,7 +627,7 @@ def forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, g: np.ndarray | None,
     Returns:
         ``o (B, T, H, V)``, ``S_T (B, H, K, V)`` and the cache for :func:`backward`.
     """
-    C = _check_method(method, chunk_size)
+    C = check_method("GLA", METHODS, method, chunk_size)
     dtype = q.dtype
     B, T, H, K = q.shape
     Vd = v.shape[3]

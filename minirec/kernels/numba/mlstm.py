@@ -28,7 +28,8 @@ forward keeps ``(C, n, m)`` every ``chunk_size`` steps (not all T states) and
 the outputs ``h`` with ``d, den (B, T, H)``; the backward recomputes one
 segment of states at a time from its checkpoint with the forward's operations.
 ``fastmath`` is off; ``scale`` and 1 arrive in the arrays' dtype. This module
-imports nothing from the rest of minirec except :mod:`minirec.kernels.numba._math`.
+imports nothing from the rest of minirec except :mod:`minirec.kernels.numba._math`
+and :mod:`minirec.kernels.numba._heads`.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
+from minirec.kernels.numba._heads import check_method
+from minirec.kernels.numba._heads import contiguous as _c
 from minirec.kernels.numba._math import sigmoid, softplus
 
 METHODS = ("recurrent",)
@@ -237,12 +240,6 @@ class MLSTMKernelCache(NamedTuple):
     den: np.ndarray
 
 
-def _c(x, dtype):
-    """``x`` as a C-contiguous, writeable array of ``dtype`` (copied only if
-    needed; read-only views are copied so each kernel compiles once per dtype)."""
-    return np.require(x, dtype=dtype, requirements=("C", "W"))
-
-
 def forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, i: np.ndarray, f: np.ndarray,
             initial_state: tuple, *, scale: float, method: str = "recurrent",
             chunk_size: int = 64) -> tuple[np.ndarray, tuple, MLSTMKernelCache]:
@@ -259,12 +256,7 @@ def forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, i: np.ndarray, f: np.nd
     Returns:
         ``h (B, T, H, V)``, the final state ``(C, n, m)`` and the cache.
     """
-    if method not in METHODS:
-        raise ValueError(f"method: expected one of {METHODS} for the numba mLSTM kernels, "
-                         f"got {method!r}")
-    if int(chunk_size) < 1:
-        raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size!r}")
-    seg = int(chunk_size)
+    seg = check_method("mLSTM", METHODS, method, chunk_size)
     dtype = q.dtype
     B, T, H, K = q.shape
     Vd = v.shape[3]

@@ -77,13 +77,13 @@ _FORMS = {"recurrent": recurrent, "parallel": parallel, "chunk": chunk}
 # ---------------------------------------------------------------------------
 
 class EngineCache(NamedTuple):
-    """The delta engine's cache: ``method``, ``backend`` and ``cache``, the cache
+    """The delta engine's cache: ``method``, ``backend`` and ``form``, the cache
     of the form that ran (a :mod:`.recurrent`/:mod:`.parallel`/:mod:`.chunk`
     NamedTuple for NumPy, the kernel module's own otherwise)."""
 
     method: str
     backend: str
-    cache: Any
+    form: Any
 
 
 def run(q: np.ndarray, k: np.ndarray, v: np.ndarray, g: np.ndarray | None,
@@ -117,8 +117,8 @@ def run_backward(cache: EngineCache, do: np.ndarray, dstate: np.ndarray) -> dict
     ``dstate`` are arrays of the forward's dtype. Returns
     ``{"q", "k", "v", "g", "beta", "initial_state"}`` (``g`` ``None`` when it was)."""
     if cache.backend != "numpy":
-        return _backend.kernels("delta_rule", cache.backend).backward(cache.cache, do, dstate)
-    return _FORMS[cache.method].backward(cache.cache, do, dstate)
+        return _backend.kernels("delta_rule", cache.backend).backward(cache.form, do, dstate)
+    return _FORMS[cache.method].backward(cache.form, do, dstate)
 
 
 # ---------------------------------------------------------------------------
@@ -161,10 +161,7 @@ def forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, beta: np.ndarray, *,
     """
     chunk_size = _heads.check_call("ops.delta_rule", method, backend, chunk_size, BACKENDS,
                                    BACKEND_METHODS)
-    s = _heads.qkv(q, k, v)
-    _heads.time_array(s, "beta", beta, _heads.GATE)
-    dtype = _heads.dtype_of(q=q, k=k, v=v, beta=beta)
-    scale = _heads.scale(scale, s["K"])
+    s, dtype, scale = _heads.inputs(q, k, v, scale, (("beta", beta, _heads.GATE),))
     S0 = _heads.state(s, "initial_state", initial_state, _heads.STATE, dtype, q)
     o, S_T, engine = run(q, k, v, None, beta, S0, scale=scale, method=method,
                          chunk_size=chunk_size, backend=backend)
@@ -183,8 +180,6 @@ def backward(cache: DeltaRuleCache, do: np.ndarray | None,
     Returns:
         ``{"q", "k", "v", "beta", "initial_state"}`` with the forward's shapes and dtype.
     """
-    c = V.cache("ops.delta_rule", cache, DeltaRuleCache)
-    do = V.grad_like("do", do, c.o_like, "o", fill=True)
-    dstate = V.grad_state("dstate", dstate, c.state_like, fill=True)
+    c, do, dstate = _heads.grads_in("ops.delta_rule", cache, DeltaRuleCache, do, dstate)
     grads = run_backward(c.engine, do, dstate)
     return {name: grads[name] for name in ("q", "k", "v", "beta", "initial_state")}

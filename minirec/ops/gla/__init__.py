@@ -161,11 +161,8 @@ def forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, g: np.ndarray, *,
     """
     chunk_size = _heads.check_call("ops.gla", method, backend, chunk_size, BACKENDS,
                                    BACKEND_METHODS)
-    s = _heads.qkv(q, k, v)
-    _heads.time_array(s, "g", g, _heads.QK)
-    dtype = _heads.dtype_of(q=q, k=k, v=v, g=g)
+    s, dtype, scale = _heads.inputs(q, k, v, scale, (("g", g, _heads.QK),))
     S0 = _heads.state(s, "initial_state", initial_state, _heads.STATE, dtype, q)
-    scale = _heads.scale(scale, s["K"])
     o, S, engine = run(q, k, v, g, None, S0, scale=scale, method=method,
                        chunk_size=chunk_size, backend=backend)
     return o, S, GLACache(engine, method, backend, V.zeros_view(o), V.zeros_view(S))
@@ -183,8 +180,6 @@ def backward(cache: GLACache, do: np.ndarray | None,
     Returns:
         ``{"q", "k", "v", "g", "initial_state"}`` with the forward's shapes.
     """
-    c = V.cache("ops.gla.backward", cache, GLACache)
-    do = V.grad_like("do", do, c.o_like, "o", fill=True)
-    dstate = V.grad_state("dstate", dstate, c.state_like, fill=True)
+    c, do, dstate = _heads.grads_in("ops.gla.backward", cache, GLACache, do, dstate)
     grads = run_backward(c.engine, do, dstate)
     return {name: grads[name] for name in ("q", "k", "v", "g", "initial_state")}

@@ -155,11 +155,8 @@ def forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, i: np.ndarray, f: np.nd
     """
     chunk_size = _heads.check_call("ops.mlstm", method, backend, chunk_size, BACKENDS,
                                    BACKEND_METHODS, METHODS)
-    s = _heads.qkv(q, k, v)
-    _heads.time_array(s, "i", i, _heads.GATE)
-    _heads.time_array(s, "f", f, _heads.GATE)
-    dtype = _heads.dtype_of(q=q, k=k, v=v, i=i, f=f)
-    scale = _heads.scale(scale, s["K"])
+    s, dtype, scale = _heads.inputs(q, k, v, scale, (("i", i, _heads.GATE),
+                                                     ("f", f, _heads.GATE)))
     parts = _heads.state_tuple("initial_state", initial_state, 3)
     initial_state = tuple(
         _heads.state(s, f"initial_state[{name}]", x, spec, dtype, q)
@@ -185,7 +182,5 @@ def backward(cache: MLSTMCache, dh: np.ndarray | None,
         ``{"q", "k", "v", "i", "f", "initial_state": (dC0, dn0, dm0)}`` with the
         forward's shapes and dtype (``initial_state`` also when it was ``None``).
     """
-    c = V.cache("ops.mlstm", cache, MLSTMCache)
-    dh = V.grad_like("dh", dh, c.h_like, "h", fill=True)
-    dstate = V.grad_state("dstate", dstate, c.state_like, fill=True)
+    c, dh, dstate = _heads.grads_in("ops.mlstm", cache, MLSTMCache, dh, dstate, out="h")
     return run_backward(c.engine, dh, dstate)
