@@ -266,6 +266,8 @@ def t_sweep(repeats: int, budget_s: float, dtype=np.float32,
                     continue  # minutes of Python loop; the trend is clear by then
                 if m == "parallel" and T > 4096:
                     continue  # the quadratic form's (T, T) scores: gigabytes by then
+                if m == "newton" and T > 4096:
+                    continue  # (B, T, H, H) Jacobians per iteration; the trend is clear
                 row = bench_case(entry, m, b, (B, T, D, H), dtype, repeats, budget_s)
                 row["sweep"] = True
                 rows.append(row)
