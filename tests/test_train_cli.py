@@ -195,7 +195,8 @@ def test_bad_model_arguments_are_refused(corpus, rng):
         lm.train(corpus, batch=2, T=4, steps=1, prime="€", progress=False)
     with pytest.raises(ValueError, match="sample_length: expected an integer ≥ 0, got -5"):
         lm.train(corpus, batch=2, T=4, steps=1, sample_length=-5, progress=False)
-    with pytest.raises(ValueError, match=r"method: expected one of \('recurrent',\), got 'log'"):
+    with pytest.raises(ValueError,
+                       match=r"method: expected one of \('recurrent', 'newton'\), got 'log'"):
         lm.train(corpus, batch=2, T=4, steps=1, method="log", progress=False)
 
 
