@@ -482,7 +482,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 # users meet first (compiling every numba kernel from an empty cache takes minutes
 # on 2 cores; `minirec check --backend numba` checks them all)
 TOUR_NUMBA = {"scan.linear": ("recurrent", "chunked"), "lstm": ("recurrent",),
-              "mingru": ("recurrent",), "simple_gla": ("chunk",)}
+              "mingru": ("recurrent",)}
 
 
 def tour_plan(tasks: Sequence[tuple[registry.Entry, str, str]]
