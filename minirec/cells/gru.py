@@ -61,10 +61,11 @@ otherwise). ``forward`` detects it from ``W_hh.ndim == 1``. The Jacobian is then
 diagonal, ``J_t = z + α_r ⊙ w_r + α_z ⊙ w_z + α_n ⊙ w_n`` ``(B, H)``, so a Newton
 iteration is a diagonal scan (:mod:`minirec.scan.linear`). In the backward,
 ``dh_prev = dh ⊙ z + Σ_gates dgh_gate ⊙ w_gate`` and ``dw_gate = Σ_B dgh_gate ⊙
-h_{t-1}``. The diagonal cell runs ``"recurrent"`` in NumPy only (the kernels
-take a full ``W_hh``) and ``"newton"`` on every backend
-(:data:`DIAGONAL_BACKEND_METHODS`; :data:`DIAGONAL` is the variant as a cell,
-the registry's ``"gru_diagonal"``).
+h_{t-1}``. Every backend runs both methods: ``"recurrent"`` on the multi-head kernels
+(:func:`minirec.cells.rnn.as_heads`: the diagonal ``W_hh`` is ``H`` heads of one
+unit, ``(H, G, 1)``; a 1×1 block per unit and gate is the diagonal),
+``"newton"`` on every backend's scans (:data:`DIAGONAL_BACKEND_METHODS`;
+:data:`DIAGONAL` is the variant as a cell, the registry's ``"gru_diagonal"``).
 
 **Multi-head (FlashRNN).** ``init_params(..., num_heads=NH)`` gives ``W_hh`` as
 ``NH`` blocks ``(NH, 3·dh, dh)``, ``dh = H / NH``, each head's gates r, z, n
@@ -107,9 +108,8 @@ BACKENDS = ("numpy", "numba", "cupy", "cuda-emulated")
 # the methods each non-NumPy backend has kernels for (NumPy runs them all)
 BACKEND_METHODS = {"numba": ("recurrent", "newton"), "cupy": ("recurrent", "newton"),
                    "cuda-emulated": ("recurrent", "newton")}
-# the diagonal (ParaRNN) cell: no recurrent kernels, Newton on every backend's scans
-DIAGONAL_BACKEND_METHODS = {"numba": ("newton",), "cupy": ("newton",),
-                            "cuda-emulated": ("newton",)}
+# the diagonal (ParaRNN) cell: the multi-head kernels with heads of one unit
+DIAGONAL_BACKEND_METHODS = BACKEND_METHODS
 GATES = 3  # r, z, n
 PARAM_SHAPES = {"W_ih": ("G", "D"), "W_hh": ("G", "H"), "b_ih": ("G",), "b_hh": ("G",)}
 DIAGONAL_PARAM_SHAPES = {"W_ih": ("G", "D"), "W_hh": ("G",), "b_ih": ("G",), "b_hh": ("G",)}
@@ -323,8 +323,8 @@ def forward(params: dict, x: np.ndarray, state0: np.ndarray | None = None, *,
                                    chunk_size=chunk_size, backend=backend, **opts)
     elif backend == "numpy":  # the definition: BPTT's loop over step_forward
         y, h, seq = bptt.sequence_forward(step_forward, params, x, h0)
-    elif rnn.is_multihead(params):  # W_hh (NH, 3dh, dh): each head's block in cache / shared memory
-        y, h, kernel = _backend.kernels("multihead", backend).forward(params, x, h0, cell="gru")
+    elif rnn.is_multihead(params) or _is_diagonal(params):  # heads' blocks in cache / shared
+        y, h, kernel = rnn.heads_kernel_forward("gru", params, x, h0, backend, GATES)
     else:
         y, h, kernel = _backend.kernels("gru", backend).forward(params, x, h0)
     return y, h, GRUCache(seq, kernel, V.zeros_view(y), V.zeros_view(h), V.param_shapes(params),
@@ -343,9 +343,10 @@ def backward(params: dict, cache: GRUCache, dy: np.ndarray | None,
     if cache.method == "newton":  # the implicit-function theorem: one reverse scan
         solve_backward = rnn.newton_heads_backward if rnn.is_multihead(params) else newton.backward
         return solve_backward(step_backward, step_jacobian, params, cache.newton, dy, dstate)
+    if cache.backend != "numpy" and (rnn.is_multihead(params) or _is_diagonal(params)):
+        return rnn.heads_kernel_backward(params, cache.kernel, dy, dstate, cache.backend, GATES)
     if cache.backend != "numpy":
-        family = "multihead" if rnn.is_multihead(params) else "gru"
-        return _backend.kernels(family, cache.backend).backward(params, cache.kernel, dy, dstate)
+        return _backend.kernels("gru", cache.backend).backward(params, cache.kernel, dy, dstate)
     return bptt.sequence_backward(step_backward, params, cache.seq, dy, dstate)
 
 

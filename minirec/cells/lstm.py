@@ -63,8 +63,10 @@ is one 2×2 block per unit ``j`` on ``(h_j, c_j)`` (``(B, H, 2, 2)``, the ``W``
 blocks above replaced by ``w_i, w_f, w_g, w_o``), so a Newton iteration is a
 matrix scan of 2×2 blocks with the units on the batch axis. In the backward,
 ``dh_prev = Σ_gates da_gate ⊙ w_gate`` and ``dw_gate = Σ_B da_gate ⊙ h_{t-1}``.
-The diagonal cell runs ``"recurrent"`` in NumPy only (the kernels take a full
-``W_hh``) and ``"newton"`` on every backend (:data:`DIAGONAL_BACKEND_METHODS`;
+Every backend runs both methods: ``"recurrent"`` on the multi-head kernels
+(:func:`minirec.cells.rnn.as_heads`: the diagonal ``W_hh`` is ``H`` heads of one
+unit, ``(H, G, 1)``; a 1×1 block per unit and gate is the diagonal),
+``"newton"`` on every backend's scans (:data:`DIAGONAL_BACKEND_METHODS`;
 :data:`DIAGONAL` is the variant as a cell, the registry's ``"lstm_diagonal"``).
 
 **Multi-head (FlashRNN).** ``init_params(..., num_heads=NH)`` gives ``W_hh`` as
@@ -109,9 +111,8 @@ BACKENDS = ("numpy", "numba", "cupy", "cuda-emulated")
 # the methods each non-NumPy backend has kernels for (NumPy runs them all)
 BACKEND_METHODS = {"numba": ("recurrent", "newton"), "cupy": ("recurrent", "newton"),
                    "cuda-emulated": ("recurrent", "newton")}
-# the diagonal (ParaRNN) cell: no recurrent kernels, Newton on every backend's scans
-DIAGONAL_BACKEND_METHODS = {"numba": ("newton",), "cupy": ("newton",),
-                            "cuda-emulated": ("newton",)}
+# the diagonal (ParaRNN) cell: the multi-head kernels with heads of one unit
+DIAGONAL_BACKEND_METHODS = BACKEND_METHODS
 GATES = 4  # i, f, g, o
 PARAM_SHAPES = {"W_ih": ("G", "D"), "W_hh": ("G", "H"), "b_ih": ("G",), "b_hh": ("G",)}
 DIAGONAL_PARAM_SHAPES = {"W_ih": ("G", "D"), "W_hh": ("G",), "b_ih": ("G",), "b_hh": ("G",)}
@@ -353,9 +354,8 @@ def forward(params: dict, x: np.ndarray, state0: tuple | None = None, *,
                                        chunk_size=chunk_size, backend=backend, **opts)
     elif backend == "numpy":  # the definition: BPTT's loop over step_forward
         y, state, seq = bptt.sequence_forward(step_forward, params, x, s0)
-    elif rnn.is_multihead(params):  # W_hh (NH, 4dh, dh): each head's block in cache / shared memory
-        y, state, kernel = _backend.kernels("multihead", backend).forward(params, x, s0,
-                                                                          cell="lstm")
+    elif rnn.is_multihead(params) or _is_diagonal(params):  # heads' blocks in cache / shared
+        y, state, kernel = rnn.heads_kernel_forward("lstm", params, x, s0, backend, GATES)
     else:
         y, state, kernel = _backend.kernels("lstm", backend).forward(params, x, s0)
     return y, state, LSTMCache(seq, kernel, V.zeros_view(y), tuple(map(V.zeros_view, state)),
@@ -378,9 +378,10 @@ def backward(params: dict, cache: LSTMCache, dy: np.ndarray | None,
     if cache.method == "newton":  # the implicit-function theorem: one reverse scan
         solve_backward = rnn.newton_heads_backward if rnn.is_multihead(params) else newton.backward
         return solve_backward(step_backward, step_jacobian, params, cache.newton, dy, dstate)
+    if cache.backend != "numpy" and (rnn.is_multihead(params) or _is_diagonal(params)):
+        return rnn.heads_kernel_backward(params, cache.kernel, dy, dstate, cache.backend, GATES)
     if cache.backend != "numpy":
-        family = "multihead" if rnn.is_multihead(params) else "lstm"
-        return _backend.kernels(family, cache.backend).backward(params, cache.kernel, dy, dstate)
+        return _backend.kernels("lstm", cache.backend).backward(params, cache.kernel, dy, dstate)
     return bptt.sequence_backward(step_backward, params, cache.seq, dy, dstate)
 
 

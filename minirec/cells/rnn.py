@@ -254,6 +254,38 @@ def block_diagonal(W_hh: np.ndarray) -> np.ndarray:
     return W.reshape(G * NH * dh, NH * dh)
 
 
+def as_heads(params: dict, gates: int) -> dict:
+    """A diagonal (ParaRNN) cell's params with ``W_hh (G·H,)`` recast as ``H``
+    heads of one unit each, ``W_hh (H, G, 1)`` with ``W[j, g, 0] = w[g·H + j]``
+    (the block-diagonal matrix with ``1×1`` blocks IS the diagonal one), so the
+    multi-head kernels run the diagonal cells; other params come back as given."""
+    W = params["W_hh"]
+    if W.ndim != 1:
+        return params
+    xp = _backend.xp_of(W)
+    return {**params, "W_hh": xp.ascontiguousarray(W.reshape(gates, -1).T)[:, :, None]}
+
+
+def heads_kernel_forward(cell: str, params: dict, x: Any, state0: Any, backend: str,
+                         gates: int) -> tuple:
+    """``_backend.kernels("multihead", backend).forward`` for a multi-head cell
+    ``W_hh (NH, G·dh, dh)`` or a diagonal one ``W_hh (G·H,)`` (:func:`as_heads`)."""
+    return _backend.kernels("multihead", backend).forward(as_heads(params, gates), x, state0,
+                                                          cell=cell)
+
+
+def heads_kernel_backward(params: dict, kernel_cache: Any, dy: Any, dstate: Any, backend: str,
+                          gates: int) -> dict:
+    """The gradients of :func:`heads_kernel_forward`; a diagonal cell's ``(H, G, 1)``
+    weight gradient is returned in its own shape ``(G·H,)``."""
+    grads = _backend.kernels("multihead", backend).backward(as_heads(params, gates),
+                                                            kernel_cache, dy, dstate)
+    if params["W_hh"].ndim == 1:
+        dW = grads["W_hh"]
+        grads["W_hh"] = _backend.xp_of(dW).ascontiguousarray(dW[:, :, 0].T).reshape(-1)
+    return grads
+
+
 def head_params(params: dict, h: int) -> dict:
     """Head ``h`` of a multi-head cell as the full cell of hidden size ``dh``:
     ``{"W_ih": (G·dh, D), "W_hh": (G·dh, dh), "b_ih": (G·dh,), "b_hh": (G·dh,)}``,

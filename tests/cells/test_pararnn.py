@@ -97,12 +97,27 @@ def test_lstm_blocks_are_the_per_unit_entries_of_the_full_jacobian(rng):
 
 @pytest.mark.parametrize("name", list(CELLS))
 @pytest.mark.parametrize("backend", ["numba", "cuda-emulated"])
-def test_recurrent_on_a_kernel_backend_says_to_use_newton(name, backend, rng):
+def test_recurrent_kernels_equal_the_full_cell_with_diagonal_blocks(name, backend, rng):
+    """The kernel backends run the diagonal cell as H heads of one unit
+    (``rnn.as_heads``): forward and every gradient equal the full cell's
+    definition (diagonal blocks) in float64, the caller's params untouched."""
     mod, params, x, s0 = make(name, rng)
-    with pytest.raises(ValueError, match=rf"method: cells.{name} with a diagonal W_hh "
-                                         rf"\(ParaRNN\) with backend='{backend}' supports "
-                                         rf"\('newton',\), got 'recurrent'"):
-        mod.forward(params, x, s0, backend=backend)
+    kept = {k: v.copy() for k, v in params.items()}
+    full = as_full(mod, params)
+    y_ref, st_ref, c_ref = mod.forward(full, x, s0)
+    y, st, cache = mod.forward(params, x, s0, backend=backend)
+    assert cache.kernel is not None and rel_rms(y, y_ref) <= 1e-12
+    dy = rng.standard_normal(y.shape)
+    ds = tuple(rng.standard_normal(s.shape) for s in st) if isinstance(st, tuple) else \
+        rng.standard_normal(st.shape)
+    g_ref = mod.backward(full, c_ref, dy, ds)
+    g = mod.backward(params, cache, dy, ds)
+    g_ref["W_hh"] = diagonal_of(mod, g_ref["W_hh"])
+    assert g["W_hh"].shape == params["W_hh"].shape
+    a, b = _flatten("", g), _flatten("", g_ref)
+    bad = {k: rel_rms(a[k], b[k]) for k in b if not rel_rms(a[k], b[k]) <= 1e-10}
+    assert not bad, f"{name} on {backend}: gradients differ from the full cell's: {bad}"
+    assert all(np.array_equal(params[k], kept[k]) for k in kept)
 
 
 @pytest.mark.parametrize("name", list(CELLS))
@@ -116,11 +131,10 @@ def test_a_diagonal_of_the_wrong_length_is_refused(name, rng):
 
 
 @pytest.mark.parametrize("entry", ["gru_diagonal", "lstm_diagonal"])
-def test_registry_entries_list_newton_on_every_backend(entry):
+def test_registry_entries_list_both_methods_on_every_backend(entry):
     e = registry.get(entry)
-    assert ("recurrent", "numpy") in e.pairs and ("newton", "numpy") in e.pairs
-    for b in ("numba", "cupy", "cuda-emulated"):
-        assert ("newton", b) in e.pairs and ("recurrent", b) not in e.pairs
+    for b in ("numpy", "numba", "cupy", "cuda-emulated"):
+        assert ("newton", b) in e.pairs and ("recurrent", b) in e.pairs
 
 
 def test_newton_converges_in_a_few_iterations_on_a_long_sequence(rng):
