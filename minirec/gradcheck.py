@@ -116,6 +116,21 @@ def _check_differentiable(arrays: Mapping[str, Any], skip: tuple[str, ...], wher
                                 f"differentiate, got dtype {arr.dtype}; {how}")
 
 
+def _merge_forward_kwargs(forward_kwargs: dict, forward_options: Any) -> dict:
+    """``**forward_kwargs`` and the ``forward_options`` dict in one: the dict carries
+    keywords whose names the checker takes itself (``eps``, ``tol``, ``seed``, …)."""
+    if forward_options is None:
+        return forward_kwargs
+    if not isinstance(forward_options, Mapping):
+        raise TypeError(f"forward_options: expected a dict of keyword arguments for forward, "
+                        f"got {type(forward_options).__name__}")
+    both = sorted(set(forward_kwargs) & set(forward_options))
+    if both:
+        raise ValueError(f"forward_options: expected names not also given as keyword "
+                         f"arguments, got {both} twice")
+    return {**forward_kwargs, **forward_options}
+
+
 def _as_tuple(s):
     if s is None:
         return ()
@@ -219,7 +234,8 @@ def _run_check(title, run, arrays: dict, grads_fn, *, rng, eps, tol, max_element
 
 def check_op(op: Any, inputs: Mapping[str, Any], *, seed: int = 0, eps: float = DEFAULT_EPS,
              tol: float = DEFAULT_TOL, max_elements: int | None = None,
-             skip: tuple[str, ...] = (), **forward_kwargs) -> GradcheckReport:
+             skip: tuple[str, ...] = (), forward_options: Mapping[str, Any] | None = None,
+             **forward_kwargs) -> GradcheckReport:
     """Check ``op.backward`` against central differences of ``op.forward``.
 
     Args:
@@ -237,6 +253,10 @@ def check_op(op: Any, inputs: Mapping[str, Any], *, seed: int = 0, eps: float = 
             differentiated); a single name may be given as a string.
         **forward_kwargs: passed to ``forward`` unchanged and not checked
             (``method``, ``chunk_size``, integer indices, masks, …).
+        forward_options: a dict of more keyword arguments for ``forward``, for a
+            name this function takes itself: ``forward_options={"eps": 1e-3}``
+            gives the layer-normalised LSTM its layer norms' ``eps`` while
+            ``eps=`` stays the finite-difference step.
 
     Returns:
         A :class:`GradcheckReport` with one error per input array (the
@@ -249,6 +269,7 @@ def check_op(op: Any, inputs: Mapping[str, Any], *, seed: int = 0, eps: float = 
             ``max_elements < 1``, a name in ``skip`` that is not an input.
     """
     _check_options(eps, tol, max_elements)
+    forward_kwargs = _merge_forward_kwargs(forward_kwargs, forward_options)
     if not isinstance(inputs, Mapping):
         raise TypeError(f"inputs: expected a dict of the forward's array arguments by name, "
                         f"got {type(inputs).__name__}")
@@ -288,7 +309,9 @@ def check_op(op: Any, inputs: Mapping[str, Any], *, seed: int = 0, eps: float = 
 
 def check_cell(cell: Any, params: Mapping[str, np.ndarray], x: np.ndarray, state0: Any = None,
                *, seed: int = 0, eps: float = DEFAULT_EPS, tol: float = DEFAULT_TOL,
-               max_elements: int | None = None, **forward_kwargs) -> GradcheckReport:
+               max_elements: int | None = None,
+               forward_options: Mapping[str, Any] | None = None,
+               **forward_kwargs) -> GradcheckReport:
     """Check ``cell.backward`` for every parameter, ``x`` and ``state0``.
 
     Args:
@@ -308,6 +331,10 @@ def check_cell(cell: Any, params: Mapping[str, np.ndarray], x: np.ndarray, state
         tol: as in :func:`check_op`.
         max_elements: as in :func:`check_op`.
         **forward_kwargs: passed to ``forward`` unchanged and not checked.
+        forward_options: a dict of more keyword arguments for ``forward``, for a
+            name this function takes itself: ``forward_options={"eps": 1e-3}``
+            gives the layer-normalised LSTM its layer norms' ``eps`` while
+            ``eps=`` stays the finite-difference step.
 
     Returns:
         A :class:`GradcheckReport` over every key of ``params``, ``"x"`` and
@@ -319,6 +346,7 @@ def check_cell(cell: Any, params: Mapping[str, np.ndarray], x: np.ndarray, state
             ``zero_state``.
     """
     _check_options(eps, tol, max_elements)
+    forward_kwargs = _merge_forward_kwargs(forward_kwargs, forward_options)
     if not isinstance(params, Mapping):
         raise TypeError(f"params: expected a dict of arrays, got {type(params).__name__}")
     title = f"check_cell({getattr(cell, '__name__', type(cell).__name__)})"

@@ -181,3 +181,43 @@ def test_a_two_input_op_still_checks_both():
                                            "w": rng.standard_normal(3)})
     assert report.passed, str(report)  # relative error < 1e-6, float64
     assert sorted(report.errors) == ["a", "w"]
+
+
+def test_forward_options_carry_a_name_the_checker_takes_itself():
+    """ln_lstm's layer-norm ``eps`` through ``forward_options``: it reaches forward
+    in every call while ``eps=`` stays the finite-difference step."""
+    from minirec.cells import ln_lstm
+
+    rng = np.random.default_rng(0)
+    params = ln_lstm.init_params(rng, 3, 4)
+    x = rng.standard_normal((2, 4, 3))
+    seen = []
+
+    class Spy:
+        __name__ = "ln_lstm"
+        zero_state = staticmethod(ln_lstm.zero_state)
+
+        @staticmethod
+        def forward(params, x, state0, **kw):
+            seen.append(kw)
+            return ln_lstm.forward(params, x, state0, **kw)
+
+        backward = staticmethod(ln_lstm.backward)
+
+    report = gradcheck.check_cell(Spy, params, x, eps=1e-6, forward_options={"eps": 0.5})
+    assert report.passed, report
+    assert seen and all(kw == {"eps": 0.5} for kw in seen)
+    y_half = ln_lstm.forward(params, x, None, eps=0.5)[0]
+    y_default = ln_lstm.forward(params, x, None)[0]
+    assert not np.allclose(y_half, y_default)  # the option matters to the result
+
+
+def test_forward_options_must_be_a_dict_without_repeats():
+    with pytest.raises(TypeError, match=r"forward_options: expected a dict .* got list"):
+        gradcheck.check_cell(rnn, rnn.init_params(np.random.default_rng(0), 2, 3),
+                             np.zeros((1, 2, 2)), forward_options=[("method", "recurrent")])
+    with pytest.raises(ValueError, match=r"forward_options: expected names not also given .*"
+                                         r"\['method'\] twice"):
+        gradcheck.check_cell(rnn, rnn.init_params(np.random.default_rng(0), 2, 3),
+                             np.zeros((1, 2, 2)), method="recurrent",
+                             forward_options={"method": "recurrent"})
