@@ -13,11 +13,15 @@
    lower bound on the traffic) and its fraction of the copy bandwidth;
 4. ratios against the recurrent NumPy definition in the same run;
 5. PyTorch CPU at the same shapes and thread count, timed in a separate
-   process (sharing a process with OpenBLAS distorts both), when installed.
-
+   process (sharing a process with OpenBLAS distorts both), when installed;
 6. forward+backward time against T (64 … 16384) for every method and backend
-   of ``scan.linear`` (B·D = 32, where chunking over time is meant to pay) and
-   ``rnn``.
+   of ``scan.linear`` (B·D = 32, where chunking over time is meant to pay),
+   ``rnn`` and ``simple_gla``;
+7. scaling, when numba is timed: the LSTM's numba forward+backward against the
+   hidden size H and the batch size B (GEMM-bound: achieved GFLOP/s against
+   the GEMM throughput measured in 1.) next to ``torch.nn.LSTM``, and the diagonal
+   cells (minGRU, minLSTM, HGRN, LRU, S4D, Mamba, Aaren) on numba and as the
+   NumPy definition against T, with numba's speed-up per T.
 
 ``--backend`` restricts which backends are timed. ``backend="cupy"`` cases
 (``minirec bench --backend cupy``; CuPy is imported only then) are timed with
@@ -272,6 +276,151 @@ def t_sweep(repeats: int, budget_s: float, dtype=np.float32,
                 row["sweep"] = True
                 rows.append(row)
     return rows
+
+
+# ---------------------------------------------------------------------------
+# scaling: the LSTM against H and B (GEMM-bound), the diagonal cells against T
+# ---------------------------------------------------------------------------
+
+# (B, T, D, H) per LSTM sweep: the hidden size at B = 8, T = 256, D = H; the batch
+# size at T = 256, D = H = 256
+SCALING_LSTM = {"lstm_H": [(8, 256, H, H) for H in (64, 128, 256, 512, 1024)],
+                "lstm_B": [(B, 256, 256, 256) for B in (1, 2, 4, 8, 16, 32, 64)]}
+# the x axis of each LSTM sweep: its index in (B, T, D, H) and its name
+SCALING_AXIS = {"lstm_H": (3, "H"), "lstm_B": (0, "B")}
+# cells and ops whose state is updated elementwise (diagonal recurrences), timed
+# against T at (B, D, H) = (8, 32, 32), the registry's generic (B, T, D, H) dims
+DIAGONAL_CELLS = ("mingru", "minlstm", "hgrn", "lru", "ssm", "mamba", "aaren")
+DIAGONAL_TS = (64, 256, 1024, 4096)
+DIAGONAL_BDH = (8, 32, 32)
+# the NumPy definition is timed up to this T; measured: the slowest of them (ssm)
+# takes about 1.2 s per forward+backward at T = 1024 on a 2-core machine, about 5 s
+# at T = 4096, seconds and not minutes, so every T is timed
+DIAGONAL_NUMPY_MAX_T = 4096
+
+
+def lstm_gemm_flops(B: int, T: int, D: int, H: int) -> int:
+    """GEMM flops of one LSTM forward over ``x (B, T, D)`` with hidden size H.
+
+    Each step multiplies ``[x_t, h_{t-1}] (B, D+H)`` by the four gates' stacked
+    ``[W_ih, W_hh]^T (D+H, 4H)``: ``2·B·T·4H·(D+H)`` flops over the sequence (the
+    elementwise gate work is not counted). The backward does two such products
+    per step (the gradients of ``x_t, h_{t-1}`` and of the weights), about twice
+    the forward, so the bench counts forward+backward as ``3 ·`` this flop count
+    wherever it reports LSTM GFLOP/s (:func:`lstm_gflops`).
+    """
+    return 2 * B * T * 4 * H * (D + H)
+
+
+def lstm_gflops(dims: Sequence[int], fwd_bwd_s: float) -> float:
+    """Achieved GFLOP/s of an LSTM forward+backward at ``dims = (B, T, D, H)`` that
+    took ``fwd_bwd_s`` seconds: ``3 · lstm_gemm_flops(B, T, D, H) / fwd_bwd_s / 1e9``."""
+    return 3 * lstm_gemm_flops(*dims) / fwd_bwd_s / 1e9
+
+
+def _with_gemm_rate(row: dict, peak: float | None) -> dict:
+    """``row`` with its forward+backward ``GFLOPs`` and their ``peak_fraction`` of the
+    measured GEMM throughput ``peak`` (None when not measured)."""
+    gflops = lstm_gflops(row["dims"], row["fwd_bwd_s"])
+    return {**row, "GFLOPs": gflops, "peak_fraction": gflops / peak if peak else None}
+
+
+def scaling_sweeps(repeats: int, budget_s: float, dtype=np.float32, limits: dict | None = None,
+                   backends: Collection[str] | None = None,
+                   names: Collection[str] | None = None, torch: bool = True) -> list[dict]:
+    """Forward+backward time of the LSTM against H and B, and of the diagonal cells
+    against T; rows of :func:`bench_case` with ``"scaling"`` set to the sweep.
+
+    - ``"lstm_H"``, ``"lstm_B"``: ``lstm`` numba ``recurrent`` at each shape of
+      :data:`SCALING_LSTM`, and ``torch.nn.LSTM`` at the same shapes (rows with
+      ``backend="torch"``, timed by :func:`run_torch_worker` in its own process
+      with this machine's thread count) when ``torch``; each row also has
+      ``"GFLOPs"`` (:func:`lstm_gflops`) and ``"peak_fraction"``, its fraction of
+      ``limits["gemm_<dtype>_GFLOPs"]`` (None without it).
+    - ``"diagonal_T"``: each of :data:`DIAGONAL_CELLS`, at ``(B, T, D, H)`` with
+      ``(B, D, H) =`` :data:`DIAGONAL_BDH` and T in :data:`DIAGONAL_TS`: every
+      numba method the registry lists (the report keeps the fastest per T) and
+      the NumPy definition (``recurrent``, up to :data:`DIAGONAL_NUMPY_MAX_T`).
+
+    Args:
+        limits: the run's :func:`machine_limits`.
+        backends: the backends timed in this run: the LSTM sweeps need
+            ``"numba"``; the diagonal one times numba and numpy where listed
+            (default: those of the two available here).
+        names: the selected entries: the LSTM sweeps run when ``"lstm"`` is one
+            of them, the diagonal sweep for those of :data:`DIAGONAL_CELLS` that
+            are (default: all).
+        torch: time ``torch.nn.LSTM`` too (skipped with a printed note when
+            PyTorch is missing or its worker fails).
+    """
+    from minirec import _backend, registry
+
+    dtype = np.dtype(dtype)
+    if backends is None:
+        backends = [b for b in ("numpy", "numba") if _backend.available(b)]
+    peak = (limits or {}).get(f"gemm_{dtype.name}_GFLOPs")
+    rows = []
+    lstm = registry.get("lstm")
+    if (names is None or "lstm" in names) and "numba" in backends and dtype in lstm.dtypes:
+        timed = {}  # a shape in both sweeps is timed once
+        for kind, shapes in SCALING_LSTM.items():
+            for dims in map(tuple, shapes):
+                if dims not in timed:
+                    timed[dims] = bench_case(lstm, "recurrent", "numba", dims, dtype, repeats,
+                                             budget_s)
+                rows.append(_with_gemm_rate({**timed[dims], "scaling": kind}, peak))
+        if torch:
+            cases = [{"kind": "lstm", "dims": list(d), "dtype": dtype.name, "repeats": repeats}
+                     for d in timed]
+            torch_rows, reason = run_torch_worker(cases, "cpu", threads=os.cpu_count() or 1)
+            if reason:
+                print(f"note: torch.nn.LSTM not timed against H and B: {reason}")
+            by_dims = {tuple(t["dims"]): t for t in torch_rows}
+            for kind, shapes in SCALING_LSTM.items():
+                for dims in map(tuple, shapes):
+                    if dims in by_dims:
+                        t = by_dims[dims]
+                        rows.append(_with_gemm_rate(
+                            {"name": "lstm", "method": "torch.nn.LSTM", "backend": "torch",
+                             "dims": list(dims), "dtype": dtype.name, "fwd_s": t["fwd_s"],
+                             "fwd_bwd_s": t["fwd_bwd_s"], "timer": "wall clock",
+                             "torch": t.get("torch"), "scaling": kind}, peak))
+    B, D, H = DIAGONAL_BDH
+    for name in DIAGONAL_CELLS:
+        entry = registry.get(name)
+        if (names is not None and name not in names) or dtype not in entry.dtypes:
+            continue
+        for m, b in entry.pairs:
+            if b not in backends or not (b == "numba" or (m, b) == ("recurrent", "numpy")):
+                continue
+            for T in DIAGONAL_TS:
+                if b == "numpy" and T > DIAGONAL_NUMPY_MAX_T:
+                    continue  # the report says it was not timed
+                reps = max(3, repeats // 2) if b == "numpy" else repeats
+                row = bench_case(entry, m, b, (B, T, D, H), dtype, reps, budget_s)
+                rows.append({**row, "scaling": "diagonal_T"})
+    return rows
+
+
+def diagonal_speedups(rows: Sequence[dict]) -> dict[tuple[str, int], dict]:
+    """The diagonal sweep per ``(cell, T)``: ``{"numba": the fastest numba row (by
+    forward+backward), "numpy": the NumPy definition's row, "speedup": NumPy's
+    forward+backward time over numba's}``; a missing row and its speed-up are None."""
+    out: dict[tuple[str, int], dict] = {}
+    for r in rows:
+        if r.get("scaling") != "diagonal_T":
+            continue
+        slot = out.setdefault((r["name"], r["dims"][1]),
+                              {"numba": None, "numpy": None, "speedup": None})
+        if r["backend"] == "numba" and (slot["numba"] is None
+                                        or r["fwd_bwd_s"] < slot["numba"]["fwd_bwd_s"]):
+            slot["numba"] = r
+        elif r["backend"] == "numpy" and r["method"] == "recurrent":
+            slot["numpy"] = r
+    for slot in out.values():
+        if slot["numba"] and slot["numpy"]:
+            slot["speedup"] = slot["numpy"]["fwd_bwd_s"] / slot["numba"]["fwd_bwd_s"]
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -729,13 +878,15 @@ def write_report(out_dir: Path, env: dict, limits: dict, rows: list[dict], torch
                  command: str, targets: list[dict] | None = None,
                  compile_info: dict | None = None, sweep_rows: list[dict] | None = None,
                  analysis: str | None = None, notes: Sequence[str] | None = None,
-                 gpu: dict | None = None) -> Path:
+                 gpu: dict | None = None, scaling_rows: list[dict] | None = None) -> Path:
     """Write ``RESULTS.md`` and plots into ``out_dir``; returns the markdown path.
 
     ``notes``: what was skipped and why (printed under the machine). ``gpu``:
     ``{"naive": naive_cupy_times(...), "torch": rows, "torch_skipped": reason}``
     for a run with cupy cases (``limits`` then has ``gpu_copy_GBps`` and ``env``
-    the GPU's name).
+    the GPU's name). ``scaling_rows``: :func:`scaling_sweeps`' rows, tabled and
+    plotted (``lstm_vs_H.png``, ``lstm_vs_B.png``, ``diagonal_vs_T.png``).
+    Without matplotlib the tables are written and the plots left out.
     """
     try:
         import matplotlib
@@ -864,6 +1015,8 @@ def write_report(out_dir: Path, env: dict, limits: dict, rows: list[dict], torch
                              + " | ".join(_fmt_t(by_T[T]) if T in by_T else "—"
                                           for T in SWEEP_TS) + " |")
         lines += ["", "![time against T](time_vs_T.png)", ""] if plt is not None else [""]
+    if scaling_rows:
+        lines += _scaling_section(out_dir, plt, limits, scaling_rows)
     if analysis:
         lines += ["", analysis.rstrip(), ""]
     path = out_dir / "RESULTS.md"
@@ -871,8 +1024,158 @@ def write_report(out_dir: Path, env: dict, limits: dict, rows: list[dict], torch
     (out_dir / "results.json").write_text(json.dumps(
         {"env": env, "limits": limits, "rows": rows, "torch": torch_rows,
          "targets": targets, "compile": compile_info, "sweep": sweep_rows,
-         "notes": list(notes or []), "gpu": gpu}, indent=1, default=str))
+         "scaling": scaling_rows, "notes": list(notes or []), "gpu": gpu}, indent=1,
+        default=str))
     return path
+
+
+def _pct(fraction: float | None) -> str:
+    return "—" if fraction is None else f"{100 * fraction:.0f}%"
+
+
+def _ticks_at(ax, values: Sequence[int]) -> None:
+    """Label a log x axis at the swept values themselves (64, 256, ...), no minor ticks."""
+    from matplotlib.ticker import NullLocator
+
+    ax.set_xticks(list(values), [str(v) for v in values])
+    ax.xaxis.set_minor_locator(NullLocator())
+
+
+def _scaling_section(out_dir: Path, plt, limits: dict, rows: list[dict]) -> list[str]:
+    """The report's scaling section: a table and a plot per LSTM sweep (time and
+    GFLOP/s against H or B, numba and torch, with the measured GEMM throughput) and
+    the diagonal cells against T (time, numba's speed-up over the NumPy definition,
+    and forward GB/s against the measured copy bandwidth). ``plt``: matplotlib's
+    pyplot, or None (the tables only)."""
+    lines = []
+    lstm = [r for r in rows if r["scaling"] in SCALING_AXIS]
+    if lstm:
+        dtype = lstm[0]["dtype"]
+        peak = limits.get(f"gemm_{dtype}_GFLOPs")
+        lines += ["", "## Scaling: the LSTM against H and B", "",
+                  "Forward+backward of `lstm` (numba `recurrent`) and of `torch.nn.LSTM` "
+                  "(PyTorch CPU in a separate process, this machine's thread count), "
+                  f"{dtype}. GFLOP/s counts the gate GEMMs: 2·B·T·4H·(D+H) flops forward, "
+                  "the backward counted as twice that, so 3·2·B·T·4H·(D+H) per "
+                  "forward+backward; `% peak` is of the "
+                  + (f"{dtype} GEMM throughput measured in this run, {peak:.1f} GFLOP/s."
+                     if peak else f"{dtype} GEMM throughput (not measured in this run).")]
+        if not any(r["backend"] == "torch" for r in lstm):
+            lines += ["", "torch.nn.LSTM was not timed (--no-torch, PyTorch not installed, "
+                          "or its worker failed)."]
+        for kind, (axis, label) in SCALING_AXIS.items():
+            mine = [r for r in lstm if r["scaling"] == kind]
+            if not mine:
+                continue
+            numba = {tuple(r["dims"]): r for r in mine if r["backend"] == "numba"}
+            torch = {tuple(r["dims"]): r for r in mine if r["backend"] == "torch"}
+            lines += ["", f"### LSTM against {label}", "",
+                      "| (B, T, D, H) | numba fwd | numba fwd+bwd | numba GFLOP/s | % peak "
+                      "| torch fwd+bwd | torch GFLOP/s | % peak | numba / torch |",
+                      "|---" * 9 + "|"]
+            for dims, r in numba.items():
+                t = torch.get(dims)
+                lines.append(
+                    f"| {dims} | {_fmt_t(r['fwd_s'])} | {_fmt_t(r['fwd_bwd_s'])} "
+                    f"| {r['GFLOPs']:.3g} | {_pct(r['peak_fraction'])} | "
+                    + (f"{_fmt_t(t['fwd_bwd_s'])} | {t['GFLOPs']:.3g} | "
+                       f"{_pct(t['peak_fraction'])} | {r['fwd_bwd_s'] / t['fwd_bwd_s']:.2f}× |"
+                       if t else "— | — | — | — |"))
+            if plt is None:
+                continue
+            fig, (ax_t, ax_g) = plt.subplots(1, 2, figsize=(11, 4.5))
+            for backend, by_dims in (("numba", numba), ("torch", torch)):
+                pts = sorted((d[axis], r["fwd_bwd_s"], r["GFLOPs"]) for d, r in by_dims.items())
+                if pts:
+                    x, t_s, g = zip(*pts)
+                    what = "lstm numba" if backend == "numba" else "torch.nn.LSTM"
+                    ax_t.loglog(x, t_s, "o-", label=what)
+                    ax_g.semilogx(x, g, "o-", label=what)
+            if peak:
+                ax_g.axhline(peak, color="k", ls="--", label=f"measured {dtype} GEMM")
+            fixed = [f"{n}={v}" for n, v in zip("BTDH", mine[0]["dims"]) if n != label]
+            if label == "H":  # D follows H in this sweep
+                fixed = fixed[:2] + ["D=H"]
+            ax_t.set_title(f"LSTM forward+backward against {label} ({', '.join(fixed)}, "
+                           f"{dtype})")
+            ax_t.set_xlabel(label)
+            ax_t.set_ylabel("seconds")
+            ax_g.set_title("achieved GFLOP/s (gate GEMMs, 3·2·B·T·4H·(D+H))")
+            ax_g.set_xlabel(label)
+            ax_g.set_ylabel("GFLOP/s")
+            ax_g.set_ylim(bottom=0)
+            for ax in (ax_t, ax_g):
+                ax.legend(fontsize=8)
+                _ticks_at(ax, sorted({d[axis] for d in numba} | {d[axis] for d in torch}))
+            fig.tight_layout()
+            fig.savefig(out_dir / f"lstm_vs_{label}.png", dpi=120)
+            plt.close(fig)
+            lines += ["", f"![LSTM against {label}](lstm_vs_{label}.png)"]
+    diag = diagonal_speedups(rows)
+    if diag:
+        cells = list(dict.fromkeys(name for name, _ in diag))
+        Ts = sorted({T for _, T in diag})
+        first = next(r for r in rows if r["scaling"] == "diagonal_T")
+        B, _, D, H = first["dims"]
+        lines += ["", "## Scaling: the diagonal cells against T", "",
+                  f"Forward+backward at B={B}, D={D}, H={H} (each entry's generic dims), "
+                  f"{first['dtype']}: the fastest numba method at each T (named), the NumPy "
+                  "definition (`recurrent`), and numba's speed-up over it.", "",
+                  "| entry | backend | " + " | ".join(f"T={T}" for T in Ts) + " |",
+                  "|---|---|" + "---|" * len(Ts)]
+        skipped = False
+        for name in cells:
+            slots = [diag.get((name, T)) for T in Ts]
+            numba = [s["numba"] if s else None for s in slots]
+            numpy = [s["numpy"] if s else None for s in slots]
+            if any(numba):
+                lines.append(f"| {name} | numba | " + " | ".join(
+                    f"{_fmt_t(r['fwd_bwd_s'])} ({r['method']})" if r else "—"
+                    for r in numba) + " |")
+            if any(numpy):
+                cols = []
+                for T, r in zip(Ts, numpy):
+                    skipped |= r is None and T > DIAGONAL_NUMPY_MAX_T
+                    cols.append(_fmt_t(r["fwd_bwd_s"]) if r else
+                                "not timed" if T > DIAGONAL_NUMPY_MAX_T else "—")
+                lines.append(f"| {name} | numpy (definition) | " + " | ".join(cols) + " |")
+            if any(s and s["speedup"] for s in slots):
+                lines.append(f"| {name} | numba speed-up | " + " | ".join(
+                    f"{s['speedup']:.1f}×" if s and s["speedup"] else "—" for s in slots) + " |")
+        if skipped:
+            lines += ["", f"The NumPy definition was not timed above T={DIAGONAL_NUMPY_MAX_T}: "
+                          "its Python loop over T takes minutes there."]
+        if plt is not None:
+            fig, (ax_t, ax_g) = plt.subplots(1, 2, figsize=(15, 5), layout="constrained")
+            for i, name in enumerate(cells):
+                for backend, style in (("numba", "o-"), ("numpy", "s--")):
+                    pts = sorted((T, diag[name, T][backend]) for T in Ts
+                                 if (name, T) in diag and diag[name, T][backend])
+                    if not pts:
+                        continue
+                    x = [T for T, _ in pts]
+                    what = f"{name} {backend}" + (" (definition)" if backend == "numpy" else "")
+                    ax_t.loglog(x, [r["fwd_bwd_s"] for _, r in pts], style, color=f"C{i}",
+                                label=what)
+                    ax_g.loglog(x, [r["fwd_GBps"] for _, r in pts], style, color=f"C{i}",
+                                label=what)
+            fig.legend(*ax_t.get_legend_handles_labels(), loc="outside right upper",
+                       fontsize=7)
+            if "copy_GBps" in limits:
+                ax_g.axhline(limits["copy_GBps"], color="k", ls=":", label="measured copy BW")
+                ax_g.legend(handles=ax_g.get_lines()[-1:], fontsize=7)
+            ax_t.set_title(f"diagonal cells: forward+backward, B={B}, D={D}, H={H}, "
+                           f"{first['dtype']}")
+            ax_t.set_ylabel("seconds")
+            ax_g.set_title("achieved GB/s (forward, inputs and outputs once)")
+            ax_g.set_ylabel("GB/s")
+            for ax in (ax_t, ax_g):
+                ax.set_xlabel("T")
+                _ticks_at(ax, Ts)
+            fig.savefig(out_dir / "diagonal_vs_T.png", dpi=120)
+            plt.close(fig)
+            lines += ["", "![diagonal cells against T](diagonal_vs_T.png)"]
+    return lines + [""]
 
 
 def _gpu_section(env: dict, limits: dict, rows: list[dict], gpu: dict) -> list[str]:
@@ -947,7 +1250,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the PyTorch comparisons, CPU and CUDA (default: run them when "
                         "PyTorch is installed, CUDA when cupy cases are timed)")
     p.add_argument("--no-sweep", action="store_true",
-                   help="skip the time-against-T sweep (default: run it)")
+                   help="skip every sweep: the time-against-T sweep and the scaling sweeps "
+                        "of --no-scaling (default: run them)")
+    p.add_argument("--no-scaling", action="store_true",
+                   help="skip the scaling sweeps: LSTM time against H and B (numba and "
+                        "torch.nn.LSTM) and the diagonal cells against T (numba and the NumPy "
+                        "definition); they run when numba is timed, the LSTM ones when lstm "
+                        "is selected, the diagonal one for the selected diagonal cells "
+                        "(default: run them)")
     p.add_argument("--no-targets", action="store_true",
                    help="skip the performance targets (scan bandwidth, numba speed-ups, "
                         "classic cells vs PyTorch at their stated shapes; on a GPU the scan "
@@ -1138,11 +1448,17 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_sweep:
         print("time against T ...")
         sweep_rows = t_sweep(args.repeats, args.budget, dtype, backends=timed)
+    scaling_rows = []
+    if not (args.no_sweep or args.no_scaling) and "numba" in timed:
+        print("scaling: the LSTM against H and B, the diagonal cells against T ...")
+        scaling_rows = scaling_sweeps(args.repeats, args.budget, dtype, limits, backends=timed,
+                                      names=names, torch=not args.no_torch)
     analysis_file = Path(args.out) / "analysis.md"
     analysis = (analysis_file.read_text() if analysis_file.exists() and backends is None
                 else None)
     path = write_report(Path(args.out), env, limits, rows, torch_rows,
                         "minirec bench " + " ".join(argv if argv is not None else sys.argv[2:]),
-                        targets, compile_info, sweep_rows, analysis, notes=notes, gpu=gpu)
+                        targets, compile_info, sweep_rows, analysis, notes=notes, gpu=gpu,
+                        scaling_rows=scaling_rows)
     print(f"wrote {path}")
     return 0

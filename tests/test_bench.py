@@ -376,3 +376,210 @@ def test_newton_targets_report_iterations(monkeypatch):
     assert all(r["note"].endswith("Newton iterations to tol 1e-10")
                and int(r["note"].split()[0]) >= 1 for r in newton)
     assert any(r["what"].startswith("lstm_multihead") for r in rows)
+
+
+# ---------------------------------------------------------------------------
+# scaling: the LSTM against H and B, the diagonal cells against T
+# ---------------------------------------------------------------------------
+
+TINY_LSTM = {"lstm_H": [(2, 4, 3, 3), (2, 4, 6, 6)], "lstm_B": [(1, 4, 6, 6), (2, 4, 6, 6)]}
+# fake times: the NumPy definition 10× and numba's chunked method 0.5× numba's recurrent one
+FAKE_FACTOR = {("recurrent", "numpy"): 10.0, ("chunked", "numba"): 0.5}
+
+
+@pytest.fixture
+def tiny_scaling(monkeypatch):
+    """Tiny sweeps whose cases are not timed: ``bench_case`` returns a row with a fake
+    forward time of 1 µs per element of (B, T, D, H) (× :data:`FAKE_FACTOR`),
+    forward+backward 3× that, and records its calls; the PyTorch worker says 2×
+    numba's time. Returns the list of calls."""
+    monkeypatch.setattr(bench, "SCALING_LSTM", TINY_LSTM)
+    monkeypatch.setattr(bench, "DIAGONAL_TS", (8, 16))
+    monkeypatch.setattr(bench, "DIAGONAL_BDH", (1, 2, 2))
+    calls = []
+
+    def bench_case(entry, method, backend, dims, dtype, repeats, budget_s):
+        calls.append((entry.name, method, backend, tuple(dims)))
+        fwd = 1e-6 * float(np.prod(dims)) * FAKE_FACTOR.get((method, backend), 1.0)
+        return {"name": entry.name, "method": method, "backend": backend, "dims": list(dims),
+                "dtype": np.dtype(dtype).name, "first_call_s": fwd, "fwd_s": fwd,
+                "fwd_bwd_s": 3 * fwd, "fwd_GBps": 1.0, "timer": "wall clock"}
+
+    def torch_worker(cases, device="cpu", threads=1):
+        calls.append(("torch", device, tuple(tuple(c["dims"]) for c in cases)))
+        return [{**c, "fwd_s": 2e-6 * float(np.prod(c["dims"])),
+                 "fwd_bwd_s": 6e-6 * float(np.prod(c["dims"])), "torch": "fake",
+                 "device": device} for c in cases], None
+
+    monkeypatch.setattr(bench, "bench_case", bench_case)
+    monkeypatch.setattr(bench, "run_torch_worker", torch_worker)
+    return calls
+
+
+LIMITS = {"copy_GBps": 10.0, "gemm_float32_GFLOPs": 0.1}
+
+
+def test_lstm_gflops_is_the_documented_formula():
+    # forward 2·B·T·4H·(D+H) = 2·2·3·28·12; forward+backward counted as 3× it
+    assert bench.lstm_gemm_flops(B=2, T=3, D=5, H=7) == 2 * 2 * 3 * 4 * 7 * (5 + 7) == 4032
+    assert "2·B·T·4H·(D+H)" in bench.lstm_gemm_flops.__doc__
+    assert bench.lstm_gflops((2, 3, 5, 7), 0.5) == pytest.approx(3 * 4032 / 0.5 / 1e9)
+
+
+def test_lstm_scaling_rows_carry_gflops_and_the_peak_fraction(tiny_scaling):
+    rows = bench.scaling_sweeps(1, 0.01, np.float32, LIMITS, backends=("numba",),
+                                names=["lstm"])
+    for kind, shapes in TINY_LSTM.items():
+        for backend in ("numba", "torch"):
+            mine = [r for r in rows if r["scaling"] == kind and r["backend"] == backend]
+            assert [tuple(r["dims"]) for r in mine] == shapes, (kind, backend)
+            for r in mine:
+                assert r["GFLOPs"] == pytest.approx(
+                    3 * bench.lstm_gemm_flops(*r["dims"]) / r["fwd_bwd_s"] / 1e9)
+                assert r["peak_fraction"] == pytest.approx(r["GFLOPs"] / 0.1)
+    # (2, 4, 6, 6) is in both sweeps: timed once, by numba and by the one torch worker
+    assert [c for c in tiny_scaling if c[0] == "lstm"] == [
+        ("lstm", "recurrent", "numba", d) for d in [(2, 4, 3, 3), (2, 4, 6, 6), (1, 4, 6, 6)]]
+    assert [c for c in tiny_scaling if c[0] == "torch"] == [
+        ("torch", "cpu", ((2, 4, 3, 3), (2, 4, 6, 6), (1, 4, 6, 6)))]
+
+
+def test_lstm_scaling_without_a_measured_peak_or_torch(tiny_scaling):
+    rows = bench.scaling_sweeps(1, 0.01, np.float32, {"copy_GBps": 1.0}, backends=("numba",),
+                                names=["lstm"], torch=False)
+    assert {r["backend"] for r in rows} == {"numba"}
+    assert all(r["peak_fraction"] is None and r["GFLOPs"] > 0 for r in rows)
+    assert not any(c[0] == "torch" for c in tiny_scaling)
+
+
+def test_diagonal_sweep_times_numba_methods_and_the_definition(tiny_scaling):
+    rows = bench.scaling_sweeps(1, 0.01, np.float32, LIMITS, backends=("numpy", "numba"),
+                                names=bench.DIAGONAL_CELLS)
+    assert {r["scaling"] for r in rows} == {"diagonal_T"}
+    for name in bench.DIAGONAL_CELLS:
+        entry = registry.get(name)
+        wanted = {(m, b) for m, b in entry.pairs if b == "numba"} | {("recurrent", "numpy")}
+        mine = [r for r in rows if r["name"] == name]
+        assert {(r["method"], r["backend"]) for r in mine} == wanted, name
+        assert {(r["dims"][0], r["dims"][2], r["dims"][3]) for r in mine} == {(1, 2, 2)}
+        assert sorted({r["dims"][1] for r in mine}) == [8, 16]
+
+
+def test_diagonal_speedup_is_numpy_over_the_fastest_numba_method(tiny_scaling):
+    rows = bench.scaling_sweeps(1, 0.01, np.float32, LIMITS, backends=("numpy", "numba"),
+                                names=["mingru", "aaren"])
+    speed = bench.diagonal_speedups(rows)
+    assert set(speed) == {(n, T) for n in ("mingru", "aaren") for T in (8, 16)}
+    # mingru has a chunked numba method (0.5×): 10 / 0.5; aaren only the recurrent one
+    assert speed["mingru", 16]["numba"]["method"] == "chunked"
+    assert speed["mingru", 16]["speedup"] == pytest.approx(20.0)
+    assert speed["aaren", 8]["numba"]["method"] == "recurrent"
+    assert speed["aaren", 8]["speedup"] == pytest.approx(10.0)
+
+
+@pytest.mark.parametrize("names, backends, lstm, cells", [
+    (None, ("numpy", "numba"), True, bench.DIAGONAL_CELLS),
+    (["lstm"], ("numpy", "numba"), True, ()),
+    (["mingru", "rnn", "scan.linear"], ("numpy", "numba"), False, ("mingru",)),
+    (["lstm", "hgrn"], ("numba",), True, ("hgrn",)),
+    (["lstm", "hgrn"], ("numpy",), False, ("hgrn",)),  # the LSTM sweeps are numba's
+], ids=["all", "lstm-only", "one-cell", "numba-only", "numpy-only"])
+def test_scaling_runs_for_the_selected_entries_and_backends(names, backends, lstm, cells,
+                                                            tiny_scaling):
+    rows = bench.scaling_sweeps(1, 0.01, np.float32, LIMITS, backends=backends, names=names)
+    assert any(r["name"] == "lstm" for r in rows) is lstm
+    assert {r["name"] for r in rows if r["scaling"] == "diagonal_T"} == set(cells)
+    assert {r["backend"] for r in rows if r["scaling"] == "diagonal_T"} == (
+        set(backends) if cells else set())
+
+
+def test_numpy_definition_above_its_largest_T_is_not_timed_and_the_report_says_so(
+        tiny_scaling, monkeypatch, tmp_path):
+    monkeypatch.setattr(bench, "DIAGONAL_NUMPY_MAX_T", 8)
+    rows = bench.scaling_sweeps(1, 0.01, np.float32, LIMITS, backends=("numpy", "numba"),
+                                names=["hgrn"])
+    assert sorted(r["dims"][1] for r in rows if r["backend"] == "numpy") == [8]
+    text = bench.write_report(tmp_path, {"python": "x"}, LIMITS, [], [], "cmd",
+                              scaling_rows=rows).read_text()
+    assert "| hgrn | numpy (definition) | 0.96 ms | not timed |" in text
+    assert "| hgrn | numba speed-up | 20.0× | — |" in text
+    assert "The NumPy definition was not timed above T=8" in text
+
+
+def test_scaling_report_writes_the_tables_and_three_plots(tiny_scaling, tmp_path):
+    rows = bench.scaling_sweeps(1, 0.01, np.float32, LIMITS, backends=("numpy", "numba"),
+                                names=["lstm", "mingru", "ssm"])
+    path = bench.write_report(tmp_path, {"python": "x"}, LIMITS, [], [], "cmd",
+                              scaling_rows=rows)
+    text = path.read_text()
+    assert "## Scaling: the LSTM against H and B" in text
+    assert "measured in this run, 0.1 GFLOP/s" in text
+    # (2, 4, 3, 3): 2·2·4·(4·3)·6 = 1152 flops forward; 3·1152 in 3·72 µs = 0.016 GFLOP/s,
+    # 16% of 0.1; torch (fake) takes twice as long
+    assert ("| (2, 4, 3, 3) | 0.072 ms | 0.216 ms | 0.016 | 16% | 0.432 ms | 0.008 | 8% "
+            "| 0.50× |") in text
+    assert "### LSTM against H" in text and "### LSTM against B" in text
+    assert "## Scaling: the diagonal cells against T" in text
+    # mingru (1, T, 2, 2): chunked numba 0.5 µs per element, 3× for fwd+bwd
+    assert "| mingru | numba | 0.048 ms (chunked) | 0.096 ms (chunked) |" in text
+    assert "| mingru | numpy (definition) | 0.96 ms | 1.92 ms |" in text
+    assert "| mingru | numba speed-up | 20.0× | 20.0× |" in text
+    assert "| ssm | numba speed-up | 20.0× | 20.0× |" in text
+    for png in ("lstm_vs_H.png", "lstm_vs_B.png", "diagonal_vs_T.png"):
+        assert f"]({png})" in text
+        assert (tmp_path / png).stat().st_size > 0
+    assert "issue" not in text.lower()
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert len(data["scaling"]) == len(rows)
+
+
+def test_scaling_report_without_matplotlib_keeps_the_tables(tiny_scaling, tmp_path,
+                                                            monkeypatch):
+    rows = bench.scaling_sweeps(1, 0.01, np.float32, LIMITS, names=["lstm", "hgrn"],
+                                backends=("numpy", "numba"), torch=False)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    text = bench.write_report(tmp_path, {"python": "x"}, LIMITS, [], [], "cmd",
+                              scaling_rows=rows).read_text()
+    assert "### LSTM against H" in text and "| hgrn | numba speed-up |" in text
+    assert "torch.nn.LSTM was not timed" in text
+    assert "![" not in text and list(tmp_path.glob("*.png")) == []
+
+
+@pytest.mark.parametrize("argv, scaled", [
+    (["mingru"], {"mingru"}),
+    (["lstm"], {"lstm"}),
+    (["lstm", "hgrn", "--no-torch"], {"lstm", "hgrn"}),
+    (["mingru", "--no-scaling"], set()),
+    (["mingru", "--no-sweep"], set()),
+    (["mingru", "--backend", "numpy"], set()),  # numba not timed: no scaling
+], ids=["cell", "lstm", "both-no-torch", "no-scaling", "no-sweep", "numpy-only"])
+def test_bench_runs_the_scaling_sweeps_of_the_selection(argv, scaled, tiny_scaling, tmp_path,
+                                                        monkeypatch):
+    monkeypatch.setattr(bench, "machine_limits", lambda: dict(LIMITS))
+    monkeypatch.setattr(bench, "SWEEP_TS", (8,))
+    rc = cli.main(["bench", *argv, "--sizes", "small", "--repeats", "1", "--budget", "0.01",
+                   "--no-targets", "--out", str(tmp_path)])
+    assert rc == 0
+    rows = json.loads((tmp_path / "results.json").read_text())["scaling"]
+    assert {r["name"] for r in rows} == scaled
+    torch_rows = [r for r in rows if r["backend"] == "torch"]
+    assert bool(torch_rows) is ("lstm" in scaled and "--no-torch" not in argv)
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert ("## Scaling: the LSTM against H and B" in text) is ("lstm" in scaled)
+    assert ("## Scaling: the diagonal cells against T" in text) is bool(scaled - {"lstm"})
+
+
+def test_scaling_sweeps_time_for_real_at_tiny_shapes(monkeypatch):
+    """The real bench_case at tiny shapes (no time is asserted): every row has
+    positive times and the LSTM rows their GFLOP/s."""
+    monkeypatch.setattr(bench, "SCALING_LSTM", {"lstm_H": [(1, 4, 3, 3)], "lstm_B": []})
+    monkeypatch.setattr(bench, "DIAGONAL_TS", (4,))
+    monkeypatch.setattr(bench, "DIAGONAL_BDH", (1, 2, 2))
+    rows = bench.scaling_sweeps(1, 0.01, np.float32, LIMITS, backends=("numpy", "numba"),
+                                names=["lstm", "mingru"], torch=False)
+    assert {(r["scaling"], r["name"], r["backend"]) for r in rows} == {
+        ("lstm_H", "lstm", "numba"), ("diagonal_T", "mingru", "numba"),
+        ("diagonal_T", "mingru", "numpy")}
+    assert all(r["fwd_s"] > 0 and r["fwd_bwd_s"] > 0 for r in rows)
+    assert all(r["GFLOPs"] > 0 for r in rows if r["name"] == "lstm")
