@@ -84,6 +84,83 @@ time loop with each head's blocks of ``R`` in cache, GEMMs for the weight
 gradients; :mod:`minirec.kernels.cuda.slstm` for ``"cupy"`` and
 ``"cuda-emulated"``: the same GEMMs and one persistent kernel per direction,
 a block per (batch row, head) with the head's ``R`` in shared memory).
+
+Step Jacobian (:func:`step_jacobian`), for ``method="newton"``: the state
+``(h, c, n, m)`` flattened to ``[h | c | n | m]`` (4H), the exact derivative of
+the step as computed, with the backward's branch choices (``take_i``, a binding
+clamp passes nothing, the first-step branch where ``n_{t-1} = 0``). ``c_t`` and
+``n_t`` depend on ``a_i`` and ``lfm`` only through ``u_i = a_i − m_t`` and
+``u_f = lfm − m_t``, so their derivatives in ``lfm`` are minus those in ``a_i``.
+With ``κ_i = [u_i ≤ 0] i``, ``κ_f = [u_f ≤ 0] f`` (the unclamped exponentials'
+slopes):
+
+    g_i = ∂i/∂a_i = −∂i/∂lfm = [not take_i] κ_i        (take_i: u_i ≡ 0)
+    g_f = ∂f/∂lfm = −∂f/∂a_i = [take_i] κ_f            (not take_i: u_f ≡ 0)
+    α_c = ∂c_t/∂a_i = −∂c_t/∂lfm = z ⊙ g_i − c_{t-1} ⊙ g_f
+    α_n = ∂n_t/∂a_i = −∂n_t/∂lfm = g_i − n_{t-1} ⊙ g_f
+    ∂m_t/∂a_i = [take_i]      ∂m_t/∂lfm = [not take_i]
+    ∂lfm/∂m_{t-1} = 1         ∂lfm/∂a_f = σ(−a_f)
+    γ_c = ∂h_t/∂c_t = o / n_t      γ_n = −∂h_t/∂n_t = h_t / n_t
+
+``c, n, m`` enter elementwise (diagonal ``(H, H)`` blocks, ``diag(·)``):
+
+    ∂c_t/∂c_{t-1} = diag(f)      ∂c_t/∂m_{t-1} = diag(−α_c)
+    ∂n_t/∂n_{t-1} = diag(f)      ∂n_t/∂m_{t-1} = diag(−α_n)
+    ∂m_t/∂m_{t-1} = diag([not take_i])
+    ∂h_t/∂c_{t-1} = diag(γ_c ⊙ f)      ∂h_t/∂n_{t-1} = diag(−γ_n ⊙ f)
+    ∂h_t/∂m_{t-1} = diag(−γ_c ⊙ α_c + γ_n ⊙ α_n)
+    (∂c_t/∂n_{t-1} = ∂n_t/∂c_{t-1} = 0, and m_t depends on neither)
+
+``h_{t-1}`` enters through ``R`` only: with ``W_g (H, H)`` the block-diagonal
+matrix of gate ``g``'s heads, ``W_g[h·dh + j, h·dh + k] = R[g, h, j, k]``, and
+``β^X_g = ∂X_t/∂a_g`` for ``X ∈ {h, c, n, m}``,
+
+    β^c = [α_c, −α_c ⊙ σ(−a_f), i ⊙ (1 − z²), 0]            (gates i, f, z, o)
+    β^n = [α_n, −α_n ⊙ σ(−a_f), 0, 0]
+    β^m = [[take_i], [not take_i] ⊙ σ(−a_f), 0, 0]
+    β^h = γ_c ⊙ β^c − γ_n ⊙ β^n + [0, 0, 0, c_t / n_t ⊙ o (1 − o)]
+    ∂X_t/∂h_{t-1} = Σ_g diag(β^X_g) W_g
+
+    J_t = [[∂h/∂h, ∂h/∂c, ∂h/∂n, ∂h/∂m], …, [∂m/∂h, ∂m/∂c, ∂m/∂n, ∂m/∂m]]   (B, 4H, 4H)
+
+Its transpose applied to ``(dh, dc, dn, dm)`` is the backward's
+``(dh_prev, dc_prev, dn_prev, dm_prev)`` (the same selections, regrouped; equal
+to rounding). The Jacobian is block-diagonal over the heads (each head's
+``4·dh`` state); :func:`step_jacobian` returns the full matrix, zeros between
+heads.
+
+``method="newton"`` solves all T steps at once by Newton's method
+(:mod:`minirec.scan.newton`, DEER): each iteration evaluates every step in one
+batched call and solves ``δ_t = J_t δ_{t−1} + r_t`` with a matrix scan; its
+backward is one reverse scan with the converged Jacobians (the
+implicit-function theorem). Given ``x`` the heads are independent, so it
+solves **head by head** (:func:`newton_heads`: head ``h`` is the one-head cell
+of size ``dh``, :func:`head_params`, with ``(4dh, 4dh)`` Jacobians), as the
+multi-head LSTM does: ``NH`` times less scan work than the ``(4H, 4H)``
+system, and a NaN in one head (its part of ``state0`` or of ``R``) stays in
+that head, as in the definition (the full system's ``0 · NaN`` would spread it).
+With ``backend="numba"``, ``"cupy"`` or ``"cuda-emulated"`` the scans run on
+that backend, the steps in NumPy (CuPy).
+
+**The first iterate.** Newton's default guess, zeros, is a poor one here: with
+``n* = 0`` every step is linearised on the first-step branch, where
+``n_t = 1`` instead of growing with ``t`` as on the true trajectory (``f ≈ 1``),
+so ``∂h_t/∂c_{t-1} = o f / n_t`` is large and the linearised scan expands
+(measured with ``init_params`` weights, B = 2, D = 8, H = 16, NH = 4, four
+seeds: from zeros T = 256 took 31–47 iterations, T = 1024 44–171, and one of
+the four T = 1024 runs diverged to NaN). The default guess
+(:func:`newton_guess`) is instead the exact solution of the cell **without
+its recurrent input** ``R h_{t-1}`` for ``t ≥ 1`` (kept at ``t = 0``, so
+``s*_0`` is exact): the pre-activations then come from ``x`` alone,
+``m_t = max(a_i, m_{t-1} + log σ(a_f))`` is a max-plus scan (Hillis–Steele
+over the maps ``m ↦ max(M, m + L)``, composed as ``(L_1, M_1) ∘ (L_2, M_2) =
+(L_1 + L_2, max(M_2, M_1 + L_2))``) and ``(c, n)`` an affine scan
+(:mod:`minirec.scan.linear`, on the solve's backend and scan method);
+``h = o c / n``. From it the same runs took 4–5 iterations at both T.
+Non-finite guess entries are replaced by 0 (the solve still converges; NaN
+inputs propagate through the steps as in the definition).
+``newton_options={"guess": ...}`` overrides it (zeros included). After ``k``
+iterations the first ``k`` states are exact from any guess.
 """
 
 from __future__ import annotations
@@ -95,12 +172,14 @@ import numpy as np
 from minirec import _backend, bptt
 from minirec import _math as M
 from minirec import _validate as V
+from minirec.cells import rnn  # block_diagonal, HeadsNewtonCache
+from minirec.scan import linear, newton
 
-METHODS = ("recurrent",)
+METHODS = ("recurrent", "newton")
 BACKENDS = ("numpy", "numba", "cupy", "cuda-emulated")
 # the methods each non-NumPy backend has kernels for (NumPy runs them all)
-BACKEND_METHODS = {"numba": ("recurrent",), "cupy": ("recurrent",),
-                   "cuda-emulated": ("recurrent",)}
+BACKEND_METHODS = {"numba": ("recurrent", "newton"), "cupy": ("recurrent", "newton"),
+                   "cuda-emulated": ("recurrent", "newton")}
 GATES = 4  # i, f, z, o
 PARAM_SHAPES = {"W_ih": ("G", "D"), "R": (GATES, "NH", "dh", "dh"), "b": ("G",)}
 STATE_NAMES = ("h0", "c0", "n0", "m0")
@@ -131,8 +210,9 @@ class SLSTMCache(NamedTuple):
     """What :func:`backward` needs from :func:`forward`.
 
     Fields:
-        seq: ``backend="numpy"``: the :class:`minirec.bptt.SequenceCache` of the
-            loop over :func:`step_forward`; ``None`` otherwise.
+        seq: ``backend="numpy"``, ``method="recurrent"``: the
+            :class:`minirec.bptt.SequenceCache` of the loop over
+            :func:`step_forward`; ``None`` otherwise.
         kernel: other backends: the kernel module's own cache (see
             ``_backend.kernels("slstm", backend)``); ``None`` for NumPy.
         y_like: zeros shaped and typed like ``y (B, T, H)`` (a read-only view
@@ -140,6 +220,10 @@ class SLSTMCache(NamedTuple):
         state_like: the same for the final state ``(h, c, n, m)``, each ``(B, H)``.
         param_shapes: ``{name: shape}`` of the params the forward ran with.
         method, backend: the forward's options.
+        newton: ``method="newton"``: the :class:`minirec.cells.rnn.HeadsNewtonCache`
+            of :func:`newton_heads` (``.iterations``, ``.residual``, ``.converged``,
+            ``.heads``: each head's :class:`minirec.scan.newton.NewtonCache`);
+            ``None`` otherwise.
     """
 
     seq: bptt.SequenceCache | None
@@ -149,6 +233,7 @@ class SLSTMCache(NamedTuple):
     param_shapes: dict
     method: str
     backend: str
+    newton: rnn.HeadsNewtonCache | None = None
 
 
 def init_params(rng: np.random.Generator, input_size: int, hidden_size: int,
@@ -268,29 +353,91 @@ def step_backward(dstate_next: tuple, cache_t: StepCache):
     return da @ params["W_ih"], (dh_prev, dc_prev, dn_prev, dlfm), dparams
 
 
+def step_jacobian(params: dict, x_t: np.ndarray, state: tuple) -> np.ndarray:
+    """``J = ∂(h_t, c_t, n_t, m_t)/∂(h, c, n, m)_{t-1}`` (module docstring) for
+    :mod:`minirec.scan.newton`: ``(B, 4H, 4H)`` on the flat state
+    ``[h | c | n | m]`` (``J[b, i, j] = ∂s_t[b, i]/∂s_{t-1}[b, j]``), zero
+    between heads. The branches are the backward's: ``take_i`` (ties: ``a_i``),
+    no gradient through a binding clamp, the first-step branch where
+    ``n_{t-1} = 0``.
+    """
+    h_prev, c_prev, n_prev, _ = state
+    _, cache = step_forward(params, x_t, state)
+    a, lfm, take_i, m, i, f, z, o, c, n, h = cache[5:]
+    B, H = h_prev.shape
+    xp, dtype = _backend.xp_of(h_prev), h.dtype
+    a_i, a_f = a[:, :H], a[:, H:2 * H]
+    # through the max and the clamped exponentials (selections, as the backward's)
+    g_i = xp.where(take_i | (a_i - m > 0), 0, i)      # ∂i/∂a_i = −∂i/∂lfm
+    g_f = xp.where(~take_i | (lfm - m > 0), 0, f)     # ∂f/∂lfm = −∂f/∂a_i
+    alpha_c = z * g_i - c_prev * g_f                  # ∂c_t/∂a_i = −∂c_t/∂lfm
+    alpha_n = g_i - n_prev * g_f                      # ∂n_t/∂a_i = −∂n_t/∂lfm
+    m_i = take_i.astype(dtype)                        # ∂m_t/∂a_i
+    m_l = (~take_i).astype(dtype)                     # ∂m_t/∂lfm
+    s_f = M.sigmoid(-a_f)                             # ∂lfm/∂a_f
+    gamma_c, gamma_n = o / n, h / n                   # ∂h_t/∂c_t, −∂h_t/∂n_t
+    # β^X_g = ∂X_t/∂a_g, gates i, f, z, o stacked on axis 1: (B, 4, H)
+    zero = xp.zeros_like(h)
+    beta_c = xp.stack([alpha_c, -alpha_c * s_f, i * M.dtanh_from_output(z), zero], axis=1)
+    beta_n = xp.stack([alpha_n, -alpha_n * s_f, zero, zero], axis=1)
+    beta_m = xp.stack([m_i, m_l * s_f, zero, zero], axis=1)
+    beta_h = gamma_c[:, None] * beta_c - gamma_n[:, None] * beta_n
+    beta_h[:, 3] = c / n * M.dsigmoid_from_output(o)
+    # h_{t-1} through R: ∂X_t/∂h_{t-1} = Σ_g diag(β^X_g) W_g, W_g block-diagonal
+    R = params["R"]
+    G, NH, dh, _ = R.shape
+    W = rnn.block_diagonal(R.transpose(1, 0, 2, 3).reshape(NH, G * dh, dh)).reshape(G, H, H)
+    J = xp.zeros((B, 4 * H, 4 * H), dtype)
+    for row, beta in enumerate((beta_h, beta_c, beta_n, beta_m)):
+        J[:, row * H:(row + 1) * H, :H] = xp.einsum("bgj,gjk->bjk", beta, W)
+    # c, n, m elementwise: diagonal blocks
+    idx = xp.arange(H)
+    hh, cc, nn, mm = idx, H + idx, 2 * H + idx, 3 * H + idx
+    J[:, hh, cc] = gamma_c * f
+    J[:, hh, nn] = -gamma_n * f
+    J[:, hh, mm] = gamma_n * alpha_n - gamma_c * alpha_c
+    J[:, cc, cc] = f
+    J[:, cc, mm] = -alpha_c
+    J[:, nn, nn] = f
+    J[:, nn, mm] = -alpha_n
+    J[:, mm, mm] = m_l
+    return J
+
+
 def forward(params: dict, x: np.ndarray, state0: tuple | None = None, *,
             method: str = "recurrent", chunk_size: int | None = None,
-            backend: str = "numpy") -> tuple[np.ndarray, tuple, SLSTMCache]:
+            backend: str = "numpy",
+            newton_options: dict | None = None) -> tuple[np.ndarray, tuple, SLSTMCache]:
     """Run the sLSTM over ``x (B, T, D)`` from ``state0 = (h0, c0, n0, m0)``, each
     ``(B, H)`` (zeros if ``None``: the first step then takes ``m_0 = a_i``).
 
-    ``chunk_size`` is accepted for the common cell API (no method here uses it)
-    and checked all the same. Returns ``y (B, T, H)`` (every ``h_t``), the final
-    state ``(h, c, n, m)`` and the :class:`SLSTMCache` for :func:`backward`.
+    ``method="newton"`` solves every step at once, head by head (:func:`newton_heads`:
+    a :func:`minirec.scan.newton.solve` per head, from :func:`newton_guess` unless
+    ``newton_options`` gives a ``guess``; ``newton_options``: the solve's
+    ``max_iter``, ``tol``, ``guess``, ``scan_method``, ``on_fail``; ``chunk_size``
+    goes to its scan; ``cache.newton.iterations`` / ``.residual`` say how it
+    went). ``chunk_size`` is otherwise
+    accepted for the common cell API and checked all the same. Returns
+    ``y (B, T, H)`` (every ``h_t``), the final state ``(h, c, n, m)`` and the
+    :class:`SLSTMCache` for :func:`backward`.
     """
     V.choice("method", method, METHODS)
     V.positive_int("chunk_size", chunk_size, allow_none=True)
     _backend.resolve(backend, BACKENDS, what="cells.slstm", method=method,
                      backend_methods=BACKEND_METHODS)
     dtype = _check(params, x, state0)
+    opts = newton.options(newton_options, method)
     s0 = zero_state(params, x.shape[0], dtype) if state0 is None else tuple(state0)
-    seq = kernel = None
-    if backend == "numpy":  # the definition: BPTT's loop over step_forward
+    seq = kernel = solve = None
+    if method == "newton":  # a solve per head (independent given x); scans on the backend
+        y, state, solve = newton_heads(params, x, s0, chunk_size=chunk_size, backend=backend,
+                                       **opts)
+    elif backend == "numpy":  # the definition: BPTT's loop over step_forward
         y, state, seq = bptt.sequence_forward(step_forward, params, x, s0)
     else:
         y, state, kernel = _backend.kernels("slstm", backend).forward(params, x, s0)
     return y, state, SLSTMCache(seq, kernel, V.zeros_view(y), tuple(map(V.zeros_view, state)),
-                                V.param_shapes(params), method, backend)
+                                V.param_shapes(params), method, backend, solve)
 
 
 def backward(params: dict, cache: SLSTMCache, dy: np.ndarray | None,
@@ -306,6 +453,144 @@ def backward(params: dict, cache: SLSTMCache, dy: np.ndarray | None,
     fill = cache.backend != "numpy"  # kernels take arrays: None becomes zeros
     dy = V.grad_like("dy", dy, cache.y_like, "y", fill=fill)
     dstate = V.grad_state("dstate", dstate, cache.state_like, fill=fill)
+    if cache.method == "newton":  # the implicit-function theorem: one reverse scan
+        return newton_heads_backward(params, cache.newton, dy, dstate)
     if cache.backend != "numpy":
         return _backend.kernels("slstm", cache.backend).backward(params, cache.kernel, dy, dstate)
     return bptt.sequence_backward(step_backward, params, cache.seq, dy, dstate)
+
+
+# ---------------------------------------------------------------------------
+# method="newton": head by head, from the guess without the recurrent input
+# ---------------------------------------------------------------------------
+
+def head_params(params: dict, h: int) -> dict:
+    """Head ``h`` as the one-head cell of hidden size ``dh``:
+    ``{"W_ih": (4dh, D), "R": (4, 1, dh, dh), "b": (4dh,)}``, the head's rows
+    ``g·H + h·dh + j`` of the gate-major ``W_ih`` and ``b``."""
+    G, NH, dh, _ = params["R"].shape
+
+    def rows(a):
+        return a.reshape(G, NH, dh, *a.shape[1:])[:, h].reshape(G * dh, *a.shape[1:])
+    return {"W_ih": rows(params["W_ih"]), "R": params["R"][:, h:h + 1], "b": rows(params["b"])}
+
+
+def _units(s, h, dh):
+    """Head ``h``'s units (last axis) of an array or a tuple of arrays; ``None`` stays."""
+    if s is None:
+        return None
+    if isinstance(s, (tuple, list)):
+        return tuple(_units(p, h, dh) for p in s)
+    return s[..., h * dh:(h + 1) * dh]
+
+
+def _join(parts, xp):
+    """The inverse of :func:`_units`: per-head tuples of arrays joined on the last axis."""
+    return tuple(xp.concatenate(p, axis=-1) for p in zip(*parts))
+
+
+def newton_guess(params: dict, x: np.ndarray, state0: tuple, *, scan_method: str = "recurrent",
+                 chunk_size: int | None = None, backend: str = "numpy") -> tuple:
+    """Newton's default first iterate (module docstring, "The first iterate"):
+    the exact states of the cell with ``R h_{t-1}`` dropped for ``t ≥ 1``.
+
+    ``x (B, T, D)``, ``state0 = (h0, c0, n0, m0)`` each ``(B, H)``. With
+    ``a_t = x_t W_ih^T + b`` (``+ R h0`` at ``t = 0``) and ``l_t = log σ(a_f)``:
+
+        (L_t, M_t) = (l_0, a_i,0) ∘ … ∘ (l_t, a_i,t)      (max-plus maps, Hillis–Steele)
+        m_t = M_t  where n0 = 0,  else max(M_t, m0 + L_t)
+        i = exp(min(a_i − m_t, 0))     f = exp(min(m_{t-1} + l_t − m_t, 0))
+        [c_t | n_t] = [f | f] ⊙ [c_{t-1} | n_{t-1}] + [i ⊙ tanh(a_z) | i]   (scan.linear)
+        h_t = σ(a_o) ⊙ c_t / n_t
+
+    ``scan_method``, ``chunk_size``, ``backend``: the affine scan's. Returns
+    ``(h, c, n, m)``, each ``(B, T, H)``, non-finite entries set to 0.
+    """
+    h0, c0, n0, m0 = state0
+    B, T, D = x.shape
+    H = h0.shape[-1]
+    xp = _backend.xp_of(x)
+    a = (x.reshape(B * T, D) @ params["W_ih"].T + params["b"]).reshape(B, T, GATES * H)
+    a[:, 0] += _recurrent(params["R"], h0)
+    a_i, a_f, a_z, a_o = (a[..., g * H:(g + 1) * H] for g in range(GATES))
+    lsf = M.log_sigmoid(a_f)
+    # m: prefixes of the maps m ↦ max(M, m + L); level d combines t − d (earlier) and t
+    L, Mx = lsf.copy(), a_i.copy()
+    d = 1
+    while d < T:
+        Mx[:, d:], L[:, d:] = xp.maximum(Mx[:, d:], Mx[:, :-d] + L[:, d:]), L[:, :-d] + L[:, d:]
+        d *= 2
+    m = xp.where(n0[:, None] == 0, Mx, xp.maximum(Mx, m0[:, None] + L))
+    m_prev = xp.concatenate([m0[:, None], m[:, :-1]], axis=1)
+    i = xp.exp(xp.minimum(a_i - m, 0))
+    f = xp.exp(xp.minimum(m_prev + lsf - m, 0))
+    cn = linear.forward(xp.concatenate([f, f], axis=-1), xp.concatenate([i * M.tanh(a_z), i], -1),
+                        xp.concatenate([c0, n0], axis=-1), method=scan_method,
+                        chunk_size=chunk_size, backend=backend)[0]
+    c, n = cn[..., :H], cn[..., H:]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h = M.sigmoid(a_o) * c / n
+    return tuple(xp.where(xp.isfinite(v), v, 0) for v in (h, c, n, m))
+
+
+def newton_heads(params: dict, x: np.ndarray, state0: tuple, *, guess: Any = None,
+                 **options) -> tuple[np.ndarray, tuple, rnn.HeadsNewtonCache]:
+    """``method="newton"``: one :func:`minirec.scan.newton.solve` per head.
+
+    Given ``x``, head ``h`` is the one-head cell :func:`head_params` on the
+    state's units ``h·dh …``; its solve uses :func:`step_forward` /
+    :func:`step_jacobian` (``(N, 4dh, 4dh)`` Jacobians). ``guess`` (``(B, T, H)``
+    per part of ``(h, c, n, m)``; ``None``: :func:`newton_guess`) is split the
+    same way; ``options`` go to every solve. Returns ``y (B, T, H)``, the final
+    state and a :class:`minirec.cells.rnn.HeadsNewtonCache`.
+    """
+    _, NH, dh, _ = params["R"].shape
+    if guess is None:
+        keys = ("scan_method", "chunk_size", "backend")
+        guess = newton_guess(params, x, state0, **{k: options[k] for k in keys if k in options})
+    elif not isinstance(guess, (tuple, list)) or len(guess) != len(STATE_NAMES):
+        raise TypeError(f"guess: expected a tuple of 4 arrays (h, c, n, m), each (B, T, H), "
+                        f"got {type(guess).__name__}")
+    for i, p in enumerate(guess):
+        V.array(f"guess[{i}]", p)
+        if p.ndim != 3 or p.shape[-1] != NH * dh:
+            raise ValueError(f"guess: expected part {i} of shape (B, T, H) with H = NH·dh = "
+                             f"{NH * dh}, got {tuple(p.shape)}")
+    ys, finals, caches = [], [], []
+    for h in range(NH):
+        try:
+            y, s, c = newton.solve(step_forward, step_jacobian, head_params(params, h), x,
+                                   _units(state0, h, dh), guess=_units(guess, h, dh), **options)
+        except newton.NewtonConvergenceError as e:
+            raise newton.NewtonConvergenceError(f"{e} [head {h} of {NH}, units {h * dh}…"
+                                                f"{(h + 1) * dh - 1}]", e.iterations,
+                                                e.residual, e.tol, e.where) from None
+        ys.append((y,))
+        finals.append(s)
+        caches.append(c)
+    xp = _backend.xp_of(x)
+    cache = rnn.HeadsNewtonCache(max(c.iterations for c in caches),
+                                 float(np.max([c.residual for c in caches])),
+                                 all(c.converged for c in caches), tuple(caches))
+    return _join(ys, xp)[0], _join(finals, xp), cache
+
+
+def newton_heads_backward(params: dict, cache: rnn.HeadsNewtonCache, dy: np.ndarray | None,
+                          dstate: tuple | None = None) -> dict:
+    """The gradients of :func:`newton_heads`: each head's
+    :func:`minirec.scan.newton.backward`, put back in place (its rows of ``W_ih``
+    and ``b``, ``R[:, h]``, its units of ``state0``; ``dx`` summed over heads)."""
+    V.cache("slstm newton", cache, rnn.HeadsNewtonCache)
+    G, NH, dh, _ = params["R"].shape
+    per_head = [newton.backward(step_backward, step_jacobian, head_params(params, h),
+                                cache.heads[h], _units(dy, h, dh), _units(dstate, h, dh))
+                for h in range(NH)]
+    xp = _backend.xp_of(per_head[0]["x"])
+    grads = {"R": xp.concatenate([g["R"] for g in per_head], axis=1)}
+    for k in ("W_ih", "b"):  # rows g·H + h·dh + j: (G, NH, dh, …) → (G·H, …)
+        blocks = xp.stack([g[k].reshape(G, dh, *g[k].shape[1:]) for g in per_head], axis=1)
+        grads[k] = blocks.reshape(G * NH * dh, *blocks.shape[3:])
+    grads = {k: grads[k] for k in params}  # the params' key order
+    grads["x"] = sum(g["x"] for g in per_head[1:]) + per_head[0]["x"]
+    grads["state0"] = _join([g["state0"] for g in per_head], xp)
+    return grads
