@@ -19,8 +19,16 @@ from minirec.kernels.numba import classic  # noqa: E402
 ENTRIES = ["rnn", "rnn_relu", "gru", "lstm"]
 KERNELS = ["rnn_forward", "rnn_backward", "gru_forward", "gru_backward", "lstm_forward",
            "lstm_backward"]
-# the size switch forced each way: (GEMM_MAX_W_BYTES, GEMM_MIN_ROWS)
-PRODUCTS = {"gemm": (1 << 62, 1), "row loop": (-1, 1 << 62)}
+# the size switch forced each way: (GEMM_MAX_W_BYTES, GEMM_MIN_ROWS, SMALL_GEMM_MACS);
+# "panels": gemm per column panel at B = 5 (3 rows per block), H = 32 (see below)
+PRODUCTS = {"gemm": (1 << 62, 1, 1 << 62), "row loop": (-1, 1 << 62, -1),
+            "panels": (1 << 62, 1, 6144)}
+
+
+def _force(monkeypatch, product):
+    for name, value in zip(("GEMM_MAX_W_BYTES", "GEMM_MIN_ROWS", "SMALL_GEMM_MACS"),
+                           PRODUCTS[product]):
+        monkeypatch.setattr(classic, name, value)
 
 
 def _agree(name, dtype, **dims):
@@ -39,8 +47,7 @@ def test_numba_equals_definition_at_an_odd_hidden_size(name, dtype, product, mon
     """H = 33: the vectorised inner loops have a remainder; B = 5 splits into
     batch blocks of unequal size (agreement with the float64 NumPy definition:
     relative RMS ≤ 1e-10 in float64, ≤ 1e-4 in float32), for both products."""
-    monkeypatch.setattr(classic, "GEMM_MAX_W_BYTES", PRODUCTS[product][0])
-    monkeypatch.setattr(classic, "GEMM_MIN_ROWS", PRODUCTS[product][1])
+    _force(monkeypatch, product)
     _agree(name, dtype, B=5, T=13, H=33)
 
 
@@ -48,19 +55,46 @@ def test_numba_equals_definition_at_an_odd_hidden_size(name, dtype, product, mon
 @pytest.mark.parametrize("name", ["gru", "lstm"])
 def test_a_single_row_runs_as_one_block(name, product, monkeypatch):
     """B = 1: one block, whatever the thread count."""
-    monkeypatch.setattr(classic, "GEMM_MAX_W_BYTES", PRODUCTS[product][0])
-    monkeypatch.setattr(classic, "GEMM_MIN_ROWS", PRODUCTS[product][1])
+    _force(monkeypatch, product)
     _agree(name, np.float64, B=1, T=7, H=9)
 
 
-def test_the_size_switch():
-    """gemm for a W_hh that fits half of L2 or for blocks of many rows, the row
-    loop for a large W_hh and few rows per block."""
-    small = np.zeros((4 * 64, 64), np.float32)     # 64 KiB
-    large = np.zeros((4 * 256, 256), np.float32)   # 1 MiB
-    assert classic.use_gemm(small, 8)
-    assert not classic.use_gemm(large, 2)
-    assert classic.use_gemm(large, classic.GEMM_MIN_ROWS * classic.n_chunks(1 << 10))
+@pytest.mark.parametrize("name", ENTRIES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numba_equals_definition_with_column_panels(name, dtype, monkeypatch):
+    """SMALL_GEMM_MACS = 6144 at B = 5 (blocks of ≤ 3 rows), H = 32 cuts the
+    per-step products into column panels: LSTM forward (3, 32)@(32, 128) into
+    2 panels of 64, backward (3, 128)@(128, 32) into 2 of 16; GRU forward 3
+    of 32, backward 2 of 16 (the RNN's fit whole)."""
+    _force(monkeypatch, "panels")
+    rows = classic.block_rows(5)
+    assert rows <= 3
+    if name == "lstm":
+        assert classic.panel_width(rows, 32, 128) == 64
+        assert classic.panel_width(rows, 128, 32) == 16
+    _agree(name, dtype, B=5, T=13, H=32)
+
+
+def test_the_size_switch(monkeypatch):
+    """Panels: the widest that divides N and keeps rows·K·cb in the small-matrix
+    kernel, the whole product when it fits; gemm (panelled) whenever the panels
+    fit, the row loop only for a large operand, few rows and no fitting panel."""
+    assert classic.panel_width(4, 256, 1024) == 256
+    assert classic.panel_width(8, 256, 1024) == 256
+    assert classic.panel_width(16, 512, 2048) == 64
+    assert classic.panel_width(16, 2048, 512) == 16
+    assert classic.panel_width(1, 256, 1024) == 1024   # fits whole
+    assert classic.panel_width(64, 4096, 100) == 100   # nothing fits: one call
+    huge = np.zeros((1 << 16, 32), np.float32)   # 8 MiB; 2 rows · 65536 · 16 > 2^19
+    assert not classic.use_gemm(huge, 2 * classic.n_chunks(1 << 10))
+    assert classic.use_gemm(np.zeros((256, 1024), np.float32), 8)
+    assert classic.use_gemm(huge, classic.GEMM_MIN_ROWS * classic.n_chunks(1 << 10))
+    M = np.arange(6 * 64, dtype=np.float32).reshape(6, 64)
+    rows = classic.block_rows(1 << 10)
+    monkeypatch.setattr(classic, "SMALL_GEMM_MACS", rows * 6 * 16)
+    P = classic.panels(M, 1 << 10)
+    assert P.flags.c_contiguous and P.shape == (4, 6, 16)
+    np.testing.assert_array_equal(np.concatenate(list(P), axis=1), M)
     assert classic.n_chunks(1) == 1
     assert classic.n_chunks(0) == 1
 

@@ -22,17 +22,20 @@ suggests:
   and the state update. Nothing is allocated per step: the block's state and
   pre-activations live in ``(B_c, ·)`` buffers made once.
 
-The recurrent product has two forms, chosen by the wrapper (``gemm``):
+The recurrent product has two forms, chosen by the wrapper (``gemm``, :func:`use_gemm`):
 
-* ``gemm=True``: ``np.dot`` on the contiguous 2-D buffers, which Numba
-  lowers to a BLAS ``gemm`` call (SciPy's BLAS, run on one thread inside a
-  ``prange`` block). Each step reads ``W_hh`` once per block.
+* ``gemm=True``: ``np.dot`` on contiguous 2-D buffers, which Numba lowers to a
+  BLAS ``gemm`` call (SciPy's BLAS, run on one thread inside a ``prange``
+  block), one call per column panel of the operand: the wrapper passes
+  ``W_hh^T`` (forward) or ``W_hh`` (backward) as panels ``(P, K, cb)``
+  (:func:`panels`), the width chosen so that each call stays in OpenBLAS's
+  small-matrix kernel, which does not pack the operand (:data:`SMALL_GEMM_MACS`;
+  one call when the whole product fits). Packing all of ``W_hh`` on every step
+  for a handful of rows cost 3–5× the panelled time at H = 256–512.
 * ``gemm=False``: the row loop ``out[b, j] += h[b, k] W^T[k, j]`` (contiguous
-  inner ``j``, vectorises without ``fastmath``): no call and no packing of
-  ``W_hh``. It wins only where ``W_hh`` no longer fits in a core's L2 and a
-  block has few rows (gemm then streams and packs all of ``W_hh`` every step
-  for a handful of rows); at small H the gemm wins too (measured, see
-  :data:`GEMM_MAX_W_BYTES`).
+  inner ``j``, vectorises without ``fastmath``): no call and no packing. Used
+  only for a large operand with few rows per block when no panel width fits
+  (measured slower than the panels wherever both apply).
 
 ``tanh`` and ``σ`` come from :mod:`minirec.kernels.numba._math` (one ``exp``
 each, in the argument's precision), and every constant is built in the
@@ -54,6 +57,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from minirec.kernels.numba._blas import blas_single_thread
 from minirec.kernels.numba._math import sigmoid, tanh
 
 
@@ -75,18 +79,36 @@ def _add_row_combination(out, coef, M):
 
 
 @njit(cache=True, inline="always")
-def _product(coef, M, out, gemm):
-    """``out = coef @ M`` for C-contiguous ``coef (B_c, K)``, ``M (K, N)``,
-    ``out (B_c, N)``: a BLAS gemm, or the row loop ``out[b, j] += coef[b, k] M[k, j]``
-    (inner loop over the contiguous ``j``)."""
-    if gemm:
-        np.dot(coef, M, out)
+def _product(coef, Mp, out, gemm, tmp):
+    """``out = coef @ M`` for C-contiguous ``coef (B_c, K)`` and ``out (B_c, N)``,
+    ``M (K, N)`` given as its column panels ``Mp (P, K, cb)`` (``M[:, p·cb + j] =
+    Mp[p, :, j]``, :func:`panels`): a BLAS gemm per panel (into ``tmp (P, B_c, cb)``,
+    then copied into ``out``; one gemm straight into ``out`` when ``P = 1``), or the
+    row loop ``out[b, p·cb + j] += coef[b, k] Mp[p, k, j]`` (inner loop over the
+    contiguous ``j``)."""
+    P, _, cb = Mp.shape
+    if gemm and P == 1:
+        np.dot(coef, Mp[0], out)
+    elif gemm:
+        for p in range(P):
+            np.dot(coef, Mp[p], tmp[p])
+        for b in range(out.shape[0]):
+            for p in range(P):
+                for j in range(cb):
+                    out[b, p * cb + j] = tmp[p, b, j]
     else:
         zero = out.dtype.type(0)
         for b in range(out.shape[0]):
             for j in range(out.shape[1]):
                 out[b, j] = zero
-            _add_row_combination(out[b], coef[b], M)
+            for p in range(P):
+                _add_row_combination(out[b, p * cb:(p + 1) * cb], coef[b], Mp[p])
+
+
+@njit(cache=True, inline="always")
+def _panel_buffer(Mp, rows):
+    """The ``(P, rows, cb)`` buffer of :func:`_product`'s panel gemms."""
+    return np.empty((Mp.shape[0], rows, Mp.shape[2]), Mp.dtype)
 
 
 @njit(cache=True, inline="always")
@@ -103,17 +125,19 @@ def _load(dst, src, b0):
 
 @njit(cache=True, parallel=True)
 def rnn_forward(gi, W_hhT, h0, relu, gemm, n_chunks, hs):
-    """``gi (B, T, H)`` = x W_ih^T + b_ih + b_hh, ``W_hhT (H, H)``, ``h0 (B, H)``
+    """``gi (B, T, H)`` = x W_ih^T + b_ih + b_hh, ``W_hhT`` = W_hh^T ``(H, H)`` as panels
+    ``(P, H, cb)`` (:func:`panels`), ``h0 (B, H)``
     → ``hs (B, T, H)`` (written), ``φ = relu`` if ``relu`` else ``tanh``."""
     B, T, H = gi.shape
     zero = gi.dtype.type(0)
     for c in prange(n_chunks):
         b0, b1 = _rows(B, n_chunks, c)
+        tmp = _panel_buffer(W_hhT, b1 - b0)
         h = np.empty((b1 - b0, H), gi.dtype)   # h_{t-1} of the block
         a = np.empty((b1 - b0, H), gi.dtype)   # h_{t-1} W_hh^T
         _load(h, h0, b0)
         for t in range(T):
-            _product(h, W_hhT, a, gemm)
+            _product(h, W_hhT, a, gemm, tmp)
             for bb in range(b1 - b0):
                 for j in range(H):
                     a_j = a[bb, j] + gi[b0 + bb, t, j]
@@ -129,11 +153,13 @@ def rnn_forward(gi, W_hhT, h0, relu, gemm, n_chunks, hs):
 
 @njit(cache=True, parallel=True)
 def rnn_backward(hs, W_hh, dy, dstate, relu, gemm, n_chunks, da, dh0):
-    """Reverse loop: writes ``da (B, T, H)`` = ∂L/∂a_t and ``dh0 (B, H)``."""
+    """Reverse loop: writes ``da (B, T, H)`` = ∂L/∂a_t and ``dh0 (B, H)``; ``W_hh
+    (H, H)`` as panels ``(P, H, cb)`` (:func:`panels`)."""
     B, T, H = hs.shape
     one = hs.dtype.type(1)
     for c in prange(n_chunks):
         b0, b1 = _rows(B, n_chunks, c)
+        tmp = _panel_buffer(W_hh, b1 - b0)
         dh = np.empty((b1 - b0, H), hs.dtype)    # ∂L/∂h_t from t+1
         da_t = np.empty((b1 - b0, H), hs.dtype)
         _load(dh, dstate, b0)
@@ -151,7 +177,7 @@ def rnn_backward(hs, W_hh, dy, dstate, relu, gemm, n_chunks, da, dh0):
                         d = dh_t - dh_t
                     da_t[bb, j] = d
                     da[b, t, j] = d
-            _product(da_t, W_hh, dh, gemm)            # dh_{t-1} = da_t W_hh
+            _product(da_t, W_hh, dh, gemm, tmp)            # dh_{t-1} = da_t W_hh
         for bb in range(b1 - b0):
             for j in range(H):
                 dh0[b0 + bb, j] = dh[bb, j]
@@ -163,18 +189,20 @@ def rnn_backward(hs, W_hh, dy, dstate, relu, gemm, n_chunks, da, dh0):
 
 @njit(cache=True, parallel=True)
 def gru_forward(gi, W_hhT, b_hh, h0, gemm, n_chunks, hs, gates):
-    """``gi (B, T, 3H)`` = x W_ih^T + b_ih; ``W_hhT (H, 3H)``; ``b_hh (3H,)``.
+    """``gi (B, T, 3H)`` = x W_ih^T + b_ih; ``W_hhT`` = W_hh^T ``(H, 3H)`` as panels
+    ``(P, H, cb)``; ``b_hh (3H,)``.
     Writes ``hs (B, T, H)`` and ``gates (B, T, 4H)`` = [r | z | n | gh_n]."""
     B, T, G = gi.shape
     H = G // 3
     one = gi.dtype.type(1)
     for c in prange(n_chunks):
         b0, b1 = _rows(B, n_chunks, c)
+        tmp = _panel_buffer(W_hhT, b1 - b0)
         h = np.empty((b1 - b0, H), gi.dtype)    # h_{t-1} of the block
         gh = np.empty((b1 - b0, G), gi.dtype)   # h_{t-1} W_hh^T (b_hh added below)
         _load(h, h0, b0)
         for t in range(T):
-            _product(h, W_hhT, gh, gemm)
+            _product(h, W_hhT, gh, gemm, tmp)
             for bb in range(b1 - b0):
                 b = b0 + bb
                 for j in range(H):
@@ -193,12 +221,14 @@ def gru_forward(gi, W_hhT, b_hh, h0, gemm, n_chunks, hs, gates):
 
 @njit(cache=True, parallel=True)
 def gru_backward(hs, h0, gates, W_hh, dy, dstate, gemm, n_chunks, dgi, dgh, dh0):
-    """Writes ``dgi (B, T, 3H)`` = ∂L/∂(x W_ih^T + b_ih), ``dgh (B, T, 3H)`` =
+    """``W_hh (3H, H)`` as panels ``(P, 3H, cb)`` (:func:`panels`).
+    Writes ``dgi (B, T, 3H)`` = ∂L/∂(x W_ih^T + b_ih), ``dgh (B, T, 3H)`` =
     ∂L/∂(h W_hh^T + b_hh), and ``dh0 (B, H)``."""
     B, T, H = hs.shape
     one = hs.dtype.type(1)
     for c in prange(n_chunks):
         b0, b1 = _rows(B, n_chunks, c)
+        tmp = _panel_buffer(W_hh, b1 - b0)
         dh = np.empty((b1 - b0, H), hs.dtype)         # ∂L/∂h_t from t+1
         dh_W = np.empty((b1 - b0, H), hs.dtype)       # dgh_t W_hh
         dgh_t = np.empty((b1 - b0, 3 * H), hs.dtype)
@@ -226,7 +256,7 @@ def gru_backward(hs, h0, gates, W_hh, dy, dstate, gemm, n_chunks, dgi, dgh, dh0)
                     dgh_t[bb, H + j] = da_z
                     dgh_t[bb, 2 * H + j] = da_n * r
                     dh[bb, j] = dh_t * z                          # the direct path z ⊙ h_{t-1}
-            _product(dgh_t, W_hh, dh_W, gemm)
+            _product(dgh_t, W_hh, dh_W, gemm, tmp)
             for bb in range(b1 - b0):
                 for j in range(H):
                     dh[bb, j] += dh_W[bb, j]
@@ -241,19 +271,21 @@ def gru_backward(hs, h0, gates, W_hh, dy, dstate, gemm, n_chunks, dgi, dgh, dh0)
 
 @njit(cache=True, parallel=True)
 def lstm_forward(gi, W_hhT, h0, c0, gemm, n_chunks, hs, cs, gates):
-    """``gi (B, T, 4H)`` = x W_ih^T + b_ih + b_hh; ``W_hhT (H, 4H)``.
+    """``gi (B, T, 4H)`` = x W_ih^T + b_ih + b_hh; ``W_hhT`` = W_hh^T ``(H, 4H)`` as
+    panels ``(P, H, cb)``.
     Writes ``hs, cs (B, T, H)`` and ``gates (B, T, 4H)`` = [i | f | g | o]."""
     B, T, G = gi.shape
     H = G // 4
     for c in prange(n_chunks):
         b0, b1 = _rows(B, n_chunks, c)
+        tmp = _panel_buffer(W_hhT, b1 - b0)
         h = np.empty((b1 - b0, H), gi.dtype)        # h_{t-1} of the block
         c_prev = np.empty((b1 - b0, H), gi.dtype)   # c_{t-1} of the block
         a = np.empty((b1 - b0, G), gi.dtype)        # h_{t-1} W_hh^T
         _load(h, h0, b0)
         _load(c_prev, c0, b0)
         for t in range(T):
-            _product(h, W_hhT, a, gemm)
+            _product(h, W_hhT, a, gemm, tmp)
             for bb in range(b1 - b0):
                 b = b0 + bb
                 for j in range(H):
@@ -275,12 +307,14 @@ def lstm_forward(gi, W_hhT, h0, c0, gemm, n_chunks, hs, cs, gates):
 
 @njit(cache=True, parallel=True)
 def lstm_backward(cs, c0, gates, W_hh, dy, dstate_h, dstate_c, gemm, n_chunks, da, dh0, dc0):
-    """Writes ``da (B, T, 4H)`` = ∂L/∂a_t and ``dh0, dc0 (B, H)``; ``dstate_h``,
+    """``W_hh (4H, H)`` as panels ``(P, 4H, cb)`` (:func:`panels`).
+    Writes ``da (B, T, 4H)`` = ∂L/∂a_t and ``dh0, dc0 (B, H)``; ``dstate_h``,
     ``dstate_c`` are the two parts of ``dstate``."""
     B, T, H = cs.shape
     one = cs.dtype.type(1)
     for c in prange(n_chunks):
         b0, b1 = _rows(B, n_chunks, c)
+        tmp = _panel_buffer(W_hh, b1 - b0)
         dh = np.empty((b1 - b0, H), cs.dtype)        # ∂L/∂h_t from t+1
         dc = np.empty((b1 - b0, H), cs.dtype)        # ∂L/∂c_t from t+1
         da_t = np.empty((b1 - b0, 4 * H), cs.dtype)
@@ -311,7 +345,7 @@ def lstm_backward(cs, c0, gates, W_hh, dy, dstate_h, dstate_c, gemm, n_chunks, d
                     da[b, t, 2 * H + j] = da_g
                     da[b, t, 3 * H + j] = da_o
                     dc[bb, j] = dc_t * f
-            _product(da_t, W_hh, dh, gemm)                # dh_{t-1} = da_t W_hh
+            _product(da_t, W_hh, dh, gemm, tmp)                # dh_{t-1} = da_t W_hh
         for bb in range(b1 - b0):
             for j in range(H):
                 dh0[b0 + bb, j] = dh[bb, j]
@@ -319,28 +353,69 @@ def lstm_backward(cs, c0, gates, W_hh, dy, dstate_h, dstate_c, gemm, n_chunks, d
 
 
 # ---------------------------------------------------------------------------
+# the GEMMs over all T, the rows split over Numba's threads
+# ---------------------------------------------------------------------------
+# One single-threaded gemm per block of rows, each in its own prange thread,
+# instead of OpenBLAS's own threads: OpenBLAS's workers keep spinning after a
+# threaded call and then slow the time loop that follows on the same cores
+# (measured, LSTM (8, 1024, 128) float32: forward 91 ms after a threaded
+# projection, 46 ms after a single-threaded one; the per-thread split keeps both
+# cores for the GEMMs as well).
+
+@njit(cache=True, parallel=True)
+def project_rows(x2, WT, b, n_blocks, out):
+    """``out = x2 @ WT + b``: ``x2 (N, D)``, ``WT (D, G)``, ``b (G,)``, ``out (N, G)``
+    (C-contiguous), ``n_blocks`` blocks of rows, one gemm each."""
+    N = x2.shape[0]
+    for c in prange(n_blocks):
+        r0, r1 = _rows(N, n_blocks, c)
+        if r1 > r0:
+            np.dot(x2[r0:r1], WT, out[r0:r1])
+            for r in range(r0, r1):
+                for g in range(out.shape[1]):
+                    out[r, g] += b[g]
+
+
+@njit(cache=True, parallel=True)
+def dense_grads_rows(dgi2, dgh2, x2, hp2, W_ih, n_blocks, dx2, dW_ih, dW_hh):
+    """Per block ``c`` of rows: ``dx2[rows] = dgi2[rows] W_ih``, ``dW_ih[c] =
+    dgi2[rows]^T x2[rows]``, ``dW_hh[c] = dgh2[rows]^T hp2[rows]`` (the caller sums
+    the ``n_blocks`` partial weight gradients)."""
+    N = dgi2.shape[0]
+    for c in prange(n_blocks):
+        r0, r1 = _rows(N, n_blocks, c)
+        if r1 > r0:
+            np.dot(dgi2[r0:r1], W_ih, dx2[r0:r1])
+            np.dot(dgi2[r0:r1].T, x2[r0:r1], dW_ih[c])
+            np.dot(dgh2[r0:r1].T, hp2[r0:r1], dW_hh[c])
+        else:
+            dW_ih[c] = 0
+            dW_hh[c] = 0
+
+
+# ---------------------------------------------------------------------------
 # the choices the wrappers make for the kernels above
 # ---------------------------------------------------------------------------
 
-# The recurrent product runs as a per-step BLAS gemm when W_hh fits in half of a
-# core's L2 (1 MiB on the benchmark machine, an AMD EPYC with 2 cores), or when a
-# block has at least GEMM_MIN_ROWS rows to reuse each W_hh element it streams; the
-# row loop otherwise. Measured there (one thread, float32, µs per step-product,
-# gemm / row loop): (4, 32)@(32, 128) 0.3 / 1.5, (4, 128)@(128, 512) 4.6 / 14.9,
-# (4, 256)@(256, 1024) 97 / 62 (W_hh 1 MiB: gemm streams it from L3 and packs
-# it every call), (16, 512)@(512, 2048) 665 / 934; whole LSTM kernels at
-# (B, T, H) = (8, 256, 256): forward 110 / 104 ms, backward 87 / 59 ms; at
-# (8, 1024, 128): 81 / 126, 59 / 102 ms.
+# The recurrent product runs as per-step BLAS gemms (np.dot), one per column panel
+# of the operand, whenever each panel's product is small enough for OpenBLAS's
+# small-matrix kernel: rows·K·cb ≤ SMALL_GEMM_MACS multiply-adds (no packing of the
+# operand). Above that OpenBLAS packs the whole operand on every call, which for a
+# handful of rows costs more than the arithmetic. Measured on the benchmark machine
+# (AMD EPYC, 2 cores, OpenBLAS 0.3.30 SkylakeX kernel, one thread, µs per step,
+# whole product / panels of the width chosen): float32 (4, 256)@(256, 1024) 97 / 19
+# (cb = 256), (8, 256)@(256, 1024) 122 / 38 (256), (4, 1024)@(1024, 256) 96 / 19
+# (128), (16, 512)@(512, 2048) 644 / 292 (64), (16, 2048)@(2048, 512) 621 / 363
+# (16), (32, 128)@(128, 512) 59 / 37 (128); float64 (8, 256)@(256, 1024) 128 / 74,
+# (16, 512)@(512, 2048) 881 / 601; at rows·K·N ≤ 2^19 the whole product is as fast.
+# The row loop (out[b, j] += h[b, k] W^T[k, j], no call, no packing) is the form
+# left for a large W_hh with few rows per block when no panel width fits: it
+# measured 62 µs at (4, 256)@(256, 1024) and 934 µs at (16, 512)@(512, 2048), both
+# slower than the panels (the earlier whole-operand gemm: 97 and 665 µs).
+SMALL_GEMM_MACS = 2 ** 19
+PANEL_WIDTHS = (256, 128, 64, 32, 16)
 GEMM_MAX_W_BYTES = 512 * 1024
 GEMM_MIN_ROWS = 16
-# The GEMMs over all T (input projection, weight and input gradients) use every
-# BLAS thread from this many flops on (~4 ms on one core), one thread below:
-# OpenBLAS' idle workers spin after a threaded call and slow the Numba threads
-# that follow (see _blas). Measured on the loaded benchmark machine (LSTM,
-# float32, two threads / one): projection at (32, 128, 512) 97 / 91 ms, weight
-# gradients 268 / 264 ms; at (8, 1024, 128) 7 / 13 ms and 21 / 38 ms: not
-# worse at the large shapes, better at the middle ones; re-measure when quiet.
-DENSE_THREADS_MIN_FLOPS = 2 ** 28
 
 
 def n_chunks(B: int) -> int:
@@ -349,14 +424,82 @@ def n_chunks(B: int) -> int:
     return max(1, min(B, numba.get_num_threads()))
 
 
-def use_gemm(W_hh: np.ndarray, B: int) -> bool:
-    """Whether the recurrent product with ``W_hh`` for a batch of ``B`` rows runs
-    as a BLAS gemm per step (else the row loop)."""
-    rows = -(-B // n_chunks(B))
-    return W_hh.nbytes <= GEMM_MAX_W_BYTES or rows >= GEMM_MIN_ROWS
+def block_rows(B: int) -> int:
+    """The most rows a block of :func:`n_chunks` has."""
+    return -(-B // n_chunks(B))
 
 
-def dense_threads(B: int, T: int, D: int, G: int) -> int | None:
-    """BLAS threads for the GEMMs over all T of an ``(B·T, D) @ (D, G)`` shape:
-    ``None`` (all) when large, else 1."""
-    return None if 2 * B * T * D * G >= DENSE_THREADS_MIN_FLOPS else 1
+def panel_width(rows: int, K: int, N: int) -> int:
+    """The column-panel width ``cb`` of a per-step product ``(rows, K) @ (K, N)``:
+    ``N`` (one gemm) when ``rows·K·N ≤`` :data:`SMALL_GEMM_MACS`, else the widest of
+    :data:`PANEL_WIDTHS` that divides ``N`` with ``rows·K·cb ≤`` SMALL_GEMM_MACS;
+    ``N`` when none does."""
+    if rows * K * N <= SMALL_GEMM_MACS:
+        return N
+    for cb in PANEL_WIDTHS:
+        if cb < N and N % cb == 0 and rows * K * cb <= SMALL_GEMM_MACS:
+            return cb
+    return N
+
+
+def panels(M: np.ndarray, B: int) -> np.ndarray:
+    """The operand ``M (K, N)`` of a per-step product with a batch of ``B`` rows
+    (``W_hh^T`` forward, ``W_hh`` backward) as contiguous column panels
+    ``(P, K, cb)``, ``cb = panel_width(block_rows(B), K, N)``, ``P = N / cb``."""
+    K, N = M.shape
+    cb = panel_width(block_rows(B), K, N)
+    return np.ascontiguousarray(M.reshape(K, N // cb, cb).transpose(1, 0, 2))
+
+
+def use_gemm(M: np.ndarray, B: int) -> bool:
+    """Whether the per-step product with the operand ``M (K, N)`` (``W_hh^T`` or
+    ``W_hh``) for a batch of ``B`` rows runs as BLAS gemms (else the row loop):
+    when its panels fit the small-matrix kernel, when ``M`` fits half a core's L2
+    (:data:`GEMM_MAX_W_BYTES`), or when a block has :data:`GEMM_MIN_ROWS` rows."""
+    rows = block_rows(B)
+    K, N = M.shape
+    small = rows * K * panel_width(rows, K, N) <= SMALL_GEMM_MACS
+    return small or M.nbytes <= GEMM_MAX_W_BYTES or rows >= GEMM_MIN_ROWS
+
+
+def _row_blocks(N: int) -> int:
+    """Blocks of rows for the GEMMs over all T: one per Numba thread, at most one per row."""
+    return n_chunks(N)
+
+
+def project(x: np.ndarray, W: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    """``x (B, T, D) @ W^T + b`` → ``(B, T, G)`` contiguous (``W (G, D)``, ``b (G,)``
+    or None), as :func:`project_rows`: the rows split over Numba's threads, each
+    block one single-threaded gemm."""
+    B, T, D = x.shape
+    G = W.shape[0]
+    out = np.empty((B, T, G), x.dtype)
+    bias = np.zeros(G, x.dtype) if b is None else np.ascontiguousarray(b, dtype=x.dtype)
+    with blas_single_thread():
+        project_rows(np.ascontiguousarray(x).reshape(B * T, D),
+                     np.ascontiguousarray(W.T, dtype=x.dtype), bias, _row_blocks(B * T),
+                     out.reshape(B * T, G))
+    return out
+
+
+def dense_grads(x: np.ndarray, h_prev: np.ndarray, dgi: np.ndarray, dgh: np.ndarray,
+                W_ih: np.ndarray) -> dict[str, np.ndarray]:
+    """:func:`minirec.kernels._dense.dense_grads` (the same equations) with the rows
+    split over Numba's threads (:func:`dense_grads_rows`): ``dW_ih = Σ dgi^T x``,
+    ``dW_hh = Σ dgh^T h_prev``, ``db_ih = Σ dgi``, ``db_hh = Σ dgh``, ``dx = dgi W_ih``."""
+    B, T, D = x.shape
+    G = dgi.shape[2]
+    H = h_prev.shape[2]
+    N = B * T
+    n = _row_blocks(N)
+    dgi2 = np.ascontiguousarray(dgi).reshape(N, G)
+    dgh2 = dgi2 if dgh is dgi else np.ascontiguousarray(dgh).reshape(N, G)
+    dx = np.empty((N, D), dgi.dtype)
+    dW_ih = np.empty((n, G, D), dgi.dtype)
+    dW_hh = np.empty((n, G, H), dgi.dtype)
+    with blas_single_thread():
+        dense_grads_rows(dgi2, dgh2, np.ascontiguousarray(x).reshape(N, D),
+                         np.ascontiguousarray(h_prev).reshape(N, H),
+                         np.ascontiguousarray(W_ih, dtype=dgi.dtype), n, dx, dW_ih, dW_hh)
+    return {"W_ih": dW_ih.sum(axis=0), "W_hh": dW_hh.sum(axis=0), "b_ih": dgi2.sum(axis=0),
+            "b_hh": dgh2.sum(axis=0), "x": dx.reshape(B, T, D)}

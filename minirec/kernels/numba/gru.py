@@ -1,10 +1,10 @@
 """``backend="numba"`` for :mod:`minirec.cells.gru`: the definition's signature
 and return structure, reached through ``_backend.kernels("gru", "numba")``.
 
-    gi = x W_ih^T + b_ih                              one GEMM over all T  (B, T, 3H)
+    gi = x W_ih^T + b_ih                              classic.project (one GEMM)  (B, T, 3H)
     gh = h_{t-1} W_hh^T + b_hh, gates, h_t            the time loop, classic.gru_forward
     dgi, dgh (∂L/∂gi, ∂L/∂gh)                         the reverse loop, classic.gru_backward
-    dW_ih, dW_hh, db_ih, db_hh, dx                    GEMMs over all T, _dense.dense_grads
+    dW_ih, dW_hh, db_ih, db_hh, dx                    GEMMs over all T, classic.dense_grads
 
 Arguments arrive validated by the cell; the plumbing is here (see
 :mod:`minirec.kernels.numba.classic`).
@@ -18,7 +18,7 @@ import numpy as np
 
 from minirec.kernels import _dense
 from minirec.kernels.numba import classic
-from minirec.kernels.numba._blas import blas_single_thread, blas_threads
+from minirec.kernels.numba._blas import blas_single_thread
 
 
 class Cache(NamedTuple):
@@ -38,14 +38,13 @@ def forward(params: dict, x: np.ndarray,
     p = {k: v.astype(dtype, copy=False) for k, v in params.items()}
     B, T, D = x.shape
     G, H = p["W_hh"].shape
-    with blas_threads(classic.dense_threads(B, T, D, G)):
-        gi = _dense.project(x.astype(dtype, copy=False), p["W_ih"], p["b_ih"])
+    gi = classic.project(x.astype(dtype, copy=False), p["W_ih"], p["b_ih"])
     hs = np.empty((B, T, H), dtype)
     gates = np.empty((B, T, 4 * H), dtype)
     h0 = np.ascontiguousarray(state0, dtype=dtype)
     with blas_single_thread():
-        classic.gru_forward(gi, np.ascontiguousarray(p["W_hh"].T), p["b_hh"], h0,
-                            classic.use_gemm(p["W_hh"], B), classic.n_chunks(B), hs, gates)
+        classic.gru_forward(gi, classic.panels(p["W_hh"].T, B), p["b_hh"], h0,
+                            classic.use_gemm(p["W_hh"].T, B), classic.n_chunks(B), hs, gates)
     return hs, hs[:, -1].copy(), Cache(x, hs, h0, gates)
 
 
@@ -56,18 +55,17 @@ def backward(params: dict, cache: Cache, dy: np.ndarray,
     hs, h0 = cache.hs, cache.h0
     dt = hs.dtype
     B, T, H = hs.shape
-    D = cache.x.shape[2]
     W_hh = np.ascontiguousarray(params["W_hh"], dtype=dt)
     dgi = np.empty((B, T, 3 * H), dt)
     dgh = np.empty((B, T, 3 * H), dt)
     dh0 = np.empty_like(h0)
     with blas_single_thread():
-        classic.gru_backward(hs, h0, cache.gates, W_hh, np.ascontiguousarray(dy, dtype=dt),
+        classic.gru_backward(hs, h0, cache.gates, classic.panels(W_hh, B),
+                             np.ascontiguousarray(dy, dtype=dt),
                              np.ascontiguousarray(dstate, dtype=dt),
                              classic.use_gemm(W_hh, B), classic.n_chunks(B), dgi, dgh, dh0)
-    with blas_threads(classic.dense_threads(B, T, D, 3 * H)):
-        grads = _dense.dense_grads(cache.x.astype(dt, copy=False),
-                                    _dense.previous_states(h0, hs), dgi, dgh,
-                                    params["W_ih"].astype(dt, copy=False))
+    grads = classic.dense_grads(cache.x.astype(dt, copy=False),
+                                _dense.previous_states(h0, hs), dgi, dgh,
+                                params["W_ih"].astype(dt, copy=False))
     grads["state0"] = dh0
     return grads
