@@ -61,13 +61,13 @@ from minirec.kernels.numba._blas import blas_single_thread
 from minirec.kernels.numba._math import sigmoid, tanh
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _rows(B, n_chunks, c):
     """Rows ``[b0, b1)`` of block ``c`` of ``n_chunks`` (sizes differ by ≤ 1)."""
     return c * B // n_chunks, (c + 1) * B // n_chunks
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _add_row_combination(out, coef, M):
     """``out += coef @ M`` for one row ``coef (K,)``, written as a sum of rows,
     ``out[j] += coef[k] M[k, j]`` (the row loop of :func:`_product`; also used by
@@ -78,7 +78,7 @@ def _add_row_combination(out, coef, M):
             out[j] += c * M[k, j]
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _product(coef, Mp, out, gemm, tmp):
     """``out = coef @ M`` for C-contiguous ``coef (B_c, K)`` and ``out (B_c, N)``,
     ``M (K, N)`` given as its column panels ``Mp (P, K, cb)`` (``M[:, p·cb + j] =
@@ -105,13 +105,13 @@ def _product(coef, Mp, out, gemm, tmp):
                 _add_row_combination(out[b, p * cb:(p + 1) * cb], coef[b], Mp[p])
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _panel_buffer(Mp, rows):
     """The ``(P, rows, cb)`` buffer of :func:`_product`'s panel gemms."""
     return np.empty((Mp.shape[0], rows, Mp.shape[2]), Mp.dtype)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _load(dst, src, b0):
     """``dst[:] = src[b0 : b0 + len(dst)]`` (a block of rows)."""
     for b in range(dst.shape[0]):
@@ -123,7 +123,7 @@ def _load(dst, src, b0):
 # Elman RNN: a_t = gi_t + h_{t-1} W_hh^T,  h_t = φ(a_t)
 # ---------------------------------------------------------------------------
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def rnn_forward(gi, W_hhT, h0, relu, gemm, n_chunks, hs):
     """``gi (B, T, H)`` = x W_ih^T + b_ih + b_hh, ``W_hhT`` = W_hh^T ``(H, H)`` as panels
     ``(P, H, cb)`` (:func:`panels`), ``h0 (B, H)``
@@ -151,7 +151,7 @@ def rnn_forward(gi, W_hhT, h0, relu, gemm, n_chunks, hs):
                     hs[b0 + bb, t, j] = h_j
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def rnn_backward(hs, W_hh, dy, dstate, relu, gemm, n_chunks, da, dh0):
     """Reverse loop: writes ``da (B, T, H)`` = ∂L/∂a_t and ``dh0 (B, H)``; ``W_hh
     (H, H)`` as panels ``(P, H, cb)`` (:func:`panels`)."""
@@ -187,7 +187,7 @@ def rnn_backward(hs, W_hh, dy, dstate, relu, gemm, n_chunks, da, dh0):
 # GRU: r, z = σ(gi_r,z + gh_r,z), n = tanh(gi_n + r ⊙ gh_n), h = (1 − z) n + z h
 # ---------------------------------------------------------------------------
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def gru_forward(gi, W_hhT, b_hh, h0, gemm, n_chunks, hs, gates):
     """``gi (B, T, 3H)`` = x W_ih^T + b_ih; ``W_hhT`` = W_hh^T ``(H, 3H)`` as panels
     ``(P, H, cb)``; ``b_hh (3H,)``.
@@ -219,7 +219,7 @@ def gru_forward(gi, W_hhT, b_hh, h0, gemm, n_chunks, hs, gates):
                     gates[b, t, 3 * H + j] = gh_n
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def gru_backward(hs, h0, gates, W_hh, dy, dstate, gemm, n_chunks, dgi, dgh, dh0):
     """``W_hh (3H, H)`` as panels ``(P, 3H, cb)`` (:func:`panels`).
     Writes ``dgi (B, T, 3H)`` = ∂L/∂(x W_ih^T + b_ih), ``dgh (B, T, 3H)`` =
@@ -269,7 +269,7 @@ def gru_backward(hs, h0, gates, W_hh, dy, dstate, gemm, n_chunks, dgi, dgh, dh0)
 # LSTM: a_t = gi_t + h_{t-1} W_hh^T, gates i, f, g, o; c = f c + i g; h = o tanh(c)
 # ---------------------------------------------------------------------------
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def lstm_forward(gi, W_hhT, h0, c0, gemm, n_chunks, hs, cs, gates):
     """``gi (B, T, 4H)`` = x W_ih^T + b_ih + b_hh; ``W_hhT`` = W_hh^T ``(H, 4H)`` as
     panels ``(P, H, cb)``.
@@ -305,7 +305,7 @@ def lstm_forward(gi, W_hhT, h0, c0, gemm, n_chunks, hs, cs, gates):
                     gates[b, t, 3 * H + j] = o
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def lstm_backward(cs, c0, gates, W_hh, dy, dstate_h, dstate_c, gemm, n_chunks, da, dh0, dc0):
     """``W_hh (4H, H)`` as panels ``(P, 4H, cb)`` (:func:`panels`).
     Writes ``da (B, T, 4H)`` = ∂L/∂a_t and ``dh0, dc0 (B, H)``; ``dstate_h``,
@@ -362,7 +362,7 @@ def lstm_backward(cs, c0, gates, W_hh, dy, dstate_h, dstate_c, gemm, n_chunks, d
 # projection, 46 ms after a single-threaded one; the per-thread split keeps both
 # cores for the GEMMs as well).
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def project_rows(x2, WT, b, n_blocks, out):
     """``out = x2 @ WT + b``: ``x2 (N, D)``, ``WT (D, G)``, ``b (G,)``, ``out (N, G)``
     (C-contiguous), ``n_blocks`` blocks of rows, one gemm each."""
@@ -376,7 +376,7 @@ def project_rows(x2, WT, b, n_blocks, out):
                     out[r, g] += b[g]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def dense_grads_rows(dgi2, dgh2, x2, hp2, W_ih, n_blocks, dx2, dW_ih, dW_hh):
     """Per block ``c`` of rows: ``dx2[rows] = dgi2[rows] W_ih``, ``dW_ih[c] =
     dgi2[rows]^T x2[rows]``, ``dW_hh[c] = dgh2[rows]^T hp2[rows]`` (the caller sums

@@ -70,7 +70,7 @@ from minirec.kernels.numba._heads import contiguous as _c
 METHODS = ("recurrent", "chunk")
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _rec_forward_row(q, k, v, g, beta, S0, scale, one, has_g, seg, o, S_T, ckpt, b, h):
     """One (batch row, head) of :func:`_rec_forward`."""
     B, T, H, K = q.shape
@@ -109,7 +109,7 @@ def _rec_forward_row(q, k, v, g, beta, S0, scale, one, has_g, seg, o, S_T, ckpt,
     S_T[b, h] = S
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def _rec_forward(q, k, v, g, beta, S0, scale, one, has_g, seg, o, S_T, ckpt):
     B, H = q.shape[0], q.shape[2]
     for job in prange(B * H):
@@ -117,7 +117,7 @@ def _rec_forward(q, k, v, g, beta, S0, scale, one, has_g, seg, o, S_T, ckpt):
                          job % H)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _rec_backward_row(q, k, v, g, beta, ckpt, do, dS_T, scale, one, has_g, seg, dq, dk, dv, dg,
                       dbeta, dS0, b, h):
     """One (batch row, head) of :func:`_rec_backward`."""
@@ -210,7 +210,7 @@ def _rec_backward_row(q, k, v, g, beta, ckpt, do, dS_T, scale, one, has_g, seg, 
     dS0[b, h] = dS
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def _rec_backward(q, k, v, g, beta, ckpt, do, dS_T, scale, one, has_g, seg,
                   dq, dk, dv, dg, dbeta, dS0):
     """BPTT (module docstring) segment by segment from the checkpoints."""
@@ -225,7 +225,7 @@ def _rec_backward(q, k, v, g, beta, ckpt, do, dS_T, scale, one, has_g, seg,
 # chunk (the WY/UT form)
 # ---------------------------------------------------------------------------
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _chunk_inputs(q, k, v, g, beta, S_in, b, h, t0, L, has_g, one):
     """One chunk's contiguous ``Qc, Kc (L, K)``, ``Vc (L, V)``, ``bc (L,)``, the
     cumulative gates ``G (L,)`` (float64: see :mod:`minirec.kernels.numba.gla`),
@@ -290,7 +290,7 @@ def _chunk_inputs(q, k, v, g, beta, S_in, b, h, t0, L, has_g, one):
     return Qc, Kc, Vc, bc, G, Gam, eG, eK, KK, M, Kq0, R, W, QKm, Qg, Kg
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _chunk_forward_row(q, k, v, g, beta, S0, scale, one, has_g, C, o, S_T, states, b, h):
     """One (batch row, head) of :func:`_chunk_forward`."""
     T = q.shape[1]
@@ -316,7 +316,7 @@ def _chunk_forward_row(q, k, v, g, beta, S0, scale, one, has_g, C, o, S_T, state
     S_T[b, h] = S
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def _chunk_forward(q, k, v, g, beta, S0, scale, one, has_g, C, o, S_T, states):
     B, H = q.shape[0], q.shape[2]
     for job in prange(B * H):
@@ -324,7 +324,7 @@ def _chunk_forward(q, k, v, g, beta, S0, scale, one, has_g, C, o, S_T, states):
                            job // H, job % H)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _chunk_backward_row(q, k, v, g, beta, states, do, dS_T, scale, one, has_g, C,
                         dq, dk, dv, dg, dbeta, dS0, b, h):
     """One (batch row, head) of :func:`_chunk_backward`."""
@@ -438,7 +438,7 @@ def _chunk_backward_row(q, k, v, g, beta, states, do, dS_T, scale, one, has_g, C
     dS0[b, h] = dS
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def _chunk_backward(q, k, v, g, beta, states, do, dS_T, scale, one, has_g, C,
                     dq, dk, dv, dg, dbeta, dS0):
     """The chunk form's backward (module docstring), last chunk first."""

@@ -134,7 +134,7 @@ def carries(first: np.ndarray, tot_a: np.ndarray, tot_b: np.ndarray, *,
 # gates (inline; every constant in the arguments' dtype)
 # ---------------------------------------------------------------------------
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _sigmoid_pair(x, one):
     """``(σ(x), σ(−x))`` from one ``e = e^{−|x|} ≤ 1``; NaN gives NaN in both."""
     e = np.exp(-abs(x))
@@ -144,7 +144,7 @@ def _sigmoid_pair(x, one):
     return e * r, r
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _log1p_unit(e, one):
     """``log1p(e)`` for ``e ∈ [0, 1]`` (or NaN) as ``log(u) · e / (u − 1)``, ``u = 1 + e``
     (Goldberg's correction: a few ulps; ``e`` itself where ``u`` rounds to 1).
@@ -155,7 +155,7 @@ def _log1p_unit(e, one):
     return np.log(u) * (e / (u - one))
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _softplus_sigmoid(x, one, zero):
     """``(softplus(x), σ(x))`` from one ``e = e^{−|x|}``:
     ``max(x, 0) + log1p(e)`` and σ's branch for the sign of ``x``."""
@@ -167,7 +167,7 @@ def _softplus_sigmoid(x, one, zero):
     return sp, e / (one + e)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _gate(kind, neg, p, q, v, one, two, zero):
     """``(a, b, aux0, aux1, aux2, aux3)`` of one lane-step (module docstring)."""
     if kind == HGRN:
@@ -186,7 +186,7 @@ def _gate(kind, neg, p, q, v, one, two, zero):
     return a, w * v, w, keep, sf, si
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _gate_a(kind, neg, aux, b, t, r, one, two):
     """``a`` of a lane-step again, from the kept gate values."""
     if kind == HGRN:
@@ -197,7 +197,7 @@ def _gate_a(kind, neg, aux, b, t, r, one, two):
     return aux[1, b, t, r]
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _row(carry, b, c):
     """A fresh copy of ``carry[b, c]`` (1-D). Written as ``empty`` + assignment:
     ``carry[b, c].copy()`` made the loops over the copy run ~10× slower (measured
@@ -211,7 +211,7 @@ def _row(carry, b, c):
 # minGRU, minLSTM, HGRN: real lanes (B, T, R)
 # ---------------------------------------------------------------------------
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def gated_forward(kind, neg, p, q, v, carry, L, totals, h, aux, tot_a, tot_b, one, two):
     """Chunks of ``L`` steps from ``carry (B, n, R)``. ``totals``: write only
     ``tot_a = Π a`` and ``tot_b`` = the chunk's last state; else ``h`` and ``aux``."""
@@ -243,7 +243,7 @@ def gated_forward(kind, neg, p, q, v, carry, L, totals, h, aux, tot_a, tot_b, on
             tot_b[b, c] = state
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def gated_backward(kind, neg, v, h, h0, aux, dy, carry, L, totals, dp, dq, dv, tot_a, tot_g,
                    one, two):
     """The reverse pass over chunks of ``L`` steps, ``carry (B, n, R)`` the ``G``
@@ -365,7 +365,7 @@ def chunk_powers(a: np.ndarray, L: int, T: int) -> np.ndarray:
 # LRU: complex lanes (B, T, N), a = λ constant in time
 # ---------------------------------------------------------------------------
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def lru_forward(lam, gamma, Bx, carry, L, totals, h, tot_b):
     """``h_t = λ h_{t−1} + γ Bx_t`` over chunks of ``L`` steps from ``carry (B, n, N)``.
     ``totals``: write only the chunks' last states ``tot_b``; else ``h``."""
@@ -384,7 +384,7 @@ def lru_forward(lam, gamma, Bx, carry, L, totals, h, tot_b):
             tot_b[b, c] = state
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def lru_backward(lam, gamma, Bx, h, h0, dh, carry, L, totals, gg, dlam, dgamma, tot_g):
     """The reverse pass: ``g_t = dh_t + G``, ``G ← conj(λ) g_t``; writes ``gg = γ g``
     and per (row, chunk) ``dlam = Σ_t g_t conj(h_{t−1})``, ``dgamma = Σ_t Re(g_t
@@ -436,7 +436,7 @@ CHECKPOINT = 16  # steps per recomputed block: a (17, N, 2, LANES) buffer, 68 Ki
                  # N = 32 in float32, stays in L2
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _ssm_step(cf, st, xt):
     """``st ← Ā st + B̄ x_t`` in place for one block of channels (``cf (N, 6, LANES)``
     the parts of Ā, B̄, C; ``st (N, 2, LANES)``; ``xt (LANES,)``), NumPy's complex
@@ -451,7 +451,7 @@ def _ssm_step(cf, st, xt):
             st[k, 1, d] = i
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def ssm_forward(cf, D, x, carry, L, totals, ck, y, tot, two):
     """``h_t = Ā h_{t−1} + B̄ x_t`` and ``y_t = 2 Re(Σ_n C h_t) + D x_t`` over chunks
     of ``L`` steps from ``carry (B, n, NB, N, 2, LANES)``; ``cf (NB, N, 6, LANES)``,
@@ -466,7 +466,7 @@ def ssm_forward(cf, D, x, carry, L, totals, ck, y, tot, two):
                          job // (n * NB), (job // NB) % n, job % NB)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _ssm_forward_job(cf, D, x, carry, L, totals, ck, y, tot, two, b, c, jb):
     """One job of :func:`ssm_forward`: batch row ``b``, chunk ``c``, channel block
     ``jb`` (its own function: inside a ``prange`` body the lane loops did not
@@ -501,7 +501,7 @@ def _ssm_forward_job(cf, D, x, carry, L, totals, ck, y, tot, two, b, c, jb):
         tot[b, c, jb] = h
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def ssm_backward(cf, D, x, ck, dy, carry, L, totals, dx, sums, tot, two):
     """The reverse pass per channel: ``g_t = 2 dy_t conj(C) + G``, ``G ← conj(Ā) g_t``;
     writes ``dx_t = Re(Σ_n g_t conj(B̄)) + D dy_t`` and per (row, chunk, block) into
@@ -516,7 +516,7 @@ def ssm_backward(cf, D, x, ck, dy, carry, L, totals, dx, sums, tot, two):
                           job // (n * NB), (job // NB) % n, job % NB)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _ssm_backward_job(cf, D, x, ck, dy, carry, L, totals, dx, sums, tot, two, b, c, jb):
     """One job of :func:`ssm_backward` (see :func:`_ssm_forward_job`)."""
     T = x.shape[1]

@@ -93,7 +93,7 @@ METHODS = ("recurrent", "chunk")
 # recurrent
 # ---------------------------------------------------------------------------
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _decay(g, b, t, h, has_g, a):
     """``a = e^{g_t}`` over the K rows (a scalar gate repeated; 1 without ``g``)."""
     K = a.shape[0]
@@ -103,7 +103,7 @@ def _decay(g, b, t, h, has_g, a):
             a[i] = np.exp(g[b, t, h, i if W > 1 else 0])
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _rec_forward_row(q, k, v, g, u, S0, scale, one, has_g, has_u, seg, o, S_T, ckpt, b, h):
     """One (batch row, head) of :func:`_rec_forward`."""
     B, T, H, K = q.shape
@@ -148,7 +148,7 @@ def _rec_forward_row(q, k, v, g, u, S0, scale, one, has_g, has_u, seg, o, S_T, c
     S_T[b, h] = S
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def _rec_forward(q, k, v, g, u, S0, scale, one, has_g, has_u, seg, o, S_T, ckpt):
     B, H = q.shape[0], q.shape[2]
     for job in prange(B * H):
@@ -156,7 +156,7 @@ def _rec_forward(q, k, v, g, u, S0, scale, one, has_g, has_u, seg, o, S_T, ckpt)
                          job % H)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _rec_backward_row(q, k, v, g, u, ckpt, do, dS_T, scale, one, has_g, has_u, seg, dq, dk, dv, dg,
                       du_b, dS0, b, h):
     """One (batch row, head) of :func:`_rec_backward`."""
@@ -255,7 +255,7 @@ def _rec_backward_row(q, k, v, g, u, ckpt, do, dS_T, scale, one, has_g, has_u, s
         du_b[b, h, i] = du[i]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def _rec_backward(q, k, v, g, u, ckpt, do, dS_T, scale, one, has_g, has_u, seg,
                   dq, dk, dv, dg, du_b, dS0):
     """BPTT (module docstring) segment by segment from the checkpoints; writes
@@ -276,7 +276,7 @@ def _rec_backward(q, k, v, g, u, ckpt, do, dS_T, scale, one, has_g, has_u, seg,
 _SUB = 16
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _intra_key(Qc, Kc, G, Gq, a, off, one):
     """``A_ij = Σ_c q_ic k_jc e^{Gq_ic − G_jc}`` (j ≤ i − off) for per-key gates.
 
@@ -306,7 +306,7 @@ def _intra_key(Qc, Kc, G, Gq, a, off, one):
     return A
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _factors(Qc, Kc, G, Gq, I0, I1):
     """``Q_I ⊙ e^{Gq_I − G_r}`` and ``K_{<I0} ⊙ e^{G_r − G_{<I0}}``, ``r = I0 − 1``."""
     K = Qc.shape[1]
@@ -322,7 +322,7 @@ def _factors(Qc, Kc, G, Gq, I0, I1):
     return Qr, Kr
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _intra_key_backward(Qc, Kc, G, Gq, a, off, dA, dQc, dKc, dGq, dG, one):
     """Back through :func:`_intra_key`: adds to ``dQc, dKc, dGq, dG`` (per key).
 
@@ -368,7 +368,7 @@ def _intra_key_backward(Qc, Kc, G, Gq, a, off, dA, dQc, dKc, dGq, dG, one):
                     w[c] = w[c] * a[j, c]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _chunk_inputs(q, k, v, g, u, b, h, t0, L, has_g, has_u, one):
     """One chunk's contiguous ``Qc, Kc (L, K)``, ``Vc (L, V)``, cumulative gates
     ``G, Gq (L, K')``, the matrices ``Qg, Kg (L, K)``, ``A (L, L)`` and ``D``:
@@ -440,7 +440,7 @@ def _chunk_inputs(q, k, v, g, u, b, h, t0, L, has_g, has_u, one):
     return Qc, Kc, Vc, G, Gq, Qg, Kg, A, D
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _chunk_forward_row(q, k, v, g, u, S0, scale, one, has_g, has_u, C, o, S_T, states, b, h):
     """One (batch row, head) of :func:`_chunk_forward`."""
     B, T, H, K = q.shape
@@ -466,7 +466,7 @@ def _chunk_forward_row(q, k, v, g, u, S0, scale, one, has_g, has_u, C, o, S_T, s
     S_T[b, h] = S
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def _chunk_forward(q, k, v, g, u, S0, scale, one, has_g, has_u, C, o, S_T, states):
     B, H = q.shape[0], q.shape[2]
     for job in prange(B * H):
@@ -474,7 +474,7 @@ def _chunk_forward(q, k, v, g, u, S0, scale, one, has_g, has_u, C, o, S_T, state
                            job % H)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _chunk_backward_row(q, k, v, g, u, states, do, dS_T, scale, one, has_g, has_u, C, dq, dk, dv,
                         dg, du_b, dS0, b, h):
     """One (batch row, head) of :func:`_chunk_backward`."""
@@ -573,7 +573,7 @@ def _chunk_backward_row(q, k, v, g, u, states, do, dS_T, scale, one, has_g, has_
         du_b[b, h, i] = du[i]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def _chunk_backward(q, k, v, g, u, states, do, dS_T, scale, one, has_g, has_u, C,
                     dq, dk, dv, dg, du_b, dS0):
     """The chunk form's backward (module docstring), last chunk first."""

@@ -35,7 +35,7 @@ import numpy as np
 from numba import njit, prange
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def _forward_recurrent(a, b, h0, h):
     # prange over batch rows (independent); the state is carried in a local
     # row and each step is one vectorisable loop over the contiguous R axis
@@ -51,7 +51,7 @@ def _forward_recurrent(a, b, h0, h):
                 ht[r] = state[r]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def _forward_chunked(a, b, h0, h, prod, C):
     B, T, R = b.shape
     n = (T + C - 1) // C
@@ -88,7 +88,7 @@ def _forward_chunked(a, b, h0, h, prod, C):
                 h[i, t, r] = h[i, t, r] + prod[i, t, r] * carry
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def _backward(a, h, h0, dh, dstate, da, db, dh0):
     B, T, R = h.shape
     for i in prange(B):

@@ -40,7 +40,7 @@ from minirec.kernels.numba.classic import _add_row_combination
 # ---------------------------------------------------------------------------
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _ln_stats(z, eps):
     """``(μ, rstd)`` of the row ``z (n,)``: ``μ = mean(z)``,
     ``rstd = (mean((z − μ)²) + eps)^{−1/2}``."""
@@ -57,7 +57,7 @@ def _ln_stats(z, eps):
     return mu, one / np.sqrt(v / nf + eps)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _ln_grad_means(g, xhat, alpha):
     """``(mean(α ⊙ g), mean(α ⊙ g ⊙ xhat))`` over the row (``g = ∂L/∂LN(z)``)."""
     n = g.shape[0]
@@ -70,13 +70,13 @@ def _ln_grad_means(g, xhat, alpha):
     return s1 / nf, s2 / nf
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _ln_grad(g, xhat, rstd, alpha, m1, m2):
     """One entry of ``∂L/∂z = rstd (α g − mean(α g) − xhat mean(α g xhat))``."""
     return rstd * (alpha * g - m1 - xhat * m2)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def layer_norm_rows(z, eps, xhat, rstd):
     """``z (R, n)`` → ``xhat (R, n)`` and ``rstd (R,)`` (written), row by row."""
     for r in prange(z.shape[0]):
@@ -86,7 +86,7 @@ def layer_norm_rows(z, eps, xhat, rstd):
             xhat[r, k] = (z[r, k] - mu) * rs
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def layer_norm_backward_rows(g, xhat, rstd, alpha, dz):
     """``dz (R, n)`` = ∂L/∂z (written) from ``g (R, n)`` = ∂L/∂LN(z), row by row."""
     for r in prange(g.shape[0]):
@@ -99,7 +99,7 @@ def layer_norm_backward_rows(g, xhat, rstd, alpha, dz):
 # the time loops (prange over the batch: rows are independent recurrences)
 # ---------------------------------------------------------------------------
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def ln_lstm_forward(ax, W_hhT, alpha_hh, beta_hh, alpha_c, beta_c, h0, c0, eps,
                     hs, cs, gates, xhat_hh, rstd_hh, xhat_c, rstd_c):
     """``ax (B, T, 4H)`` = LN(x W_ih^T) + b, ``W_hhT (H, 4H)``. Writes ``hs, cs (B, T, H)``,
@@ -138,7 +138,7 @@ def ln_lstm_forward(ax, W_hhT, alpha_hh, beta_hh, alpha_c, beta_c, h0, c0, eps,
                 hs[b, t, j] = gates[b, t, 3 * H + j] * tanh(alpha_c[j] * xc + beta_c[j])
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def ln_lstm_backward(cs, c0, gates, xhat_hh, rstd_hh, xhat_c, rstd_c, alpha_hh, alpha_c,
                      beta_c, W_hh, dy, dstate_h, dstate_c, dnc, da, dzh, dh0, dc0):
     """Writes ``dnc (B, T, H)`` = ∂L/∂LN(c_t), ``da (B, T, 4H)`` = ∂L/∂a_t,

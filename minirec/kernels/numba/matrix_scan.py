@@ -29,7 +29,7 @@ import numpy as np
 from numba import njit, prange
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def _forward(A, b, h0, h):
     B, T, d = b.shape
     for n in prange(B):
@@ -46,7 +46,7 @@ def _forward(A, b, h0, h):
                 h[n, t, i] = acc + b[n, t, i]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def _backward(A, h, h0, dh, dstate, dA, db, dh0):
     B, T, d = h.shape
     for n in prange(B):

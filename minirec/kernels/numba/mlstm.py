@@ -46,7 +46,7 @@ from minirec.kernels.numba._math import sigmoid, softplus
 METHODS = ("recurrent",)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _max(x, y):
     """``np.maximum(x, y)``: NaN if either is NaN, ties keep ``x``."""
     if x >= y or x != x:
@@ -54,7 +54,7 @@ def _max(x, y):
     return y
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _gates(i_t, f_t, m_prev):
     """``(x_t, m_t, a_t, b_t)`` of one step (module docstring)."""
     x = m_prev - softplus(-f_t)          # log σ(f) = −softplus(−f)
@@ -62,7 +62,7 @@ def _gates(i_t, f_t, m_prev):
     return x, m, np.exp(x - m), np.exp(i_t - m)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _rec_forward_row(q, k, v, i, f, C0, n0, m0, scale, one, seg, h_out, d_out, den_out, C_T, n_T,
                      m_T, C_ck, n_ck, m_ck, b, hh):
     """One (batch row, head) of :func:`_rec_forward`."""
@@ -104,7 +104,7 @@ def _rec_forward_row(q, k, v, i, f, C0, n0, m0, scale, one, seg, h_out, d_out, d
     m_T[b, hh] = m
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def _rec_forward(q, k, v, i, f, C0, n0, m0, scale, one, seg,
                  h_out, d_out, den_out, C_T, n_T, m_T, C_ck, n_ck, m_ck):
     B, H = q.shape[0], q.shape[2]
@@ -113,7 +113,7 @@ def _rec_forward(q, k, v, i, f, C0, n0, m0, scale, one, seg,
                          n_T, m_T, C_ck, n_ck, m_ck, job // H, job % H)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _rec_backward_row(q, k, v, i, f, C_ck, n_ck, m_ck, h_out, d_out, den_out, dh, dC_T, dn_T, dm_T,
                       scale, one, seg, dq, dk, dv, di, df, dC0, dn0, dm0, b, hh):
     """One (batch row, head) of :func:`_rec_backward`."""
@@ -206,7 +206,7 @@ def _rec_backward_row(q, k, v, i, f, C_ck, n_ck, m_ck, h_out, d_out, den_out, dh
     dm0[b, hh] = dm
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def _rec_backward(q, k, v, i, f, C_ck, n_ck, m_ck, h_out, d_out, den_out, dh,
                   dC_T, dn_T, dm_T, scale, one, seg, dq, dk, dv, di, df, dC0, dn0, dm0):
     """BPTT (module docstring) segment by segment from the checkpoints."""

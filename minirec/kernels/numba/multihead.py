@@ -54,7 +54,7 @@ CELLS = ("rnn", "gru", "lstm")
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _head_preact(acc, base, WT_h, h_prev, o, H):
     """``acc[g·dh + j] = base[g·H + o + j] + Σ_k WT_h[k, g·dh + j] h_prev[o + k]``:
     the head's pre-activations (``o = h·dh``), the product a sum of rows."""
@@ -69,7 +69,7 @@ def _head_preact(acc, base, WT_h, h_prev, o, H):
             acc[q] += c * row[q]
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _head_back(dh, da_t, W_h, o, H):
     """``dh[o + k] += Σ_{g,j} da_t[g·H + o + j] W_h[g·dh + j, k]`` (``W_h = W_hh[h]``)."""
     Gd, dhead = W_h.shape
@@ -86,7 +86,7 @@ def _head_back(dh, da_t, W_h, o, H):
 # Elman RNN: a_t = gi_t + blockdiag(W_hh) h_{t-1},  h_t = φ(a_t)
 # ---------------------------------------------------------------------------
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def rnn_forward(gi, WT, h0, relu, hs):
     """``gi (B, T, H)`` = x W_ih^T + b_ih + b_hh, ``WT (NH, dh, dh)`` = ``W_hh^T``
     per head, ``h0 (B, H)`` → ``hs (B, T, H)`` (written)."""
@@ -108,7 +108,7 @@ def rnn_forward(gi, WT, h0, relu, hs):
                         hs[b, t, o + j] = tanh(a[j])
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def rnn_backward(hs, W_hh, dy, dstate, relu, da, dh0):
     """Reverse loop: writes ``da (B, T, H)`` = ∂L/∂a_t and ``dh0 (B, H)``."""
     B, T, H = hs.shape
@@ -139,7 +139,7 @@ def rnn_backward(hs, W_hh, dy, dstate, relu, da, dh0):
 # GRU: gh = blockdiag(W_hh) h_{t-1} + b_hh; r, z = σ(gi + gh), n = tanh(gi_n + r gh_n)
 # ---------------------------------------------------------------------------
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def gru_forward(gi, WT, b_hh, h0, hs, gates):
     """``gi (B, T, 3H)`` = x W_ih^T + b_ih; ``WT (NH, dh, 3dh)``; ``b_hh (3H,)``.
     Writes ``hs (B, T, H)`` and ``gates (B, T, 4H)`` = [r | z | n | gh_n]."""
@@ -167,7 +167,7 @@ def gru_forward(gi, WT, b_hh, h0, hs, gates):
                     gates[b, t, 3 * H + u] = gh_n
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def gru_backward(hs, h0, gates, W_hh, dy, dstate, dgi, dgh, dh0):
     """Writes ``dgi (B, T, 3H)`` = ∂L/∂(x W_ih^T + b_ih), ``dgh (B, T, 3H)`` =
     ∂L/∂(blockdiag(W_hh) h + b_hh), and ``dh0 (B, H)``."""
@@ -206,7 +206,7 @@ def gru_backward(hs, h0, gates, W_hh, dy, dstate, dgi, dgh, dh0):
 # LSTM: a_t = gi_t + blockdiag(W_hh) h_{t-1}; i, f, g, o; c = f c + i g; h = o tanh(c)
 # ---------------------------------------------------------------------------
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def lstm_forward(gi, WT, h0, c0, hs, cs, gates):
     """``gi (B, T, 4H)`` = x W_ih^T + b_ih + b_hh; ``WT (NH, dh, 4dh)``.
     Writes ``hs, cs (B, T, H)`` and ``gates (B, T, 4H)`` = [i | f | g | o]."""
@@ -236,7 +236,7 @@ def lstm_forward(gi, WT, h0, c0, hs, cs, gates):
                     gates[b, t, 3 * H + u] = og
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def lstm_backward(cs, c0, gates, W_hh, dy, dstate_h, dstate_c, da, dh0, dc0):
     """Writes ``da (B, T, 4H)`` = ∂L/∂a_t and ``dh0, dc0 (B, H)``; ``dstate_h``,
     ``dstate_c`` are the two parts of ``dstate``."""

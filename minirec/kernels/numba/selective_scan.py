@@ -23,19 +23,16 @@ with zeros (``u = A = h0 = dy = 0`` keep those lanes at 0) and cut the results
 back; with ``D`` a multiple of 32 nothing is copied.
 
 ``exp`` (one per (b, t, d, n) forward and one backward: most of the work) is
-:func:`_exp`, written out so that it vectorises inside those loops (``np.exp``
-in ``@njit`` is a libm call per element and stops the loop around it from
-vectorising): Cody–Waite reduction ``x = k ln2 + r``, ``|r| ≤ ln2/2``, the
-Taylor polynomial of ``e^r`` to the degree whose remainder is below a quarter
-ulp (7 for float32, 13 for float64), times ``2^{k−1}`` built from its exponent
-bits. Within 1 ulp of the correctly rounded exp (tested); ``±inf`` and NaN as
-``np.exp``; results below ``2^{kmin+1}`` (``4e-38`` in float32) are 0 instead
-of subnormal. For the same reason σ (:func:`_sigmoid_lanes`) and softplus (a
-series for ``log1p``, in :func:`_forward`) are written here on top of
-:func:`_exp` rather than taken from :mod:`minirec.kernels.numba._math`, whose
-``np.exp`` would stop the lane loops from vectorising; they follow the same
-formulas as :mod:`minirec._math` and every constant is in the argument's
-dtype (``coef``, ``con``), so float32 runs compute in float32.
+:func:`minirec.kernels.numba._math.exp_poly` (``_exp`` here), written out so
+that it vectorises inside those loops, in both dtypes (``np.exp`` in ``@njit``
+is a libm call per element and stops the loop around it from vectorising):
+within 1 ulp, ``±inf`` and NaN as ``np.exp``, results below ``2^{kmin+1}``
+(``2.4e-38`` in float32) 0 instead of subnormal. For the same reason σ
+(:func:`_sigmoid_lanes`) and softplus (a series for ``log1p``, in
+:func:`_forward`) are written here on top of ``_exp`` (the float64 σ of
+:mod:`minirec.kernels.numba._math` keeps libm's ``exp``); they follow the same
+formulas as :mod:`minirec._math` and every constant is in the argument's dtype
+(``coef``, ``con``), so float32 runs compute in float32.
 
 Backward: checkpoints. The forward stores the state entering every chunk of
 ``chunk`` steps, ``checkpoints (B, ⌈T/chunk⌉, D, N)`` (``1/chunk`` of all the
@@ -74,60 +71,24 @@ inf as without it). This module imports nothing from the rest of minirec.
 
 from __future__ import annotations
 
-import math
-from decimal import Decimal, localcontext
 from typing import NamedTuple
 
 import numba
 import numpy as np
-from numba import njit, prange, types
-from numba.extending import overload
+from numba import njit, prange
+
+from minirec.kernels.numba._math import CONTRACT, exp_constants
+from minirec.kernels.numba._math import exp_poly as _exp
 
 LANES = 32  # channels per job, a compile-time constant: every lane loop has this known
             # length (4 AVX2 vectors of float32) and vectorises fully; _lane_sum is written for it
 CHUNK = 32  # steps between checkpoints: the (chunk, N·LANES) buffers stay in L2
             # (~130 KiB in float32)
-# the one fast-math flag: contract a*b + c into a fused multiply-add (one rounding
-# instead of two, so never less accurate; no reassociation, no change to NaN/inf);
-# measured at (4, 2048, 256, 16) float32: forward −10 to −20 % (Horner steps of exp)
-CONTRACT = {"contract"}
 
 
 # ---------------------------------------------------------------------------
-# an exp that vectorises
+# the exp that vectorises is _math.exp_poly (here as _exp); log1p's series
 # ---------------------------------------------------------------------------
-
-def exp_constants(dtype) -> tuple:
-    """``(coef, con)`` for :func:`_exp` in ``dtype``.
-
-    * ``coef``: ``1/j!`` for j = 0..n, n the smallest degree with Taylor
-      remainder ``(ln2/2)^{n+1} / (n+1)! · √2`` below ``eps/4``.
-    * ``con = (log2 e, ln2_hi, ln2_lo, lo, hi, 0, inf)``: ``ln2_hi`` is ln 2
-      rounded to few enough bits that ``k · ln2_hi`` is exact for every
-      exponent ``k`` of the dtype, ``ln2_lo = ln 2 − ln2_hi`` (from a 40-digit
-      ln 2); ``[lo, hi] = [(kmin + 1) ln2, (kmax + 1) ln2]``, the inputs for
-      which ``k − 1`` is a normal exponent (below: 0, above: ``inf``).
-    """
-    dtype = np.dtype(dtype)
-    f = dtype.type
-    info = np.finfo(dtype)
-    eps = float(info.eps)
-    n = 1
-    while (math.log(2) / 2) ** (n + 1) / math.factorial(n + 1) * math.sqrt(2) >= eps / 4:
-        n += 1
-    coef = tuple(f(1 / math.factorial(j)) for j in range(n + 1))
-    kmin, kmax = int(info.minexp), int(info.maxexp) - 1    # normal exponents of 2^k
-    kbits = max(-kmin, kmax + 1).bit_length()               # |k| < 2^kbits
-    hi_bits = info.nmant + 1 - kbits                        # k·ln2_hi fits the mantissa
-    with localcontext() as ctx:
-        ctx.prec = 40
-        ln2 = Decimal(2).ln()
-        ln2_hi = float(round(ln2 * 2 ** hi_bits) / Decimal(2 ** hi_bits))
-        ln2_lo = float(ln2 - Decimal(ln2_hi))
-    con = (f(1 / math.log(2)), f(ln2_hi), f(ln2_lo), f((kmin + 1) * math.log(2)),
-           f((kmax + 1) * math.log(2)), f(0), f(np.inf))
-    return coef, con
-
 
 def log1p_constants(dtype) -> tuple:
     """``1/(2k+1)`` for k = 0..K−1, ``K`` the smallest with series tail
@@ -141,51 +102,11 @@ def log1p_constants(dtype) -> tuple:
     return tuple(dtype.type(1 / (2 * k + 1)) for k in range(K))
 
 
-def _pow2(k):
-    """``2^k`` for an integral float ``k`` in the normal range (numba only)."""
-    raise NotImplementedError("numba only")
-
-
-@overload(_pow2, inline="always")
-def _pow2_numba(k):
-    # IEEE 754: binary32 has 23 mantissa bits and exponent bias 127, binary64 52
-    # and 1023. The low bits of k + (2^23 + 127) are k + 127, which shifted left
-    # by 23 is the exponent field of 2^k.
-    if k == types.float32:
-        def impl(k):
-            bits = np.float32(k + np.float32(2.0 ** 23 + 127)).view(np.int32)
-            return np.int32(bits << 23).view(np.float32)
-        return impl
-    if k == types.float64:
-        def impl(k):
-            bits = np.float64(k + (2.0 ** 52 + 1023)).view(np.int64)
-            return np.int64(bits << 52).view(np.float64)
-        return impl
-    return None
-
-
-@njit(cache=True, inline="always", fastmath=CONTRACT)
-def _exp(x, coef, con):
-    """``e^x`` in ``x``'s dtype, branch-free (see the module docstring)."""
-    log2e, ln2_hi, ln2_lo, lo, hi, zero, inf = con
-    xc = x if x > lo else lo
-    xc = xc if xc < hi else hi
-    k = np.floor(xc * log2e + coef[2])          # coef[2] = 1/2!: k = round(x / ln2)
-    r = (xc - k * ln2_hi) - k * ln2_lo          # x − k ln2, |r| ≤ ln2/2
-    p = coef[len(coef) - 1]
-    for j in range(len(coef) - 2, -1, -1):      # Horner: e^r
-        p = p * r + coef[j]
-    y = (p + p) * _pow2(k - coef[0])              # 2p 2^{k−1}: finite up to the largest float
-    y = y if x >= lo else zero                  # below the normal range: 0 (no subnormals)
-    y = y if x <= hi else inf
-    return y if x == x else x                   # NaN stays NaN
-
-
 # ---------------------------------------------------------------------------
 # forward
 # ---------------------------------------------------------------------------
 
-@njit(cache=True, inline="always", fastmath=CONTRACT)
+@njit(cache=True, error_model="numpy", inline="always", fastmath=CONTRACT)
 def _sigmoid_lanes(x, b, t, d0, out, coef, con):
     """``out[d] = σ(x[b, t, d0 + d])`` over the lanes, as the reference:
     ``e = e^{−|x|}``, ``1/(1 + e)`` for ``x ≥ 0``, ``e/(1 + e)`` below."""
@@ -197,7 +118,7 @@ def _sigmoid_lanes(x, b, t, d0, out, coef, con):
         out[d] = r if xv >= 0 else e * r
 
 
-@njit(cache=True, parallel=True, fastmath=CONTRACT)
+@njit(cache=True, error_model="numpy", parallel=True, fastmath=CONTRACT)
 def _forward(u, pre, A, B, C, D, z, has_z, delta_softplus, h0, chunk, coef, lcoef, con,
              y, y0, dt, h_T, checkpoints):
     """Writes ``y, y0, dt = Δ (B, T, D)``, ``h_T (B, D, N)`` and the
@@ -288,7 +209,7 @@ def _forward(u, pre, A, B, C, D, z, has_z, delta_softplus, h0, chunk, coef, lcoe
 # backward
 # ---------------------------------------------------------------------------
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _lane_sum(v, o):
     """``Σ_d v[o + d]`` over ``LANES = 32`` lanes as a fixed tree (4 vectors of
     8 added lane-wise, then halved), which LLVM vectorises."""
@@ -303,7 +224,7 @@ def _lane_sum(v, o):
     return ((s8_0 + s8_4) + (s8_2 + s8_6)) + ((s8_1 + s8_5) + (s8_3 + s8_7))
 
 
-@njit(cache=True, parallel=True, fastmath=CONTRACT)
+@njit(cache=True, error_model="numpy", parallel=True, fastmath=CONTRACT)
 def _backward(u, pre, dt, A, B, C, D, z, has_z, delta_softplus, checkpoints, y0, dy, dstate,
               chunk, G, coef, con, du, dpre, dz, dA_part, dB_part, dC_part, dD_part, dh0):
     """The fused reverse pass. Writes ``du, dpre, dz (B, T, D)``, ``dh0 (B, D, N)``

@@ -49,7 +49,7 @@ class Cache(NamedTuple):
     state0: tuple    # (h0, c0, n0, m0), each (B, H), contiguous, computation dtype
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _nan_max(p, q):
     """``max(p, q)``, NaN if either is NaN (as ``np.maximum``)."""
     if p != p or p >= q:
@@ -57,7 +57,7 @@ def _nan_max(p, q):
     return q  # q > p, or q is NaN
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def slstm_forward(a, RT, h0, c0, n0, m0, hs, cs, ns, ms):
     """``a (B, T, 4H)``: on entry ``x W_ih^T + b``, on exit the pre-activations
     ``a_t`` (the recurrent part added). ``RT (NH, dh, 4·dh)``: ``RT[h, k, g·dh + j] =
@@ -102,7 +102,7 @@ def slstm_forward(a, RT, h0, c0, n0, m0, hs, cs, ns, ms):
                     hs[b, t, u] = o * c / n
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def slstm_backward(a, R, h0, c0, n0, m0, hs, cs, ns, ms, dy, dstate_h, dstate_c, dstate_n,
                    dstate_m, da, dh0, dc0, dn0, dm0):
     """Reverse loop. ``R (NH, 4·dh, dh)``: ``R[h, g·dh + j, k] = R_param[g, h, j, k]``.

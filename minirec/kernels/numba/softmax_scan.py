@@ -38,7 +38,7 @@ import numpy as np
 from numba import njit, prange
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _rescale(m_old, m_new, one):
     """``e^{m_old − m_new}`` for ``m_old ≤ m_new``; 1 where equal (−inf included)."""
     if m_old == m_new:
@@ -46,7 +46,7 @@ def _rescale(m_old, m_new, one):
     return np.exp(m_old - m_new)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _max(m_prev, s_t):
     """``max(m_prev, s_t)``, NaN if either is NaN (``np.maximum``); ties keep
     ``m_prev``."""
@@ -55,7 +55,7 @@ def _max(m_prev, s_t):
     return s_t          # s_t > m_prev, or s_t is NaN
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def _forward(s, v, m0, u0, w0, M, U, W, o, one):
     B, T, H, Vd = v.shape
     for job in prange(B * H):
@@ -80,7 +80,7 @@ def _forward(s, v, m0, u0, w0, M, U, W, o, one):
             u_prev = u
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def _backward(s, v, m0, u0, w0, M, U, W, do, has_do, dm_T, du_T, dw_T,
               ds, dv, dm0, du0, dw0, one):
     """The reverse loop from the final state's gradient ``(dm_T, du_T, dw_T)``
