@@ -359,33 +359,34 @@ def forward(params: dict, x: np.ndarray, state0: tuple | None = None, *,
     s = sizes(params)
     I, K, R, N = s["I"], s["K"], s["R"], s["N"]
     Bsz, T, _ = x.shape
-    lib = _backend.xp_of(x)  # numpy, or cupy for CuPy arrays (backend="cupy")
-    if state0 is None:  # zero_state's, allocated where x lives
-        state0 = (lib.zeros((Bsz, I, K - 1), dtype), lib.zeros((Bsz, I, N), dtype))
-    conv_state0, ssm_state0 = state0
-    p = params
-    # in-projection
-    xz = x @ p["in_proj_weight"].T
-    xs, z = xz[..., :I], xz[..., I:]
-    # causal depthwise conv1d, the previous K−1 inputs prepended
-    xp = np.concatenate([np.transpose(conv_state0, (0, 2, 1)), xs], axis=1)  # (B, K−1+T, I)
-    w = p["conv1d_weight"]
-    xc = p["conv1d_bias"] + sum(w[:, k] * xp[:, k:k + T] for k in range(K))
-    xa = silu(xc)
-    # x-projection to (δ, B, C), Δ projection
-    x_dbl = xa @ p["x_proj_weight"].T
-    dt_low, Bm, Cm = np.split(x_dbl, [R, R + N], axis=-1)
-    delta = dt_low @ p["dt_proj_weight"].T
-    A = -np.exp(p["A_log"])
-    # selective scan with gate; softplus(delta + dt_proj_bias) inside the op
-    y_ssm, ssm_T, scan_cache = selective_scan.forward(
-        xa, delta, A, Bm, Cm, p["D"], z, delta_bias=p["dt_proj_bias"], delta_softplus=True,
-        initial_state=ssm_state0, method=method, chunk_size=chunk_size, backend=backend)
-    y = y_ssm @ p["out_proj_weight"].T
-    conv_T = lib.ascontiguousarray(np.transpose(xp[:, T:], (0, 2, 1)))  # last K−1 inputs
-    cache = MambaCache(x, xp, xc, xa, dt_low, A, y_ssm, scan_cache, (conv_state0, ssm_state0),
-                       V.param_shapes(params), method, backend)
-    return y, (conv_T, ssm_T), cache
+    with _backend.blas_policy(backend):  # numba: BLAS off the cores its kernels use
+        lib = _backend.xp_of(x)  # numpy, or cupy for CuPy arrays (backend="cupy")
+        if state0 is None:  # zero_state's, allocated where x lives
+            state0 = (lib.zeros((Bsz, I, K - 1), dtype), lib.zeros((Bsz, I, N), dtype))
+        conv_state0, ssm_state0 = state0
+        p = params
+        # in-projection
+        xz = x @ p["in_proj_weight"].T
+        xs, z = xz[..., :I], xz[..., I:]
+        # causal depthwise conv1d, the previous K−1 inputs prepended
+        xp = np.concatenate([np.transpose(conv_state0, (0, 2, 1)), xs], axis=1)  # (B, K−1+T, I)
+        w = p["conv1d_weight"]
+        xc = p["conv1d_bias"] + sum(w[:, k] * xp[:, k:k + T] for k in range(K))
+        xa = silu(xc)
+        # x-projection to (δ, B, C), Δ projection
+        x_dbl = xa @ p["x_proj_weight"].T
+        dt_low, Bm, Cm = np.split(x_dbl, [R, R + N], axis=-1)
+        delta = dt_low @ p["dt_proj_weight"].T
+        A = -np.exp(p["A_log"])
+        # selective scan with gate; softplus(delta + dt_proj_bias) inside the op
+        y_ssm, ssm_T, scan_cache = selective_scan.forward(
+            xa, delta, A, Bm, Cm, p["D"], z, delta_bias=p["dt_proj_bias"], delta_softplus=True,
+            initial_state=ssm_state0, method=method, chunk_size=chunk_size, backend=backend)
+        y = y_ssm @ p["out_proj_weight"].T
+        conv_T = lib.ascontiguousarray(np.transpose(xp[:, T:], (0, 2, 1)))  # last K−1 inputs
+        cache = MambaCache(x, xp, xc, xa, dt_low, A, y_ssm, scan_cache, (conv_state0, ssm_state0),
+                           V.param_shapes(params), method, backend)
+        return y, (conv_T, ssm_T), cache
 
 
 def _weight_grad(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -410,45 +411,46 @@ def backward(params: dict, cache: MambaCache, dy: np.ndarray | None,
     """
     c = V.cache("mamba", cache, MambaCache)
     V.params_match("mamba", params, c.param_shapes)
-    p = params
-    x, xp, xa = c.x, c.xp, c.xa
-    T = x.shape[1]
-    K = p["conv1d_weight"].shape[1]
-    dy = V.grad_like("dy", dy, x, "y", fill=True)          # y has x's shape (B, T, M)
-    dconv_T, dssm_T = V.grad_state("dstate", dstate, c.state0, fill=True)
-    g = {}
-    # out-projection
-    g["out_proj_weight"] = _weight_grad(dy, c.y_ssm)
-    dy_ssm = dy @ p["out_proj_weight"]
-    # the selective scan (and its gate, D, softplus)
-    sg = selective_scan.backward(c.scan, dy_ssm, dssm_T)
-    g["A_log"] = sg["A"] * c.A
-    g["D"] = sg["D"]
-    g["dt_proj_bias"] = sg["delta_bias"]
-    dz = sg["z"]
-    # Δ projection and x-projection
-    g["dt_proj_weight"] = _weight_grad(sg["delta"], c.dt_low)
-    dx_dbl = np.concatenate([sg["delta"] @ p["dt_proj_weight"], sg["B"], sg["C"]], axis=-1)
-    g["x_proj_weight"] = _weight_grad(dx_dbl, xa)
-    dxa = sg["u"] + dx_dbl @ p["x_proj_weight"]
-    # SiLU and the causal conv
-    dxc = dxa * silu_grad(c.xc)
-    g["conv1d_bias"] = dxc.sum(axis=(0, 1))
-    w = p["conv1d_weight"]
-    lib = _backend.xp_of(x)  # numpy, or cupy for CuPy arrays (backend="cupy")
-    dw = lib.empty_like(w)
-    dxp = lib.zeros(xp.shape, xp.dtype)
-    for k in range(K):
-        dw[:, k] = np.einsum("bti,bti->i", dxc, xp[:, k:k + T])
-        dxp[:, k:k + T] += w[:, k] * dxc
-    g["conv1d_weight"] = dw
-    dxp[:, T:] += np.transpose(dconv_T, (0, 2, 1))      # the returned conv_state is xp's tail
-    dconv_0 = lib.ascontiguousarray(np.transpose(dxp[:, :K - 1], (0, 2, 1)))
-    dxs = dxp[:, K - 1:]
-    # in-projection
-    dxz = np.concatenate([dxs, dz], axis=-1)
-    g["in_proj_weight"] = _weight_grad(dxz, x)
-    grads = {k: g[k] for k in PARAM_SHAPES}
-    grads["x"] = dxz @ p["in_proj_weight"]
-    grads["state0"] = (dconv_0, sg["initial_state"])
-    return grads
+    with _backend.blas_policy(c.backend):
+        p = params
+        x, xp, xa = c.x, c.xp, c.xa
+        T = x.shape[1]
+        K = p["conv1d_weight"].shape[1]
+        dy = V.grad_like("dy", dy, x, "y", fill=True)          # y has x's shape (B, T, M)
+        dconv_T, dssm_T = V.grad_state("dstate", dstate, c.state0, fill=True)
+        g = {}
+        # out-projection
+        g["out_proj_weight"] = _weight_grad(dy, c.y_ssm)
+        dy_ssm = dy @ p["out_proj_weight"]
+        # the selective scan (and its gate, D, softplus)
+        sg = selective_scan.backward(c.scan, dy_ssm, dssm_T)
+        g["A_log"] = sg["A"] * c.A
+        g["D"] = sg["D"]
+        g["dt_proj_bias"] = sg["delta_bias"]
+        dz = sg["z"]
+        # Δ projection and x-projection
+        g["dt_proj_weight"] = _weight_grad(sg["delta"], c.dt_low)
+        dx_dbl = np.concatenate([sg["delta"] @ p["dt_proj_weight"], sg["B"], sg["C"]], axis=-1)
+        g["x_proj_weight"] = _weight_grad(dx_dbl, xa)
+        dxa = sg["u"] + dx_dbl @ p["x_proj_weight"]
+        # SiLU and the causal conv
+        dxc = dxa * silu_grad(c.xc)
+        g["conv1d_bias"] = dxc.sum(axis=(0, 1))
+        w = p["conv1d_weight"]
+        lib = _backend.xp_of(x)  # numpy, or cupy for CuPy arrays (backend="cupy")
+        dw = lib.empty_like(w)
+        dxp = lib.zeros(xp.shape, xp.dtype)
+        for k in range(K):
+            dw[:, k] = np.einsum("bti,bti->i", dxc, xp[:, k:k + T])
+            dxp[:, k:k + T] += w[:, k] * dxc
+        g["conv1d_weight"] = dw
+        dxp[:, T:] += np.transpose(dconv_T, (0, 2, 1))      # the returned conv_state is xp's tail
+        dconv_0 = lib.ascontiguousarray(np.transpose(dxp[:, :K - 1], (0, 2, 1)))
+        dxs = dxp[:, K - 1:]
+        # in-projection
+        dxz = np.concatenate([dxs, dz], axis=-1)
+        g["in_proj_weight"] = _weight_grad(dxz, x)
+        grads = {k: g[k] for k in PARAM_SHAPES}
+        grads["x"] = dxz @ p["in_proj_weight"]
+        grads["state0"] = (dconv_0, sg["initial_state"])
+        return grads
