@@ -377,17 +377,18 @@ def project_rows(x2, WT, b, n_blocks, out):
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
-def dense_grads_rows(dgi2, dgh2, x2, hp2, W_ih, n_blocks, dx2, dW_ih, dW_hh):
+def dense_grads_rows(dgi2, dgh2, x2, hp2, W_ih, n_blocks, with_hh, dx2, dW_ih, dW_hh):
     """Per block ``c`` of rows: ``dx2[rows] = dgi2[rows] W_ih``, ``dW_ih[c] =
-    dgi2[rows]^T x2[rows]``, ``dW_hh[c] = dgh2[rows]^T hp2[rows]`` (the caller sums
-    the ``n_blocks`` partial weight gradients)."""
+    dgi2[rows]^T x2[rows]``, and when ``with_hh`` ``dW_hh[c] = dgh2[rows]^T hp2[rows]``
+    (the caller sums the ``n_blocks`` partial weight gradients)."""
     N = dgi2.shape[0]
     for c in prange(n_blocks):
         r0, r1 = _rows(N, n_blocks, c)
         if r1 > r0:
             np.dot(dgi2[r0:r1], W_ih, dx2[r0:r1])
             np.dot(dgi2[r0:r1].T, x2[r0:r1], dW_ih[c])
-            np.dot(dgh2[r0:r1].T, hp2[r0:r1], dW_hh[c])
+            if with_hh:
+                np.dot(dgh2[r0:r1].T, hp2[r0:r1], dW_hh[c])
         else:
             dW_ih[c] = 0
             dW_hh[c] = 0
@@ -482,24 +483,30 @@ def project(x: np.ndarray, W: np.ndarray, b: np.ndarray | None) -> np.ndarray:
     return out
 
 
-def dense_grads(x: np.ndarray, h_prev: np.ndarray, dgi: np.ndarray, dgh: np.ndarray,
+def dense_grads(x: np.ndarray, h_prev: np.ndarray | None, dgi: np.ndarray, dgh: np.ndarray,
                 W_ih: np.ndarray) -> dict[str, np.ndarray]:
     """:func:`minirec.kernels._dense.dense_grads` (the same equations) with the rows
     split over Numba's threads (:func:`dense_grads_rows`): ``dW_ih = Σ dgi^T x``,
-    ``dW_hh = Σ dgh^T h_prev``, ``db_ih = Σ dgi``, ``db_hh = Σ dgh``, ``dx = dgi W_ih``."""
+    ``dW_hh = Σ dgh^T h_prev``, ``db_ih = Σ dgi``, ``db_hh = Σ dgh``, ``dx = dgi W_ih``.
+    ``h_prev=None``: no ``"W_hh"`` (a multi-head cell computes its own, per head)."""
     B, T, D = x.shape
     G = dgi.shape[2]
-    H = h_prev.shape[2]
     N = B * T
     n = _row_blocks(N)
+    H = 1 if h_prev is None else h_prev.shape[2]
     dgi2 = np.ascontiguousarray(dgi).reshape(N, G)
     dgh2 = dgi2 if dgh is dgi else np.ascontiguousarray(dgh).reshape(N, G)
+    hp2 = np.zeros((N, H), dgi.dtype) if h_prev is None else \
+        np.ascontiguousarray(h_prev).reshape(N, H)
     dx = np.empty((N, D), dgi.dtype)
     dW_ih = np.empty((n, G, D), dgi.dtype)
     dW_hh = np.empty((n, G, H), dgi.dtype)
     with blas_single_thread():
-        dense_grads_rows(dgi2, dgh2, np.ascontiguousarray(x).reshape(N, D),
-                         np.ascontiguousarray(h_prev).reshape(N, H),
-                         np.ascontiguousarray(W_ih, dtype=dgi.dtype), n, dx, dW_ih, dW_hh)
-    return {"W_ih": dW_ih.sum(axis=0), "W_hh": dW_hh.sum(axis=0), "b_ih": dgi2.sum(axis=0),
-            "b_hh": dgh2.sum(axis=0), "x": dx.reshape(B, T, D)}
+        dense_grads_rows(dgi2, dgh2, np.ascontiguousarray(x).reshape(N, D), hp2,
+                         np.ascontiguousarray(W_ih, dtype=dgi.dtype), n, h_prev is not None,
+                         dx, dW_ih, dW_hh)
+    grads = {"W_ih": dW_ih.sum(axis=0), "b_ih": dgi2.sum(axis=0), "b_hh": dgh2.sum(axis=0),
+             "x": dx.reshape(B, T, D)}
+    if h_prev is not None:
+        grads["W_hh"] = dW_hh.sum(axis=0)
+    return grads

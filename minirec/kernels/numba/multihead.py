@@ -47,6 +47,7 @@ import numpy as np
 from numba import njit, prange
 
 from minirec.kernels import _dense
+from minirec.kernels.numba import classic
 from minirec.kernels.numba._blas import blas_single_thread
 from minirec.kernels.numba._math import sigmoid, tanh
 
@@ -300,15 +301,12 @@ def head_weight_grad(dgh: np.ndarray, h_prev: np.ndarray, NH: int) -> np.ndarray
 
 
 def _grads(params, x, h_prev, dgi, dgh, NH):
-    """The GEMMs after the reverse loop: every parameter's gradient and ``"x"``."""
-    B, T, D = x.shape
-    G = dgi.shape[2]
-    dgi2, dgh2 = dgi.reshape(B * T, G), dgh.reshape(B * T, G)
-    return {"W_ih": dgi2.T @ x.reshape(B * T, D),
-            "W_hh": head_weight_grad(dgh, h_prev, NH),
-            "b_ih": dgi2.sum(axis=0),
-            "b_hh": dgh2.sum(axis=0),
-            "x": (dgi2 @ params["W_ih"].astype(dgi.dtype, copy=False)).reshape(B, T, D)}
+    """The GEMMs after the reverse loop: every parameter's gradient and ``"x"``
+    (:func:`minirec.kernels.numba.classic.dense_grads`, rows over Numba's threads;
+    ``W_hh`` per head, :func:`head_weight_grad`)."""
+    grads = classic.dense_grads(x, None, dgi, dgh, params["W_ih"].astype(dgi.dtype, copy=False))
+    grads["W_hh"] = head_weight_grad(dgh, h_prev, NH)
+    return grads
 
 
 def forward(params: dict, x: np.ndarray, state0, *, cell: str,
@@ -324,11 +322,10 @@ def forward(params: dict, x: np.ndarray, state0, *, cell: str,
     x_c = x.astype(dtype, copy=False)
     cs = c0 = gates = None
     relu = nonlinearity == "relu"
+    # the projection, rows over Numba's threads (classic.project); the GRU's b_hh
+    # stays inside the recurrence (r ⊙ (W_hn h + b_hn))
+    gi = classic.project(x_c, p["W_ih"], p["b_ih"] if cell == "gru" else p["b_ih"] + p["b_hh"])
     with blas_single_thread():
-        if cell == "gru":  # b_hh stays inside the recurrence (r ⊙ (W_hn h + b_hn))
-            gi = _dense.project(x_c, p["W_ih"], p["b_ih"])
-        else:
-            gi = _dense.project(x_c, p["W_ih"], p["b_ih"] + p["b_hh"])
         B, T, G = gi.shape
         H = G // GATES[cell]
         hs = np.empty((B, T, H), dtype)
