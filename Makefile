@@ -39,9 +39,11 @@ docs: $(BIN)/python
 	$(BIN)/python docs/gen_pages.py
 	$(BIN)/mkdocs build --strict
 
+# at most 1 s of repeats per measurement (the default 3 s made the full run ~1 h)
+BENCH_ARGS ?= --budget 1
 bench: $(BIN)/python
 	$(PIP) -e .
-	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(BIN)/minirec bench
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(BIN)/minirec bench $(BENCH_ARGS)
 
 # re-execute every tutorial in place and merge its progress-bar output (commit the result)
 notebooks: $(BIN)/python

@@ -1290,6 +1290,8 @@ def _backend_names(text: str) -> list[str]:
 # timed only when --backend names it: CUDA C run on the CPU, one host thread per CUDA
 # thread (minirec/kernels/cuda/emulation), for tests and teaching
 NOT_TIMED_BY_DEFAULT = ("cuda-emulated",)
+# the longest T at which a quadratic "parallel" form is timed by plan_jobs
+PARALLEL_MAX_T = 1024
 EMULATED_NOTE = ("backend 'cuda-emulated' is not timed by default: it runs the CUDA kernels "
                  "on the CPU, one host thread per CUDA thread, for tests and teaching, not "
                  "for speed (ask for it with --backend cuda-emulated)")
@@ -1322,12 +1324,21 @@ def plan_jobs(entries: Sequence, backends: Sequence[str] | None, sizes: Sequence
                                                               for b in skipped))]
         notes += [EMULATED_NOTE for b in skipped if b == "cuda-emulated"]
         tasks = [t for t in tasks if t[2] not in NOT_TIMED_BY_DEFAULT]
-    jobs = []
+    jobs, quadratic = [], []
     for e, m, b in tasks:
         if np.dtype(dtype) not in e.dtypes:
             continue
         extra = [gpu_sizes[e.name]] if b == "cupy" and e.name in (gpu_sizes or {}) else []
-        jobs += [(e, m, b, tuple(d)) for d in dict.fromkeys([*map(tuple, sizes), *extra])]
+        for d in dict.fromkeys([*map(tuple, sizes), *extra]):
+            if m == "parallel" and d[1] > PARALLEL_MAX_T:
+                quadratic.append(f"{e.name}/{b} at {d}")
+                continue
+            jobs.append((e, m, b, tuple(d)))
+    if quadratic:
+        notes.append(f"the quadratic 'parallel' forms are not timed above T = {PARALLEL_MAX_T} "
+                     f"(their (T, T) scores, (T, T, K) with per-key gates, take gigabytes: GLA's "
+                     f"at T = 4096 ran this 23 GiB machine out of memory): "
+                     + "; ".join(quadratic))
     return jobs, notes
 
 

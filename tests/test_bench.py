@@ -583,3 +583,17 @@ def test_scaling_sweeps_time_for_real_at_tiny_shapes(monkeypatch):
         ("diagonal_T", "mingru", "numpy")}
     assert all(r["fwd_s"] > 0 and r["fwd_bwd_s"] > 0 for r in rows)
     assert all(r["GFLOPs"] > 0 for r in rows if r["name"] == "lstm")
+
+
+def test_quadratic_parallel_forms_are_not_planned_at_long_T():
+    """plan_jobs leaves 'parallel' out above PARALLEL_MAX_T (GLA's (T, T, K) scores at
+    T = 4096 ran the benchmark machine out of memory) and says so in a note."""
+    from minirec import registry
+    e = registry.get("simple_gla")
+    sizes = [(2, bench.PARALLEL_MAX_T, 8, 8), (2, 2 * bench.PARALLEL_MAX_T, 8, 8)]
+    jobs, notes = bench.plan_jobs([e], ["numpy"], sizes, np.float32)
+    Ts = {(m, d[1]) for _, m, _, d in jobs}
+    assert ("parallel", bench.PARALLEL_MAX_T) in Ts
+    assert ("parallel", 2 * bench.PARALLEL_MAX_T) not in Ts
+    assert ("chunk", 2 * bench.PARALLEL_MAX_T) in Ts
+    assert any("not timed above T = 1024" in n and "simple_gla/numpy" in n for n in notes)
