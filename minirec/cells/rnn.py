@@ -350,12 +350,24 @@ def newton_heads(step_forward, step_jacobian, params: dict, x: np.ndarray, state
             if p.ndim != 3 or p.shape[-1] != NH * dh:
                 raise ValueError(f"guess: expected part {i} of shape (B, T, H) with H = "
                                  f"NH·dh = {NH * dh}, got {tuple(p.shape)}")
+    return solve_heads(step_forward, step_jacobian, [head_params(params, h) for h in range(NH)],
+                       x, state0, guess, dh, **options)
+
+
+def solve_heads(step_forward, step_jacobian, heads: list, x: np.ndarray, state0: Any,
+                guess: Any, dh: int, **options) -> tuple[np.ndarray, Any, HeadsNewtonCache]:
+    """One :func:`minirec.scan.newton.solve` per head: ``heads[h]`` is head ``h``'s
+    parameters (a cell of hidden size ``dh``), its state and guess the units
+    ``h·dh … h·dh + dh − 1`` of ``state0`` and ``guess`` (``None`` stays ``None``).
+    A head that does not converge raises with the head named. Returns ``y (B, T,
+    H)``, the final state (the heads joined) and a :class:`HeadsNewtonCache`.
+    Shared by the multi-head classic cells and the sLSTM."""
+    NH = len(heads)
     ys, finals, caches = [], [], []
-    for h in range(NH):
+    for h, p in enumerate(heads):
         try:
-            y, s, c = newton.solve(step_forward, step_jacobian, head_params(params, h), x,
-                                   _head_units(state0, h, dh), guess=_head_units(guess, h, dh),
-                                   **options)
+            y, s, c = newton.solve(step_forward, step_jacobian, p, x, _head_units(state0, h, dh),
+                                   guess=_head_units(guess, h, dh), **options)
         except newton.NewtonConvergenceError as e:
             raise newton.NewtonConvergenceError(f"{e} [head {h} of {NH}, units {h * dh}…"
                                                 f"{(h + 1) * dh - 1}]", e.iterations,
@@ -370,24 +382,39 @@ def newton_heads(step_forward, step_jacobian, params: dict, x: np.ndarray, state
     return _concat_heads(ys, xp), _concat_heads(finals, xp), cache
 
 
+def backward_heads(step_backward, step_jacobian, heads: list, cache: HeadsNewtonCache,
+                   dy: Any, dstate: Any, dh: int) -> tuple[list, dict]:
+    """The gradients of :func:`solve_heads`: each head's
+    :func:`minirec.scan.newton.backward` (``heads[h]`` its parameters, ``dy`` and
+    ``dstate`` cut to its units). Returns the per-head gradient dicts (the caller
+    puts the parameters back in its own layout) and ``{"x": Σ_heads dx,
+    "state0": the heads' state gradients joined}``."""
+    V.cache("newton heads", cache, HeadsNewtonCache)
+    per_head = [newton.backward(step_backward, step_jacobian, p, cache.heads[h],
+                                _head_units(dy, h, dh), _head_units(dstate, h, dh))
+                for h, p in enumerate(heads)]
+    xp = _backend.xp_of(per_head[0]["x"])
+    shared = {"x": sum(g["x"] for g in per_head[1:]) + per_head[0]["x"],
+              "state0": _concat_heads([g["state0"] for g in per_head], xp)}
+    return per_head, shared
+
+
 def newton_heads_backward(step_backward, step_jacobian, params: dict, cache: HeadsNewtonCache,
                           dy: np.ndarray | None, dstate: Any = None) -> dict:
     """The gradients of :func:`newton_heads`: each head's
     :func:`minirec.scan.newton.backward`, put back in place (its rows of
     ``W_ih, b_ih, b_hh``, ``W_hh[h]``, its units of ``state0``; ``dx`` summed)."""
-    V.cache("newton_heads", cache, HeadsNewtonCache)
     NH, Gd, dh = params["W_hh"].shape
     G = Gd // dh
-    per_head = [newton.backward(step_backward, step_jacobian, head_params(params, h),
-                                cache.heads[h], _head_units(dy, h, dh), _head_units(dstate, h, dh))
-                for h in range(NH)]
-    xp = _backend.xp_of(per_head[0]["x"])
+    per_head, shared = backward_heads(step_backward, step_jacobian,
+                                      [head_params(params, h) for h in range(NH)], cache, dy,
+                                      dstate, dh)
+    xp = _backend.xp_of(shared["x"])
     grads = {"W_hh": xp.stack([g["W_hh"] for g in per_head])}
     for k in ("W_ih", "b_ih", "b_hh"):  # rows g·H + h·dh + j: (G, NH, dh, …) → (G·H, …)
         blocks = xp.stack([g[k].reshape(G, dh, *g[k].shape[1:]) for g in per_head], axis=1)
         grads[k] = blocks.reshape(G * NH * dh, *blocks.shape[3:])
-    grads["x"] = sum(g["x"] for g in per_head[1:]) + per_head[0]["x"]
-    grads["state0"] = _concat_heads([g["state0"] for g in per_head], xp)
+    grads.update(shared)
     return grads
 
 

@@ -475,20 +475,6 @@ def head_params(params: dict, h: int) -> dict:
     return {"W_ih": rows(params["W_ih"]), "R": params["R"][:, h:h + 1], "b": rows(params["b"])}
 
 
-def _units(s, h, dh):
-    """Head ``h``'s units (last axis) of an array or a tuple of arrays; ``None`` stays."""
-    if s is None:
-        return None
-    if isinstance(s, (tuple, list)):
-        return tuple(_units(p, h, dh) for p in s)
-    return s[..., h * dh:(h + 1) * dh]
-
-
-def _join(parts, xp):
-    """The inverse of :func:`_units`: per-head tuples of arrays joined on the last axis."""
-    return tuple(xp.concatenate(p, axis=-1) for p in zip(*parts))
-
-
 def newton_guess(params: dict, x: np.ndarray, state0: tuple, *, scan_method: str = "recurrent",
                  chunk_size: int | None = None, backend: str = "numpy") -> tuple:
     """Newton's default first iterate (module docstring, "The first iterate"):
@@ -556,23 +542,8 @@ def newton_heads(params: dict, x: np.ndarray, state0: tuple, *, guess: Any = Non
         if p.ndim != 3 or p.shape[-1] != NH * dh:
             raise ValueError(f"guess: expected part {i} of shape (B, T, H) with H = NH·dh = "
                              f"{NH * dh}, got {tuple(p.shape)}")
-    ys, finals, caches = [], [], []
-    for h in range(NH):
-        try:
-            y, s, c = newton.solve(step_forward, step_jacobian, head_params(params, h), x,
-                                   _units(state0, h, dh), guess=_units(guess, h, dh), **options)
-        except newton.NewtonConvergenceError as e:
-            raise newton.NewtonConvergenceError(f"{e} [head {h} of {NH}, units {h * dh}…"
-                                                f"{(h + 1) * dh - 1}]", e.iterations,
-                                                e.residual, e.tol, e.where) from None
-        ys.append((y,))
-        finals.append(s)
-        caches.append(c)
-    xp = _backend.xp_of(x)
-    cache = rnn.HeadsNewtonCache(max(c.iterations for c in caches),
-                                 float(np.max([c.residual for c in caches])),
-                                 all(c.converged for c in caches), tuple(caches))
-    return _join(ys, xp)[0], _join(finals, xp), cache
+    return rnn.solve_heads(step_forward, step_jacobian, [head_params(params, h) for h in range(NH)],
+                           x, state0, guess, dh, **options)
 
 
 def newton_heads_backward(params: dict, cache: rnn.HeadsNewtonCache, dy: np.ndarray | None,
@@ -582,15 +553,14 @@ def newton_heads_backward(params: dict, cache: rnn.HeadsNewtonCache, dy: np.ndar
     and ``b``, ``R[:, h]``, its units of ``state0``; ``dx`` summed over heads)."""
     V.cache("slstm newton", cache, rnn.HeadsNewtonCache)
     G, NH, dh, _ = params["R"].shape
-    per_head = [newton.backward(step_backward, step_jacobian, head_params(params, h),
-                                cache.heads[h], _units(dy, h, dh), _units(dstate, h, dh))
-                for h in range(NH)]
-    xp = _backend.xp_of(per_head[0]["x"])
+    per_head, shared = rnn.backward_heads(step_backward, step_jacobian,
+                                          [head_params(params, h) for h in range(NH)], cache,
+                                          dy, dstate, dh)
+    xp = _backend.xp_of(shared["x"])
     grads = {"R": xp.concatenate([g["R"] for g in per_head], axis=1)}
     for k in ("W_ih", "b"):  # rows g·H + h·dh + j: (G, NH, dh, …) → (G·H, …)
         blocks = xp.stack([g[k].reshape(G, dh, *g[k].shape[1:]) for g in per_head], axis=1)
         grads[k] = blocks.reshape(G * NH * dh, *blocks.shape[3:])
     grads = {k: grads[k] for k in params}  # the params' key order
-    grads["x"] = sum(g["x"] for g in per_head[1:]) + per_head[0]["x"]
-    grads["state0"] = _join([g["state0"] for g in per_head], xp)
+    grads.update(shared)
     return grads
