@@ -83,8 +83,6 @@ def exp_constants(dtype) -> tuple:
     return coef, con
 
 
-
-
 def _pow2(k):
     """``2^k`` for an integral float ``k`` in the normal range (numba only)."""
     raise NotImplementedError("numba only")
@@ -266,7 +264,7 @@ def _softplus_nb(x):
     zero = ft(0.0)
 
     def impl(x):
-        m = x if x > zero else zero  # NaN > 0 is False: handled by the log1p term
+        m = max(x, zero)  # NaN: whichever max keeps, the log1p term is NaN
         return m + np.log1p(exp(-abs(x)))
     return impl
 
