@@ -48,13 +48,15 @@ def test_init_params_gives_the_diagonals_as_a_vector(name, rng):
     assert np.all(np.abs(params["W_hh"]) <= 1 / np.sqrt(5))  # U(−1/√H, 1/√H), PyTorch's
 
 
-@pytest.mark.parametrize("method", ["recurrent", "newton"])
-@pytest.mark.parametrize("name", list(CELLS))
-def test_diagonal_cell_equals_the_full_cell_with_diagonal_blocks(name, method, rng):
+def check_against_full(name, rng, **forward_kw):
+    """Forward (≤ 1e-12) and every gradient (≤ 1e-10 rel. RMS, float64) of the
+    diagonal cell run with ``forward_kw`` against the full cell with diagonal
+    blocks (the NumPy definition); returns ``(params, cache, params as given)``."""
     mod, params, x, s0 = make(name, rng)
+    kept = {k: v.copy() for k, v in params.items()}
     full = as_full(mod, params)
     y_ref, st_ref, c_ref = mod.forward(full, x, s0)
-    y, st, cache = mod.forward(params, x, s0, method=method)
+    y, st, cache = mod.forward(params, x, s0, **forward_kw)
     assert rel_rms(y, y_ref) <= 1e-12
     dy = rng.standard_normal(y.shape)
     ds = tuple(rng.standard_normal(s.shape) for s in st) if isinstance(st, tuple) else \
@@ -62,9 +64,17 @@ def test_diagonal_cell_equals_the_full_cell_with_diagonal_blocks(name, method, r
     g_ref = mod.backward(full, c_ref, dy, ds)
     g = mod.backward(params, cache, dy, ds)
     g_ref["W_hh"] = diagonal_of(mod, g_ref["W_hh"])
+    assert g["W_hh"].shape == params["W_hh"].shape
     a, b = _flatten("", g), _flatten("", g_ref)
     bad = {k: rel_rms(a[k], b[k]) for k in b if not rel_rms(a[k], b[k]) <= 1e-10}
-    assert not bad, f"{name} {method}: gradients differ from the full cell's: {bad}"
+    assert not bad, f"{name} {forward_kw}: gradients differ from the full cell's: {bad}"
+    return params, cache, kept
+
+
+@pytest.mark.parametrize("method", ["recurrent", "newton"])
+@pytest.mark.parametrize("name", list(CELLS))
+def test_diagonal_cell_equals_the_full_cell_with_diagonal_blocks(name, method, rng):
+    check_against_full(name, rng, method=method)
 
 
 @pytest.mark.parametrize("name, structure, shape", [("gru", "diagonal", (3, 5)),
@@ -101,22 +111,8 @@ def test_recurrent_kernels_equal_the_full_cell_with_diagonal_blocks(name, backen
     """The kernel backends run the diagonal cell as H heads of one unit
     (``rnn.as_heads``): forward and every gradient equal the full cell's
     definition (diagonal blocks) in float64, the caller's params untouched."""
-    mod, params, x, s0 = make(name, rng)
-    kept = {k: v.copy() for k, v in params.items()}
-    full = as_full(mod, params)
-    y_ref, st_ref, c_ref = mod.forward(full, x, s0)
-    y, st, cache = mod.forward(params, x, s0, backend=backend)
-    assert cache.kernel is not None and rel_rms(y, y_ref) <= 1e-12
-    dy = rng.standard_normal(y.shape)
-    ds = tuple(rng.standard_normal(s.shape) for s in st) if isinstance(st, tuple) else \
-        rng.standard_normal(st.shape)
-    g_ref = mod.backward(full, c_ref, dy, ds)
-    g = mod.backward(params, cache, dy, ds)
-    g_ref["W_hh"] = diagonal_of(mod, g_ref["W_hh"])
-    assert g["W_hh"].shape == params["W_hh"].shape
-    a, b = _flatten("", g), _flatten("", g_ref)
-    bad = {k: rel_rms(a[k], b[k]) for k in b if not rel_rms(a[k], b[k]) <= 1e-10}
-    assert not bad, f"{name} on {backend}: gradients differ from the full cell's: {bad}"
+    params, cache, kept = check_against_full(name, rng, backend=backend)
+    assert cache.kernel is not None
     assert all(np.array_equal(params[k], kept[k]) for k in kept)
 
 

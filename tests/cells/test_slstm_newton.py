@@ -16,18 +16,12 @@ import warnings
 import numpy as np
 import pytest
 
-from minirec import _backend, registry
 from minirec import _math as M
+from minirec import registry
 from minirec.cells import slstm
 from minirec.registry import _flatten, rel_rms
 from minirec.scan import newton
-
-BACKENDS = ["numpy",
-            pytest.param("numba", marks=pytest.mark.skipif(
-                not _backend.available("numba"), reason="numba not installed")),
-            pytest.param("cuda-emulated", marks=pytest.mark.skipif(
-                not _backend.available("cuda-emulated"),
-                reason="no C++20 compiler for cuda-emulated"))]
+from tests.cells.test_slstm import BACKENDS  # numpy, numba, cuda-emulated (skips said)
 
 
 def make(rng, **dims):
