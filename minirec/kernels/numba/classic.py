@@ -318,24 +318,27 @@ def lstm_backward(cs, c0, gates, W_hh, dy, dstate_h, dstate_c, gemm, n_chunks, d
         dh = np.empty((b1 - b0, H), cs.dtype)        # ∂L/∂h_t from t+1
         dc = np.empty((b1 - b0, H), cs.dtype)        # ∂L/∂c_t from t+1
         da_t = np.empty((b1 - b0, 4 * H), cs.dtype)
+        tanh_c = np.empty(H, cs.dtype)               # tanh(c_t) of a row
         _load(dh, dstate_h, b0)
         _load(dc, dstate_c, b0)
         for t in range(T - 1, -1, -1):
             for bb in range(b1 - b0):
                 b = b0 + bb
+                for j in range(H):   # its own loop: inside the next one it kept it scalar
+                    tanh_c[j] = tanh(cs[b, t, j])
                 for j in range(H):
                     dh_t = dh[bb, j] + dy[b, t, j]
                     i = gates[b, t, j]
                     f = gates[b, t, H + j]
                     g = gates[b, t, 2 * H + j]
                     o = gates[b, t, 3 * H + j]
-                    tanh_c = tanh(cs[b, t, j])
+                    th = tanh_c[j]
                     c_prev = c0[b, j] if t == 0 else cs[b, t - 1, j]
-                    dc_t = dc[bb, j] + dh_t * o * (one - tanh_c * tanh_c)
+                    dc_t = dc[bb, j] + dh_t * o * (one - th * th)
                     da_i = dc_t * g * i * (one - i)
                     da_f = dc_t * c_prev * f * (one - f)
                     da_g = dc_t * i * (one - g * g)
-                    da_o = dh_t * tanh_c * o * (one - o)
+                    da_o = dh_t * th * o * (one - o)
                     da_t[bb, j] = da_i
                     da_t[bb, H + j] = da_f
                     da_t[bb, 2 * H + j] = da_g

@@ -420,23 +420,26 @@ def lstm_backward(cs, c0, gates, W_hh, dy, dstate_h, dstate_c, da, dh0, dc0):
     for b in prange(B):
         dh_rec = np.empty(H, cs.dtype)
         dc = np.empty(H, cs.dtype)
+        tanh_c = np.empty(H, cs.dtype)
         for u in range(H):
             dh_rec[u] = dstate_h[b, u]
             dc[u] = dstate_c[b, u]
         for t in range(T - 1, -1, -1):
+            for u in range(H):   # its own loop: inside the next one it kept it scalar
+                tanh_c[u] = tanh(cs[b, t, u])
             for u in range(H):
                 dh_t = dh_rec[u] + dy[b, t, u]
                 i = gates[b, t, u]
                 f = gates[b, t, H + u]
                 g = gates[b, t, 2 * H + u]
                 o = gates[b, t, 3 * H + u]
-                tanh_c = tanh(cs[b, t, u])
+                th = tanh_c[u]
                 c_prev = c0[b, u] if t == 0 else cs[b, t - 1, u]
-                dc_t = dc[u] + dh_t * o * (one - tanh_c * tanh_c)
+                dc_t = dc[u] + dh_t * o * (one - th * th)
                 da[b, t, u] = dc_t * g * i * (one - i)
                 da[b, t, H + u] = dc_t * c_prev * f * (one - f)
                 da[b, t, 2 * H + u] = dc_t * i * (one - g * g)
-                da[b, t, 3 * H + u] = dh_t * tanh_c * o * (one - o)
+                da[b, t, 3 * H + u] = dh_t * th * o * (one - o)
                 dc[u] = dc_t * f
                 dh_rec[u] = 0
             for hd in range(NH):
