@@ -231,3 +231,58 @@ def test_the_kernels_activations_against_the_branching_formulas(dtype):
         fin = ~special & (ref != 0)
         rel = np.abs(out[fin].astype(np.float64) - ref[fin]) / np.abs(ref[fin].astype(np.float64))
         assert rel.max() <= 4 * np.finfo(dtype).eps, f"{rel.max() / np.finfo(dtype).eps:.1f} eps"
+
+
+# ---------------------------------------------------------------------------
+# log1p on [0, 1] and softplus (the minLSTM gates, mLSTM, sLSTM)
+# ---------------------------------------------------------------------------
+
+@numba.njit
+def _log1p_unit_kernel(e, out):
+    for i in range(e.shape[0]):
+        out[i] = NM.log1p_unit(e[i])
+
+
+@numba.njit
+def _softplus_kernel(x, out):
+    for i in range(x.shape[0]):
+        out[i] = NM.softplus(x[i])
+
+
+@pytest.mark.parametrize("dtype, max_eps", [(np.float32, 3), (np.float64, 2)])
+def test_log1p_unit_against_log1p(dtype, max_eps):
+    """log1p(e) for e ∈ [0, 1] (float32: the atanh series on both sides of √2 − 1,
+    no branch; float64: Goldberg's formula): within a few eps of np.log1p in
+    float64, 0 at 0, e itself for tiny e, NaN for NaN."""
+    e = np.concatenate([np.linspace(0, 1, 20001), np.geomspace(1e-30, 1, 3001),
+                        [NM._SQRT2_M1, np.nextafter(NM._SQRT2_M1, 1)]]).astype(dtype)
+    out = np.empty_like(e)
+    _log1p_unit_kernel(e, out)
+    assert out.dtype == dtype
+    ref = np.log1p(e.astype(np.float64))
+    nz = ref != 0
+    rel = np.abs(out[nz].astype(np.float64) - ref[nz]) / ref[nz]
+    assert rel.max() <= max_eps * np.finfo(dtype).eps, \
+        f"{rel.max() / np.finfo(dtype).eps:.1f} eps at e = {e[nz][rel.argmax()]!r}"
+    assert out[e == 0].tolist() == [0.0] * int((e == 0).sum())
+    nan = np.empty(1, dtype)
+    _log1p_unit_kernel(np.array([np.nan], dtype), nan)
+    assert np.isnan(nan[0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softplus_against_the_float64_formula(dtype):
+    """softplus(x) = max(x, 0) + log1p(e^{−|x|}) within 4 eps of the float64 value
+    (float32: vectorising exp and log1p), ±inf and NaN as the formula."""
+    x = np.concatenate([np.linspace(-30, 30, 6001), [0.0, -0.0, 1e30, -1e30]]).astype(dtype)
+    out = np.empty_like(x)
+    _softplus_kernel(x, out)
+    x64 = x.astype(np.float64)
+    ref = np.maximum(x64, 0) + np.log1p(np.exp(-np.abs(x64)))
+    big = np.abs(ref) > 0
+    rel = np.abs(out[big].astype(np.float64) - ref[big]) / ref[big]
+    assert rel.max() <= 4 * np.finfo(dtype).eps, f"{rel.max() / np.finfo(dtype).eps:.1f} eps"
+    edge = np.array([np.inf, -np.inf, np.nan], dtype)
+    got = np.empty_like(edge)
+    _softplus_kernel(edge, got)
+    assert got[0] == np.inf and got[1] == 0 and np.isnan(got[2])

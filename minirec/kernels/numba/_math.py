@@ -1,7 +1,8 @@
 """Scalar activations for the Numba kernels, written once, in the argument's
 precision.
 
-``exp(x)``, ``tanh(x)``, ``sigmoid(x)``, ``softplus(x)`` and ``silu(x)`` are plain Python
+``exp(x)``, ``tanh(x)``, ``sigmoid(x)``, ``softplus(x)``, ``silu(x)`` and
+``log1p_unit(e)`` are plain Python
 functions (usable and testable without Numba) with a Numba ``overload`` that
 compiles them inline for ``float32`` and ``float64`` arguments. The overload
 builds every constant in the argument's own dtype: a bare ``1.0`` literal would
@@ -17,6 +18,11 @@ vectorise; within 1 ulp) and libm's for float64; tanh, σ and softplus use it.
     σ(x)    = 1 / (1 + e^{−x})  for x ≥ 0,  e^{x} / (1 + e^{x}) otherwise
     softplus(x) = max(x, 0) + log1p(e^{−|x|})
     silu(x) = x σ(x)
+    log1p_unit(e) = log1p(e) for e ∈ [0, 1]: in float32 2 atanh(s) = 2s (1 + s²/3 +
+                    s⁴/5 + s⁶/7 + s⁸/9), s = e / (2 + e), for e ≤ √2 − 1, and
+                    ln 2 + 2 atanh((e − 1)/(e + 3)) above (|s| ≤ 0.172 both ways:
+                    the next term is below 4e-9 relative), blended as σ is;
+                    in float64 Goldberg's log(u) · e / (u − 1), u = 1 + e
 
 In float32 the Numba tanh and σ compute both sides of each case and blend them
 with a 0/1 weight (no branch, so a loop around them vectorises with
@@ -38,7 +44,7 @@ from decimal import Decimal, localcontext
 
 import numpy as np
 from numba import njit, types
-from numba.extending import overload
+from numba.extending import intrinsic, overload
 
 # the one fast-math flag of the kernels that use it: contract a*b + c into a fused
 # multiply-add (one rounding instead of two, so never less accurate; no
@@ -110,6 +116,42 @@ def _pow2_numba(k):
     return None
 
 
+@intrinsic
+def select(typingctx, cond, a, b):
+    """``a if cond else b`` as one LLVM ``select`` (numba only): no branch in
+    Numba's IR, so a function inlined into several loops of one kernel does not
+    trip Numba's SSA check (``NumbaIRAssumptionWarning`` for a conditional
+    expression's variable), and the loop around it vectorises. ``a`` and ``b``
+    of one type."""
+    if a != b or not isinstance(cond, types.Boolean):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.select(*args)
+    return a(cond, a, b), codegen
+
+
+def horner(r, coef):
+    """``Σ_j coef[j] r^j`` by Horner's rule (in Numba: written out for the tuple's
+    length, with no loop, for the same reason as :func:`select`)."""
+    p = coef[-1]
+    for c in reversed(coef[:-1]):
+        p = p * r + c
+    return p
+
+
+@overload(horner, inline="always")
+def _horner_nb(r, coef):
+    if not isinstance(coef, types.UniTuple):
+        return None
+    expr = f"coef[{coef.count - 1}]"
+    for j in range(coef.count - 2, -1, -1):
+        expr = f"({expr}) * r + coef[{j}]"
+    ns: dict = {}
+    exec(f"def impl(r, coef):\n    return {expr}\n", ns)
+    return ns["impl"]
+
+
 @njit(cache=True, error_model="numpy", inline="always", fastmath=CONTRACT)
 def exp_poly(x, coef, con):
     """``e^x`` in ``x``'s dtype, branch-free, so that a loop around it vectorises
@@ -121,17 +163,15 @@ def exp_poly(x, coef, con):
     ``np.exp``; results below ``2^{kmin+1}`` (``2.4e-38`` in float32) are 0
     instead of subnormal. ``(coef, con) = exp_constants(dtype)``."""
     log2e, ln2_hi, ln2_lo, lo, hi, zero, inf = con
-    xc = x if x > lo else lo
-    xc = xc if xc < hi else hi
+    xc = select(x > lo, x, lo)
+    xc = select(xc < hi, xc, hi)
     k = np.floor(xc * log2e + coef[2])          # coef[2] = 1/2!: k = round(x / ln2)
     r = (xc - k * ln2_hi) - k * ln2_lo          # x − k ln2, |r| ≤ ln2/2
-    p = coef[len(coef) - 1]
-    for j in range(len(coef) - 2, -1, -1):      # Horner: e^r
-        p = p * r + coef[j]
+    p = horner(r, coef)                         # e^r
     y = (p + p) * _pow2(k - coef[0])              # 2p 2^{k−1}: finite up to the largest float
-    y = y if x >= lo else zero                  # below the normal range: 0 (no subnormals)
-    y = y if x <= hi else inf
-    return y if x == x else x                   # NaN stays NaN
+    y = select(x >= lo, y, zero)                # below the normal range: 0 (no subnormals)
+    y = select(x <= hi, y, inf)
+    return select(x == x, y, x)                 # NaN stays NaN
 
 
 
@@ -256,12 +296,56 @@ def _sigmoid_nb(x):
     return impl
 
 
+def log1p_unit(e):
+    """``log1p(e)`` for ``e ∈ [0, 1]`` (the softplus term ``log1p(e^{−|x|})``)."""
+    return math.log1p(e)
+
+
+_LN2 = 0.6931471805599453
+_SQRT2_M1 = 0.41421356237309503
+_ATANH = (1.0 / 3.0, 1.0 / 5.0, 1.0 / 7.0, 1.0 / 9.0)
+
+
+@overload(log1p_unit, inline="always")
+def _log1p_unit_nb(e):
+    ft = _float_type(e)
+    if ft is None:
+        return None
+    one, two, three = ft(1.0), ft(2.0), ft(3.0)
+    if ft is np.float32:
+        ln2, cut = ft(_LN2), ft(_SQRT2_M1)
+        c3, c5, c7, c9 = (ft(c) for c in _ATANH)
+
+        def impl32(e):
+            s1 = e / (two + e)                     # 1 + e = (1 + s1)/(1 − s1)
+            s2 = (e - one) / (e + three)           # (1 + e)/2 = (1 + s2)/(1 − s2)
+            z1, z2 = s1 * s1, s2 * s2
+            p1 = one + z1 * (c3 + z1 * (c5 + z1 * (c7 + z1 * c9)))
+            p2 = one + z2 * (c3 + z2 * (c5 + z2 * (c7 + z2 * c9)))
+            w = ft(e > cut)                        # a 0/1 weight instead of a branch
+            return w * (ln2 + two * s2 * p2) + (one - w) * (two * s1 * p1)
+        return impl32
+
+    def impl(e):
+        u = one + e
+        if u == one:                # e below half an ulp of 1: log1p(e) = e
+            return e
+        return np.log(u) * (e / (u - one))
+    return impl
+
+
 @overload(softplus, inline="always")
 def _softplus_nb(x):
     ft = _float_type(x)
     if ft is None:
         return None
     zero = ft(0.0)
+
+    if ft is np.float32:   # the vectorising log1p (libm's log1pf: ~28 ns a call)
+        def impl32(x):
+            m = max(x, zero)  # NaN: whichever max keeps, the log1p term is NaN
+            return m + log1p_unit(exp(-abs(x)))
+        return impl32
 
     def impl(x):
         m = max(x, zero)  # NaN: whichever max keeps, the log1p term is NaN
