@@ -43,8 +43,15 @@ Storage. The forward keeps ``h`` and the gate values the backward needs
 (minGRU ``w, keep``; minLSTM also ``σ(−k_f), σ(−k_i)``; HGRN ``e^g``), so the
 backward computes no ``exp``: measured at (8, 512, 32) float32 a libm ``exp``
 costs ~5 ns per element, more than writing and reading one more array.
-``σ(x)`` and ``σ(−x)`` (and ``softplus``, ``σ`` of one argument) come from one
-``e^{−|x|}``, by :mod:`minirec._math`'s formulas.
+
+Gates. Per step the gates run in a loop of their own, apart from the scan's
+update (which depends on the previous state), with σ, softplus and exp from
+:mod:`minirec.kernels.numba._math`: in float32 branch-free over a polynomial
+exp and log1p, so that loop vectorises (measured at (8, 512, 32) float32, the
+forward kernel against the earlier fused loop with libm's exp and log: minGRU
+0.68 → 0.17 ms, minLSTM 3.3 → 0.57 ms, HGRN 0.34 → 0.13 ms); float64 uses
+libm's exp. The loop's ``a`` for negative eigenvalues is ``keep − c w`` with
+``c`` ∈ {0, 1} set once (``2e^g − 1`` likewise), no conditional per element.
 
 Threads. On the 2-core machines this library is measured on, waking the
 worker threads of a ``parallel=True`` kernel costs from ~20 µs (idle) to a
@@ -66,6 +73,8 @@ from collections.abc import Iterator
 import numba
 import numpy as np
 from numba import njit, prange
+
+from minirec.kernels.numba._math import exp, sigmoid, softplus
 
 MINGRU, MINLSTM, HGRN = 0, 1, 2
 GATES = {"mingru": MINGRU, "minlstm": MINLSTM, "hgrn": HGRN}
@@ -135,58 +144,6 @@ def carries(first: np.ndarray, tot_a: np.ndarray, tot_b: np.ndarray, *,
 # ---------------------------------------------------------------------------
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _sigmoid_pair(x, one):
-    """``(σ(x), σ(−x))`` from one ``e = e^{−|x|} ≤ 1``; NaN gives NaN in both."""
-    e = np.exp(-abs(x))
-    r = one / (one + e)
-    if x >= 0:
-        return r, e * r
-    return e * r, r
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def _log1p_unit(e, one):
-    """``log1p(e)`` for ``e ∈ [0, 1]`` (or NaN) as ``log(u) · e / (u − 1)``, ``u = 1 + e``
-    (Goldberg's correction: a few ulps; ``e`` itself where ``u`` rounds to 1).
-    glibc's ``log1pf`` measured 28 ns per call here, ``logf`` 2.6 ns."""
-    u = one + e
-    if u == one:
-        return e
-    return np.log(u) * (e / (u - one))
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def _softplus_sigmoid(x, one, zero):
-    """``(softplus(x), σ(x))`` from one ``e = e^{−|x|}``:
-    ``max(x, 0) + log1p(e)`` and σ's branch for the sign of ``x``."""
-    e = np.exp(-abs(x))
-    m = x if x > zero else zero     # NaN: the log1p term is NaN
-    sp = m + _log1p_unit(e, one)
-    if x >= 0:
-        return sp, one / (one + e)
-    return sp, e / (one + e)
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def _gate(kind, neg, p, q, v, one, two, zero):
-    """``(a, b, aux0, aux1, aux2, aux3)`` of one lane-step (module docstring)."""
-    if kind == HGRN:
-        e = np.exp(p)
-        a = two * e - one if neg else e
-        return a, v, e, zero, zero, zero
-    sf = zero
-    si = zero
-    s = p
-    if kind == MINLSTM:             # s = softplus(−k_f) − softplus(−k_i)
-        sp_f, sf = _softplus_sigmoid(-p, one, zero)
-        sp_i, si = _softplus_sigmoid(-q, one, zero)
-        s = sp_f - sp_i
-    w, keep = _sigmoid_pair(s, one)
-    a = keep - w if neg else keep
-    return a, w * v, w, keep, sf, si
-
-
-@njit(cache=True, error_model="numpy", inline="always")
 def _gate_a(kind, neg, aux, b, t, r, one, two):
     """``a`` of a lane-step again, from the kept gate values."""
     if kind == HGRN:
@@ -216,6 +173,7 @@ def gated_forward(kind, neg, p, q, v, carry, L, totals, h, aux, tot_a, tot_b, on
     """Chunks of ``L`` steps from ``carry (B, n, R)``. ``totals``: write only
     ``tot_a = Π a`` and ``tot_b`` = the chunk's last state; else ``h`` and ``aux``."""
     zero = one - one
+    nw = one if neg else zero          # no ternaries in the gate loops
     B, T, R = v.shape
     n = carry.shape[1]
     for job in prange(B * n):
@@ -223,21 +181,44 @@ def gated_forward(kind, neg, p, q, v, carry, L, totals, h, aux, tot_a, tot_b, on
         c = job % n
         state = _row(carry, b, c)
         prod = np.ones(R, v.dtype)
+        a_t = np.empty(R, v.dtype)     # the step's a and b: the gates in loops of their
+        b_t = np.empty(R, v.dtype)     # own, which vectorise in float32 (module docstring)
+        s_t = np.empty(R, v.dtype)
         for t in range(c * L, min(T, (c + 1) * L)):
-            for r in range(R):
-                a, bb, x0, x1, x2, x3 = _gate(kind, neg, p[b, t, r], q[b, t, r], v[b, t, r],
-                                              one, two, zero)
-                state[r] = a * state[r] + bb
-                if totals:
-                    prod[r] = prod[r] * a
+            if kind == HGRN:
+                for r in range(R):
+                    e = exp(p[b, t, r])
+                    a_t[r] = e * (one + nw) - nw   # 2e − 1 with negative eigenvalues
+                    b_t[r] = v[b, t, r]
+                    if not totals:
+                        aux[0, b, t, r] = e
+            else:
+                if kind == MINLSTM:     # s = softplus(−k_f) − softplus(−k_i)
+                    for r in range(R):
+                        kf, ki = -p[b, t, r], -q[b, t, r]
+                        s_t[r] = softplus(kf) - softplus(ki)
+                        if not totals:
+                            aux[2, b, t, r] = sigmoid(kf)
+                            aux[3, b, t, r] = sigmoid(ki)
                 else:
+                    for r in range(R):
+                        s_t[r] = p[b, t, r]
+                for r in range(R):
+                    w = sigmoid(s_t[r])
+                    keep = sigmoid(-s_t[r])
+                    a_t[r] = keep - nw * w         # keep − w with negative eigenvalues
+                    b_t[r] = w * v[b, t, r]
+                    if not totals:
+                        aux[0, b, t, r] = w
+                        aux[1, b, t, r] = keep
+            for r in range(R):
+                state[r] = a_t[r] * state[r] + b_t[r]
+            if totals:
+                for r in range(R):
+                    prod[r] = prod[r] * a_t[r]
+            else:
+                for r in range(R):
                     h[b, t, r] = state[r]
-                    aux[0, b, t, r] = x0
-                    if kind != HGRN:
-                        aux[1, b, t, r] = x1
-                    if kind == MINLSTM:
-                        aux[2, b, t, r] = x2
-                        aux[3, b, t, r] = x3
         if totals:
             tot_a[b, c] = prod
             tot_b[b, c] = state
