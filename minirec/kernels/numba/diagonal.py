@@ -139,21 +139,6 @@ def carries(first: np.ndarray, tot_a: np.ndarray, tot_b: np.ndarray, *,
     return out
 
 
-# ---------------------------------------------------------------------------
-# gates (inline; every constant in the arguments' dtype)
-# ---------------------------------------------------------------------------
-
-@njit(cache=True, error_model="numpy", inline="always")
-def _gate_a(kind, neg, aux, b, t, r, one, two):
-    """``a`` of a lane-step again, from the kept gate values."""
-    if kind == HGRN:
-        e = aux[0, b, t, r]
-        return two * e - one if neg else e
-    if neg:
-        return aux[1, b, t, r] - aux[0, b, t, r]
-    return aux[1, b, t, r]
-
-
 @njit(cache=True, error_model="numpy", inline="always")
 def _row(carry, b, c):
     """A fresh copy of ``carry[b, c]`` (1-D). Written as ``empty`` + assignment:
@@ -233,37 +218,52 @@ def gated_backward(kind, neg, v, h, h0, aux, dy, carry, L, totals, dp, dq, dv, t
     ``dp`` (``s``, ``k_f`` or ``g``), ``dq`` (``k_i``), ``dv`` (``h̃`` or ``x``)."""
     B, T, R = v.shape
     n = carry.shape[1]
-    c_neg = two if neg else one  # a = 1 − c w
+    zero = one - one
+    nw = one if neg else zero    # a = keep − nw w (minGRU, minLSTM), e (1 + nw) − nw (HGRN)
+    c_neg = one + nw             # a = 1 − c w
     for job in prange(B * n):
         b = job // n
         c = job % n
         G = _row(carry, b, c)
         prod = np.ones(R, v.dtype)
+        g_t = np.empty(R, v.dtype)
+        a_t = np.empty(R, v.dtype)
         for t in range(min(T, (c + 1) * L) - 1, c * L - 1, -1):
-            for r in range(R):
-                a = _gate_a(kind, neg, aux, b, t, r, one, two)
-                g = dy[b, t, r] + G[r]
-                G[r] = a * g
-                if totals:
-                    prod[r] = prod[r] * a
-                    continue
-                h_prev = h[b, t - 1, r] if t > 0 else h0[b, r]
-                da = g * h_prev
-                if kind == HGRN:    # dx = db; dg = da e^g (da 2e^g with negative eigenvalues)
-                    dv[b, t, r] = g
-                    e = aux[0, b, t, r]
-                    dp[b, t, r] = da * (two * e) if neg else da * e
-                    continue
-                w = aux[0, b, t, r]
-                keep = aux[1, b, t, r]
-                dw = g * v[b, t, r] - c_neg * da       # through a = 1 − c w and b = w h̃
-                ds = dw * w * keep                     # σ'(s) = w (1 − w)
-                dv[b, t, r] = g * w
-                if kind == MINLSTM:                    # ∂s/∂k_f = −σ(−k_f), ∂s/∂k_i = σ(−k_i)
-                    dp[b, t, r] = -ds * aux[2, b, t, r]
-                    dq[b, t, r] = ds * aux[3, b, t, r]
-                else:
-                    dp[b, t, r] = ds
+            # the reverse recurrence G ← a_t (dy_t + G) in a loop of its own (vectorises)
+            if kind == HGRN:
+                for r in range(R):
+                    g = dy[b, t, r] + G[r]
+                    g_t[r] = g
+                    a_t[r] = aux[0, b, t, r] * (one + nw) - nw
+                    G[r] = a_t[r] * g
+            else:
+                for r in range(R):
+                    g = dy[b, t, r] + G[r]
+                    g_t[r] = g
+                    a_t[r] = aux[1, b, t, r] - nw * aux[0, b, t, r]
+                    G[r] = a_t[r] * g
+            if totals:
+                for r in range(R):
+                    prod[r] = prod[r] * a_t[r]
+                continue
+            hp = h0[b] if t == 0 else h[b, t - 1]
+            if kind == HGRN:    # dx = db; dg = da e^g (da 2e^g with negative eigenvalues)
+                for r in range(R):
+                    dv[b, t, r] = g_t[r]
+                    dp[b, t, r] = g_t[r] * hp[r] * (aux[0, b, t, r] * c_neg)
+            else:
+                for r in range(R):
+                    g = g_t[r]
+                    w = aux[0, b, t, r]
+                    keep = aux[1, b, t, r]
+                    dw = g * v[b, t, r] - c_neg * (g * hp[r])   # through a = 1 − c w, b = w h̃
+                    ds = dw * w * keep                          # σ'(s) = w (1 − w)
+                    dv[b, t, r] = g * w
+                    if kind == MINLSTM:     # ∂s/∂k_f = −σ(−k_f), ∂s/∂k_i = σ(−k_i)
+                        dp[b, t, r] = -ds * aux[2, b, t, r]
+                        dq[b, t, r] = ds * aux[3, b, t, r]
+                    else:
+                        dp[b, t, r] = ds
         tot_g[b, c] = G     # leaving chunk 0 of the last pass: dh0
         if totals:
             tot_a[b, c] = prod
