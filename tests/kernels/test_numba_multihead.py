@@ -8,24 +8,12 @@ and heads of one unit (the ParaRNN diagonal cells)."""
 import numpy as np
 import pytest
 
-from minirec import registry
-from tests.conftest import TOL
-
 numba = pytest.importorskip("numba")
 from minirec.kernels.numba import classic, multihead  # noqa: E402  (imports numba)
-from tests.kernels.test_numba_classic import PRODUCTS, _force  # noqa: E402
+from tests.kernels.test_numba_classic import PRODUCTS, _agree, _force  # noqa: E402
 
 ENTRIES = ["rnn_multihead", "gru_multihead", "lstm_multihead"]
 FORMS = {"blocked": 1, "rows": 1 << 30}   # HEAD_BLOCK_MIN_DH forcing each form
-
-
-def _agree(name, dtype, **dims):
-    entry = registry.get(name)
-    errors = registry.agreement(entry, "recurrent", "numba", dtype=np.dtype(dtype),
-                                size=entry.size("medium", **dims))
-    tol = TOL[np.dtype(dtype)]
-    bad = {k: v for k, v in errors.items() if not v <= tol}
-    assert not bad, f"relative RMS above {tol:.0e}: {bad}"
 
 
 @pytest.mark.parametrize("form", FORMS)
@@ -63,11 +51,7 @@ def test_each_blocked_product_equals_the_definition(name, product, monkeypatch):
 def test_heads_of_one_unit(name, form, monkeypatch):
     """The ParaRNN diagonal cells run as H heads of one unit, in either form."""
     monkeypatch.setattr(multihead, "HEAD_BLOCK_MIN_DH", FORMS[form])
-    entry = registry.get(name)
-    errors = registry.agreement(entry, "recurrent", "numba", dtype=np.dtype(np.float64),
-                                size=entry.size("medium", B=3, T=11))
-    bad = {k: v for k, v in errors.items() if not v <= TOL[np.dtype(np.float64)]}
-    assert not bad, bad
+    _agree(name, np.float64, B=3, T=11)
 
 
 def test_the_form_switch():
