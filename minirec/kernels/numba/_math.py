@@ -22,7 +22,7 @@ vectorise; within 1 ulp) and libm's for float64; tanh, σ and softplus use it.
                     s⁴/5 + s⁶/7 + s⁸/9), s = e / (2 + e), for e ≤ √2 − 1, and
                     ln 2 + 2 atanh((e − 1)/(e + 3)) above (|s| ≤ 0.172 both ways:
                     the next term is below 4e-9 relative), blended as σ is;
-                    in float64 Goldberg's log(u) · e / (u − 1), u = 1 + e
+                    in float64 libm's log1p
 
 In float32 the Numba tanh and σ compute both sides of each case and blend them
 with a 0/1 weight (no branch, so a loop around them vectorises with
@@ -292,8 +292,8 @@ def _log1p_unit_nb(e):
     ft = _float_type(e)
     if ft is None:
         return None
-    one, two, three = ft(1.0), ft(2.0), ft(3.0)
     if ft is np.float32:
+        one, two, three = ft(1.0), ft(2.0), ft(3.0)
         ln2, cut = ft(_LN2), ft(_SQRT2_M1)
         c3, c5, c7, c9 = (ft(c) for c in _ATANH)
 
@@ -307,11 +307,8 @@ def _log1p_unit_nb(e):
             return w * (ln2 + two * s2 * p2) + (one - w) * (two * s1 * p1)
         return impl32
 
-    def impl(e):
-        u = one + e
-        if u == one:                # e below half an ulp of 1: log1p(e) = e
-            return e
-        return np.log(u) * (e / (u - one))
+    def impl(e):                    # libm's, as float64 softplus has always used
+        return np.log1p(e)
     return impl
 
 
